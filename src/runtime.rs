@@ -1,0 +1,205 @@
+//! The handle every kernel call goes through: a stream, the loaded kernel modules, and the
+//! launch path that checks every result.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use cudarc::driver::{
+    sys, CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+
+use crate::device::{check_device, device_info, DeviceInfo};
+use crate::error::{DsaError, Result};
+use crate::kernels;
+
+/// Modules and functions of one CUDA context, shared by every handle on that context so the
+/// fatbins are loaded once per context.
+struct ContextKernels {
+    ctx: Arc<CudaContext>,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    /// kernel name -> (function, dynamic shared memory limit already configured)
+    functions: Mutex<HashMap<&'static str, (CudaFunction, u32)>>,
+}
+
+fn registry() -> &'static Mutex<Vec<(usize, Weak<ContextKernels>)>> {
+    static R: OnceLock<Mutex<Vec<(usize, Weak<ContextKernels>)>>> = OnceLock::new();
+    R.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+fn context_kernels(ctx: &Arc<CudaContext>) -> Arc<ContextKernels> {
+    let key = ctx.cu_ctx() as usize;
+    let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
+    reg.retain(|(_, w)| w.strong_count() > 0);
+    if let Some(k) = reg
+        .iter()
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, w)| w.upgrade())
+    {
+        return k;
+    }
+    let k = Arc::new(ContextKernels {
+        ctx: ctx.clone(),
+        modules: Mutex::new(HashMap::new()),
+        functions: Mutex::new(HashMap::new()),
+    });
+    reg.push((key, Arc::downgrade(&k)));
+    k
+}
+
+/// A handle bound to one stream, in the shape of cudarc's cuBLAS wrapper: every operation
+/// of the crate is a method (or takes `&DsaKernels`), is enqueued on [`DsaKernels::stream`],
+/// and allocates nothing.
+///
+/// Creating the handle checks the device (Hopper, driver >= 580) once; kernels are loaded
+/// lazily, once per CUDA context, on their first launch.
+pub struct DsaKernels {
+    stream: Arc<CudaStream>,
+    kernels: Arc<ContextKernels>,
+    info: DeviceInfo,
+    debug_sync: bool,
+}
+
+impl std::fmt::Debug for DsaKernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DsaKernels")
+            .field("device", &self.info)
+            .field("debug_sync", &self.debug_sync)
+            .finish()
+    }
+}
+
+impl DsaKernels {
+    /// Binds a handle to `stream` after checking the device and that kernels were built.
+    ///
+    /// Debug-sync mode (synchronize after every launch and name the kernel that faulted) is
+    /// on when the environment variable `DSA_DEBUG_SYNC=1` is set, or by [`Self::set_debug_sync`].
+    pub fn new(stream: Arc<CudaStream>) -> Result<Self> {
+        if kernels::FATBINS.is_empty() {
+            return Err(DsaError::KernelsNotBuilt);
+        }
+        let ctx = stream.context().clone();
+        let info = device_info(&ctx)?;
+        check_device(&info)?;
+        Ok(Self {
+            kernels: context_kernels(&ctx),
+            stream,
+            info,
+            debug_sync: std::env::var("DSA_DEBUG_SYNC").is_ok_and(|v| v == "1"),
+        })
+    }
+
+    /// A handle on another stream of the same context, sharing the loaded kernels.
+    pub fn with_stream(&self, stream: Arc<CudaStream>) -> Result<Self> {
+        if stream.context().cu_ctx() != self.kernels.ctx.cu_ctx() {
+            return Self::new(stream);
+        }
+        Ok(Self {
+            stream,
+            kernels: self.kernels.clone(),
+            info: self.info.clone(),
+            debug_sync: self.debug_sync,
+        })
+    }
+
+    /// The stream every operation of this handle is enqueued on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// The device facts checked at creation (name, compute capability, SM count, driver).
+    pub fn device(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    /// Synchronize after every launch and report the kernel's name with any fault. Slow;
+    /// for debugging only, and not usable inside CUDA-graph capture.
+    pub fn set_debug_sync(&mut self, on: bool) {
+        self.debug_sync = on;
+    }
+
+    fn function(
+        &self,
+        family: &'static str,
+        kernel: &'static str,
+        smem: u32,
+    ) -> Result<CudaFunction> {
+        let mut fns = self
+            .kernels
+            .functions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some((f, configured)) = fns.get_mut(kernel) {
+            if smem > *configured {
+                set_smem(f, kernel, smem)?;
+                *configured = smem;
+            }
+            return Ok(f.clone());
+        }
+        let module = {
+            let mut mods = self
+                .kernels
+                .modules
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match mods.get(family) {
+                Some(m) => m.clone(),
+                None => {
+                    let (_, image) = kernels::FATBINS
+                        .iter()
+                        .find(|(name, _)| *name == family)
+                        .ok_or(DsaError::MissingFamily(family))?;
+                    let m = self
+                        .kernels
+                        .ctx
+                        .load_module(Ptx::from_binary(image.to_vec()))
+                        .map_err(|source| DsaError::Kernel { kernel, source })?;
+                    mods.insert(family, m.clone());
+                    m
+                }
+            }
+        };
+        let f = module
+            .load_function(kernel)
+            .map_err(|source| DsaError::Kernel { kernel, source })?;
+        if smem > 48 * 1024 {
+            set_smem(&f, kernel, smem)?;
+        }
+        fns.insert(kernel, (f.clone(), smem.max(48 * 1024)));
+        Ok(f)
+    }
+
+    /// Launches `family::kernel` with one by-value parameter struct (the `*_params.h`
+    /// mirror). The caller keeps the `SyncOnDrop` guards of every pointer inside `params`
+    /// alive across this call.
+    ///
+    /// # Safety
+    /// `params` must match the kernel's parameter struct and every pointer in it must be
+    /// valid for the accesses the kernel makes (the safe wrappers check shapes first).
+    pub(crate) unsafe fn launch<P: DeviceRepr>(
+        &self,
+        family: &'static str,
+        kernel: &'static str,
+        cfg: LaunchConfig,
+        params: &P,
+    ) -> Result<()> {
+        let f = self.function(family, kernel, cfg.shared_mem_bytes)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(params);
+        // SAFETY: the caller guarantees `params` matches the kernel and its pointers are valid.
+        unsafe { b.launch(cfg) }.map_err(|source| DsaError::Kernel { kernel, source })?;
+        if self.debug_sync {
+            self.stream
+                .synchronize()
+                .map_err(|source| DsaError::Kernel { kernel, source })?;
+        }
+        Ok(())
+    }
+}
+
+fn set_smem(f: &CudaFunction, kernel: &'static str, smem: u32) -> Result<()> {
+    f.set_attribute(
+        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        smem as i32,
+    )
+    .map_err(|source| DsaError::Kernel { kernel, source })
+}

@@ -1,0 +1,7 @@
+//! GPU tests: one executable for every kernel family (kept to one binary so the compiled
+//! test set stays small). Each test is `#[ignore]`d: on a machine without a GPU they are
+//! reported as ignored, never as passed. Run them with `--include-ignored`; then a missing
+//! device fails them (as does `DSA_REQUIRE_GPU=1`).
+mod common;
+
+mod cache;

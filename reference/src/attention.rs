@@ -18,6 +18,7 @@
 //! returned `lse` does not include the sink. A lonely query still gets 0 and `+inf`.
 
 use crate::cache::{self, MLA_DIM, PAGE_SIZE};
+use crate::nn;
 use half::bf16;
 use rayon::prelude::*;
 
@@ -35,15 +36,18 @@ struct Softmax {
 
 impl Softmax {
     fn over(q: &[f64], keys: &[&[f32]], scale: f64, d_v: usize) -> Self {
+        let keys64: Vec<Vec<f64>> = keys
+            .iter()
+            .map(|k| k.iter().map(|&v| f64::from(v)).collect())
+            .collect();
+        Self::over64(q, &keys64, scale, d_v)
+    }
+
+    /// Same, with keys already widened (the gather of a query row is shared by its heads).
+    fn over64(q: &[f64], keys: &[Vec<f64>], scale: f64, d_v: usize) -> Self {
         let scores: Vec<f64> = keys
             .iter()
-            .map(|k| {
-                scale
-                    * q.iter()
-                        .zip(k.iter())
-                        .map(|(a, &b)| a * f64::from(b))
-                        .sum::<f64>()
-            })
+            .map(|k| scale * nn::dot_f64x(q, &k[..q.len()]))
             .collect();
         let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let mut sum = 0f64;
@@ -53,7 +57,7 @@ impl Softmax {
                 let p = (s - max).exp();
                 sum += p;
                 for (a, &v) in acc.iter_mut().zip(&k[..d_v]) {
-                    *a += p * f64::from(v);
+                    *a += p * v;
                 }
             }
         }
@@ -117,11 +121,15 @@ fn heads(
     lse: &mut [f32],
     max_logits: Option<&mut [f32]>,
 ) {
+    let rows64: Vec<Vec<f64>> = rows
+        .iter()
+        .map(|k| k.iter().map(|&v| f64::from(v)).collect())
+        .collect();
     let res: Vec<(Vec<f32>, f32, f32)> = (0..h_q)
         .into_par_iter()
         .map(|h| {
             let qh = widen(&q[h * MLA_DIM..(h + 1) * MLA_DIM]);
-            Softmax::over(&qh, rows, f64::from(scale), D_V).finish(sink.map(|s| s[h]))
+            Softmax::over64(&qh, &rows64, f64::from(scale), D_V).finish(sink.map(|s| s[h]))
         })
         .collect();
     let mut ml = max_logits;

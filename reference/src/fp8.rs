@@ -26,24 +26,20 @@ pub const E4M3_NAN: u8 = 0x7f;
 /// Decodes one e4m3 code. Exact: every code is representable in f32. `0x7f` and `0xff`
 /// decode to NaN; `0x80` decodes to `-0.0`.
 pub fn e4m3_to_f32(code: u8) -> f32 {
-    let negative = code & 0x80 != 0;
-    let exp = i32::from((code >> 3) & 0x0f);
-    let man = i32::from(code & 0x07);
+    let sign = u32::from(code & 0x80) << 24;
+    let exp = u32::from((code >> 3) & 0x0f);
+    let man = u32::from(code & 0x07);
     if exp == 0x0f && man == 0x07 {
         return f32::NAN;
     }
-    // Subnormals are man * 2^-9; normals are (8 + man) * 2^(exp - 10). Both products
-    // are exact in f32.
     let mag = if exp == 0 {
-        man as f32 * 2f32.powi(-9)
+        // Subnormal: man * 2^-9, exact.
+        man as f32 * (1.0 / 512.0)
     } else {
-        (8 + man) as f32 * 2f32.powi(exp - 10)
+        // Normal: rebias the exponent (7 -> 127) and widen the mantissa (3 -> 23 bits).
+        f32::from_bits(((exp + 120) << 23) | (man << 20))
     };
-    if negative {
-        -mag
-    } else {
-        mag
-    }
+    f32::from_bits(mag.to_bits() | sign)
 }
 
 /// Encodes an f32 as e4m3: round to nearest even, saturate to +-448, NaN -> `0x7f`.
@@ -54,32 +50,24 @@ pub fn f32_to_e4m3(x: f32) -> u8 {
         return E4M3_NAN;
     }
     let sign: u8 = if x.is_sign_negative() { 0x80 } else { 0x00 };
-    let a = f64::from(x.abs());
+    let a = x.abs();
     // 464 = 448 + half an ulp (32/2): above it the nearest code would be 480, which is
     // the NaN pattern, so SATFINITE clamps. Exactly 464 rounds to the even 448.
     if a > 464.0 {
         return sign | 0x7e;
     }
-    // Quantum (ulp) of the target binade: 2^-9 in the subnormal range (a < 2^-6),
-    // else 2^(e - 3) for a in [2^e, 2^(e+1)).
-    let min_normal = 2f64.powi(-6);
-    let (base_code, quantum, lead) = if a < min_normal {
-        (0i32, 2f64.powi(-9), 0.0)
+    // Quantum (ulp) of the target binade: 2^-9 in the subnormal range (a < 2^-6), else
+    // 2^(e - 3) for a in [2^e, 2^(e+1)); `e` is read from the f32 exponent bits.
+    let (base_code, quantum_exp, lead) = if a < 1.0 / 64.0 {
+        (0i32, -9i32, 0.0f32)
     } else {
-        let e = a.log2().floor() as i32;
-        // log2 of an exact power of two is exact, but guard the binade anyway.
-        let e = if 2f64.powi(e) > a {
-            e - 1
-        } else if 2f64.powi(e + 1) <= a {
-            e + 1
-        } else {
-            e
-        };
-        ((e + 7) * 8, 2f64.powi(e - 3), 8.0)
+        let e = ((a.to_bits() >> 23) & 0xff) as i32 - 127;
+        ((e + 7) * 8, e - 3, 8.0)
     };
-    // a / quantum is exact (division by a power of two); ties go to even mantissas,
-    // which are even integers here because the code's low bit is the mantissa's low bit.
-    let steps = (a / quantum).round_ties_even() - lead;
+    // Scaling by a power of two is exact here (no underflow: a >= 2^-149 lands at >= 2^-140),
+    // and ties go to even steps, which are the even mantissas of the result.
+    let scaled = a * f32::from_bits(((127 - quantum_exp) as u32) << 23);
+    let steps = scaled.round_ties_even() - lead;
     // A carry out of the mantissa (steps == 8) lands on the next binade's code, since
     // codes are ordered like the values they encode.
     let code = base_code + steps as i32;

@@ -2,59 +2,49 @@
 //! of the prefill (ragged) and decode (paged) kernels.
 //!
 //! **Exactness of the logits.** Every e4m3 value is an integer multiple of `2^-9` below
-//! `2^9`, so `q8 . k8` is computed exactly as an integer sum (scaled by `2^-18`; at most
-//! 44 significant bits, exact in f64). The weighted sum over heads, `sum_h w'[t,h] *
+//! `2^9`, so every product in `q8 . k8` is a multiple of `2^-18` below `2^18` and any
+//! f64 sum of 128 of them (at most 44 significant bits) is exact. The weighted sum over heads, `sum_h w'[t,h] *
 //! relu(dot_h)`, is accumulated in f64, multiplied by `kscale[s]` in f64 and rounded to
 //! f32 once. A kernel's fp32 accumulation differs from this only by its own rounding.
 
 use crate::cache::{self, INDEXER_DIM, PAGE_SIZE};
 use crate::fp8;
 use crate::hadamard;
+use crate::nn;
 use crate::rope::RopeTables;
 use rayon::prelude::*;
 
 /// Dims of the indexer vector that get RoPE (the first 64: `[rope 64 | nope 64]`).
 pub const INDEXER_ROPE_DIM: usize = 64;
 
-/// e4m3 code -> integer value in units of `2^-9` (exact; NaN codes map to 0).
-fn code_units(code: u8) -> i64 {
-    let v = fp8::e4m3_to_f32(code);
-    if v.is_nan() {
-        0
-    } else {
-        (v * 512.0) as i64
-    }
-}
-
-fn units_table() -> [i64; 256] {
-    let mut t = [0i64; 256];
-    for (c, slot) in t.iter_mut().enumerate() {
-        *slot = code_units(c as u8);
-    }
-    t
+/// Decodes e4m3 codes to their (exact) f32 values; NaN codes become 0.
+fn decode(codes: &[u8]) -> Vec<f32> {
+    codes
+        .iter()
+        .map(|&c| {
+            let v = fp8::e4m3_to_f32(c);
+            if v.is_nan() {
+                0.0
+            } else {
+                v
+            }
+        })
+        .collect()
 }
 
 /// Exact `dot(a, b)` of two e4m3 code vectors, in f64.
 pub fn fp8_dot_exact(a: &[u8], b: &[u8]) -> f64 {
-    let t = units_table();
-    exact_dot_with(&t, a, b)
+    nn::dot_e4m3(&decode(a), &decode(b))
 }
 
-fn exact_dot_with(t: &[i64; 256], a: &[u8], b: &[u8]) -> f64 {
-    let s: i64 = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| t[x as usize] * t[y as usize])
-        .sum();
-    s as f64 * 2f64.powi(-18)
-}
-
-/// Logit of one (query, key) pair: `kscale * sum_h w[h] * relu(q8[h] . k8)`, with `q8`
-/// `[H, 128]` and `w` `[H]`.
-fn pair_logit(t: &[i64; 256], q8: &[u8], w: &[f32], k8: &[u8], kscale: f32) -> f32 {
+/// Logit of one (query, key) pair: `kscale * sum_h w[h] * relu(q[h] . k)`, with `q` the
+/// decoded `[H, 128]` query and `k` the decoded key. The per-head dot products are exact
+/// (products of e4m3 values are multiples of `2^-18` below `2^18`, so any order of f64
+/// summation of 128 of them is exact).
+fn pair_logit(q: &[f32], w: &[f32], k: &[f32], kscale: f32) -> f32 {
     let mut acc = 0f64;
     for (h, &wh) in w.iter().enumerate() {
-        let d = exact_dot_with(t, &q8[h * INDEXER_DIM..(h + 1) * INDEXER_DIM], k8);
+        let d = nn::dot_e4m3(&q[h * INDEXER_DIM..(h + 1) * INDEXER_DIM], k);
         if d > 0.0 {
             acc += f64::from(wh) * d;
         }
@@ -88,7 +78,7 @@ pub fn logits_prefill(
     assert_eq!(k8.len(), s_kv * INDEXER_DIM, "k8 must be [s_kv, 128]");
     assert_eq!(kscale.len(), s_kv, "kscale must be [s_kv]");
     assert!(ks.len() == s && ke.len() == s, "ks and ke must be [s]");
-    let t = units_table();
+    let kv = decode(k8);
     let mut out = vec![f32::NEG_INFINITY; s * s_kv];
     out.par_chunks_mut(s_kv.max(1))
         .take(s)
@@ -96,14 +86,13 @@ pub fn logits_prefill(
         .for_each(|(row, o)| {
             let lo = ks[row].clamp(0, s_kv as i32) as usize;
             let hi = (ke[row].clamp(0, s_kv as i32) as usize).max(lo);
-            let q = &q8[row * h * INDEXER_DIM..(row + 1) * h * INDEXER_DIM];
+            let q = decode(&q8[row * h * INDEXER_DIM..(row + 1) * h * INDEXER_DIM]);
             let wr = &w[row * h..(row + 1) * h];
             for k in lo..hi {
                 o[k] = pair_logit(
-                    &t,
-                    q,
+                    &q,
                     wr,
-                    &k8[k * INDEXER_DIM..(k + 1) * INDEXER_DIM],
+                    &kv[k * INDEXER_DIM..(k + 1) * INDEXER_DIM],
                     kscale[k],
                 );
             }
@@ -147,28 +136,40 @@ pub fn logits_decode(
         b * max_pages,
         "block_table must be [b, max_pages]"
     );
-    let t = units_table();
     let mut out = vec![f32::NEG_INFINITY; rows * max_ctx];
-    out.par_chunks_mut(max_ctx.max(1))
-        .take(rows)
-        .enumerate()
-        .for_each(|(row, o)| {
-            let (bi, j) = (row / next_n, row % next_n);
-            let last = i64::from(context_lens[bi]) - next_n as i64 + j as i64;
-            if last < 0 {
-                return;
-            }
-            let end = ((last + 1) as usize).min(max_ctx);
-            let bt = &block_table[bi * max_pages..(bi + 1) * max_pages];
-            let q = &q8[row * h * INDEXER_DIM..(row + 1) * h * INDEXER_DIM];
-            let wr = &w[row * h..(row + 1) * h];
-            for (s, slot_out) in o.iter_mut().enumerate().take(end) {
-                assert!(s / PAGE_SIZE < max_pages, "key {s} beyond the block table");
-                let slot = cache::slot_of(bt, s);
-                let (k8, ksc) = cache::indexer_cache_read(k_cache, slot);
-                *slot_out = pair_logit(&t, q, wr, &k8, ksc);
-            }
-        });
+    for bi in 0..b {
+        // Keys this sequence's rows can see, decoded once and shared by its rows.
+        let visible = i64::from(context_lens[bi]).clamp(0, max_ctx as i64) as usize;
+        assert!(
+            visible.div_ceil(PAGE_SIZE) <= max_pages,
+            "context of sequence {bi} beyond the block table"
+        );
+        let bt = &block_table[bi * max_pages..(bi + 1) * max_pages];
+        let mut kv = Vec::with_capacity(visible * INDEXER_DIM);
+        let mut ksc = Vec::with_capacity(visible);
+        for s in 0..visible {
+            let (k8, sc) = cache::indexer_cache_read(k_cache, cache::slot_of(bt, s));
+            kv.extend(decode(&k8));
+            ksc.push(sc);
+        }
+        out[bi * next_n * max_ctx..(bi + 1) * next_n * max_ctx]
+            .par_chunks_mut(max_ctx.max(1))
+            .enumerate()
+            .for_each(|(j, o)| {
+                let row = bi * next_n + j;
+                let last = i64::from(context_lens[bi]) - next_n as i64 + j as i64;
+                if last < 0 {
+                    return;
+                }
+                let end = ((last + 1) as usize).min(visible);
+                let q = decode(&q8[row * h * INDEXER_DIM..(row + 1) * h * INDEXER_DIM]);
+                let wr = &w[row * h..(row + 1) * h];
+                for (s, slot_out) in o.iter_mut().enumerate().take(end) {
+                    *slot_out =
+                        pair_logit(&q, wr, &kv[s * INDEXER_DIM..(s + 1) * INDEXER_DIM], ksc[s]);
+                }
+            });
+    }
     out
 }
 

@@ -13,6 +13,7 @@ pub use cudarc;
 
 pub mod cache;
 mod check;
+pub mod dense_mla;
 pub mod device;
 pub mod error;
 pub mod fp8;

@@ -79,10 +79,6 @@ impl Softmax {
     }
 }
 
-fn widen(q: &[bf16]) -> Vec<f64> {
-    q.iter().map(|v| f64::from(v.to_f32())).collect()
-}
-
 /// Attention of one query over an explicit key set, in the split-KV partial convention:
 /// returns `(out [d_v], lse)` normalized over these keys only, with `lse = -inf` and out 0
 /// when `keys` is empty (an empty split contributes nothing to [`combine_splits`]).
@@ -112,7 +108,7 @@ pub fn kv_from_bf16_cache(cache: &[bf16]) -> impl Fn(usize) -> Option<Vec<f32>> 
 
 /// Attention of one `(batch, query)` over gathered rows, all heads in parallel.
 fn heads(
-    q: &[bf16],
+    q: &[f32],
     rows: &[&[f32]],
     sink: Option<&[f32]>,
     scale: f32,
@@ -128,7 +124,10 @@ fn heads(
     let res: Vec<(Vec<f32>, f32, f32)> = (0..h_q)
         .into_par_iter()
         .map(|h| {
-            let qh = widen(&q[h * MLA_DIM..(h + 1) * MLA_DIM]);
+            let qh: Vec<f64> = q[h * MLA_DIM..(h + 1) * MLA_DIM]
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect();
             Softmax::over64(&qh, &rows64, f64::from(scale), D_V).finish(sink.map(|s| s[h]))
         })
         .collect();
@@ -155,6 +154,35 @@ fn heads(
 #[allow(clippy::too_many_arguments)]
 pub fn sparse_mla_decode(
     q: &[bf16],
+    kv: &dyn Fn(usize) -> Option<Vec<f32>>,
+    indices: &[i32],
+    topk_length: Option<&[i32]>,
+    attn_sink: Option<&[f32]>,
+    scale: f32,
+    b: usize,
+    s_q: usize,
+    h_q: usize,
+    topk: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let qf: Vec<f32> = q.iter().map(|v| v.to_f32()).collect();
+    sparse_mla_decode_f32(
+        &qf,
+        kv,
+        indices,
+        topk_length,
+        attn_sink,
+        scale,
+        b,
+        s_q,
+        h_q,
+        topk,
+    )
+}
+
+/// [`sparse_mla_decode`] with an f32 query (the reference model's exact mode; the kernel
+/// API takes bf16).
+pub fn sparse_mla_decode_f32(
+    q: &[f32],
     kv: &dyn Fn(usize) -> Option<Vec<f32>>,
     indices: &[i32],
     topk_length: Option<&[i32]>,
@@ -246,6 +274,7 @@ pub fn sparse_mla_prefill_with_sink(
     assert_eq!(kv.len(), s_kv * MLA_DIM, "kv must be [s_kv, 576]");
     assert_eq!(indices.len(), s_q * topk, "indices must be [s_q, topk]");
     let kvf: Vec<f32> = kv.iter().map(|v| v.to_f32()).collect();
+    let q: Vec<f32> = q.iter().map(|v| v.to_f32()).collect();
     let mut out = vec![0f32; s_q * h_q * D_V];
     let mut ml = vec![0f32; s_q * h_q];
     let mut lse = vec![0f32; s_q * h_q];
@@ -306,6 +335,7 @@ pub fn dense_mla_decode(
         b * max_pages,
         "block_table must be [b, max_pages]"
     );
+    let q: Vec<f32> = q.iter().map(|v| v.to_f32()).collect();
     let mut out = vec![0f32; b * s_q * h_q * D_V];
     let mut lse = vec![0f32; b * s_q * h_q];
     for bi in 0..b {

@@ -67,15 +67,20 @@ pub struct ForwardOptions {
     pub sparse: bool,
     /// Return logits of every new token (else only of the last one).
     pub all_logits: bool,
+    /// Round the absorbed-form query and attention output to bf16, as the kernels' bf16
+    /// API does (on by default; off makes the absorbed form agree with the MHA form to
+    /// f64 rounding, before the FP8 activation quantization of the next linear).
+    pub bf16_attention_io: bool,
 }
 
 impl Default for ForwardOptions {
-    /// Absorbed form, DSA on, all logits.
+    /// Absorbed form, DSA on, all logits, bf16 attention input/output.
     fn default() -> Self {
         ForwardOptions {
             form: AttentionForm::Absorbed,
             sparse: true,
             all_logits: true,
+            bf16_attention_io: true,
         }
     }
 }
@@ -563,7 +568,7 @@ impl Model {
                         let slots = topk::translate_to_slots(r, bt);
                         idx[t * width..t * width + slots.len()].copy_from_slice(&slots);
                     }
-                    let mut q576 = Vec::with_capacity(n * nh * MLA_DIM);
+                    let mut q576: Vec<f32> = Vec::with_capacity(n * nh * MLA_DIM);
                     for t in 0..n {
                         let qt = &q[t * nh * dq..(t + 1) * nh * dq];
                         let qn: Vec<f32> = (0..nh)
@@ -571,24 +576,23 @@ impl Model {
                             .collect();
                         let lat = l.kvb.absorb(&qn);
                         for hh in 0..nh {
-                            q576.extend(
-                                lat[hh * c.kv_lora_rank..(hh + 1) * c.kv_lora_rank]
-                                    .iter()
-                                    .map(|&v| bf16::from_f32(v)),
+                            q576.extend_from_slice(
+                                &lat[hh * c.kv_lora_rank..(hh + 1) * c.kv_lora_rank],
                             );
-                            q576.extend(
-                                qt[hh * dq + dn..(hh + 1) * dq]
-                                    .iter()
-                                    .map(|&v| bf16::from_f32(v)),
-                            );
+                            q576.extend_from_slice(&qt[hh * dq + dn..(hh + 1) * dq]);
                         }
                     }
                     let cache_ro: &KvCache = cache;
                     let kvf = |slot: usize| cache_ro.read_mla(li, slot);
-                    let (mut o_lat, _lse) = attention::sparse_mla_decode(
+                    if opts.bf16_attention_io {
+                        nn::round_bf16_slice(&mut q576);
+                    }
+                    let (mut o_lat, _lse) = attention::sparse_mla_decode_f32(
                         &q576, &kvf, &idx, None, None, scale, 1, n, nh, width,
                     );
-                    nn::round_bf16_slice(&mut o_lat);
+                    if opts.bf16_attention_io {
+                        nn::round_bf16_slice(&mut o_lat);
+                    }
                     let mut out = Vec::with_capacity(n * nh * c.v_head_dim);
                     for t in 0..n {
                         out.extend(l.kvb.unabsorb(

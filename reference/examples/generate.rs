@@ -23,7 +23,7 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         prompt: 2048,
-        gen: 8,
+        gen: 16,
         cache: CacheDtype::Fp8,
         chunk: 256,
         seed: 0,
@@ -66,6 +66,17 @@ fn argmax(v: &[f32]) -> u32 {
         }
     }
     best as u32
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| f64::from(x) * f64::from(y))
+        .sum();
+    let na: f64 = a.iter().map(|&x| f64::from(x).powi(2)).sum();
+    let nb: f64 = b.iter().map(|&x| f64::from(x).powi(2)).sum();
+    dot / (na * nb).sqrt()
 }
 
 /// A fixed shuffle of the page ids, so the example exercises real block tables.
@@ -178,19 +189,21 @@ fn main() {
     let mut generated = Vec::new();
     let mut dec = ForwardStats::default();
     let t2 = Instant::now();
+    let mut dense_keys = 0u64;
+    let mut dense_time = 0f64;
+    let mut agree = 0usize;
     for step in 0..args.gen {
         generated.push(next);
-        // Dense attention on a copy of the state, to compare its choice with DSA's.
+        // The same step with dense attention, on a copy of the state, for comparison.
         let (mut c2, mut s2) = (cache.clone(), seq.clone());
         let dense_opts = ForwardOptions {
             sparse: false,
             all_logits: false,
             ..Default::default()
         };
-        let dense_next = model
-            .forward(&[next], &mut c2, &mut s2, &dense_opts)
-            .map(|(l, _)| argmax(&l))
-            .ok();
+        let td = Instant::now();
+        let dense = model.forward(&[next], &mut c2, &mut s2, &dense_opts);
+        let td = td.elapsed().as_secs_f64();
         let ts = Instant::now();
         let (l, s) = match model.forward(&[next], &mut cache, &mut seq, &ForwardOptions::default())
         {
@@ -200,31 +213,44 @@ fn main() {
                 std::process::exit(1);
             }
         };
+        let ts = ts.elapsed().as_secs_f64();
         dec += s;
         let layers = s.queries.max(1);
         let tok = argmax(&l);
+        let (cos, dense_tok, dk) = match &dense {
+            Ok((dl, ds)) => (cosine(&l, dl), argmax(dl), ds.keys_attended),
+            Err(_) => (f64::NAN, u32::MAX, 0),
+        };
+        dense_keys += dk;
+        dense_time += td;
+        agree += usize::from(dense_tok == tok);
         println!(
-            "  step {:>2}: pos {:>5} token {:>4} -> {:>4} (dense attention picks {:>4}) {:>6.0} ms; keys per layer: DSA {:>4}, dense {:>5}",
+            "  step {:>2}: pos {:>5} token {:>4} -> {:>4} | DSA {:>4} keys/layer {:>5.0} ms | dense {:>5} keys/layer {:>5.0} ms, picks {:>4}, logits cosine {:.4}",
             step + 1,
             seq.len - 1,
             next,
             tok,
-            dense_next.map_or("?".to_string(), |d| d.to_string()),
-            ts.elapsed().as_secs_f64() * 1e3,
             s.keys_attended / layers,
-            s.keys_causal / layers
+            ts * 1e3,
+            dk / layers,
+            td * 1e3,
+            dense_tok,
+            cos
         );
         next = tok;
     }
     let dec_t = t2.elapsed().as_secs_f64();
     println!("generated: {generated:?}");
     println!(
-        "decode {} steps in {:.1} s (with the dense comparison runs); attention keys read: DSA {} vs dense {} ({:.1}x fewer)",
+        "decode {} steps in {:.1} s ({:.1} s of it the dense comparison); attention keys read: DSA {} vs dense {} ({:.1}x fewer); same next token as dense in {}/{} steps",
         args.gen,
         dec_t,
+        dense_time,
         dec.keys_attended,
-        dec.keys_causal,
-        dec.keys_causal as f64 / dec.keys_attended.max(1) as f64
+        dense_keys,
+        dense_keys as f64 / dec.keys_attended.max(1) as f64,
+        agree,
+        args.gen
     );
     println!("total {:.1} s", t0.elapsed().as_secs_f64());
 }

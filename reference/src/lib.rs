@@ -20,6 +20,7 @@
 // The oracles mirror the kernels' argument lists (shapes passed as scalars, like the
 // C entry points they check), so long parameter lists are deliberate.
 #![allow(clippy::too_many_arguments)]
+#![warn(missing_docs)]
 
 pub mod attention;
 pub mod cache;

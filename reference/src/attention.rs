@@ -375,6 +375,85 @@ pub fn dense_mla_decode(
     (out, lse)
 }
 
+/// Split-KV partials of dense paged decode: the keys of each sequence (the causal range
+/// of each query, as in [`dense_mla_decode`]) are cut into splits of `split_len` logical
+/// tokens, `split i` covering keys `[i * split_len, (i + 1) * split_len)`. Returns
+/// `(partial_out [b, s_q, h_q, n_splits, 512], partial_lse [b, s_q, h_q, n_splits],
+/// n_splits)` with `n_splits = ceil(max(seq_lens) / split_len)` (at least 1); each
+/// partial is normalized over its split, and a split with no visible key has out 0 and
+/// lse `-inf`. [`combine_splits`] over the splits of a row gives [`dense_mla_decode`].
+pub fn dense_mla_decode_partials(
+    q: &[bf16],
+    kv: &dyn Fn(usize) -> Option<Vec<f32>>,
+    block_table: &[i32],
+    max_pages: usize,
+    seq_lens: &[i32],
+    scale: f32,
+    b: usize,
+    s_q: usize,
+    h_q: usize,
+    split_len: usize,
+) -> (Vec<f32>, Vec<f32>, usize) {
+    assert!(split_len > 0, "split_len must be positive");
+    assert_eq!(
+        q.len(),
+        b * s_q * h_q * MLA_DIM,
+        "q must be [b, s_q, h_q, 576]"
+    );
+    assert_eq!(seq_lens.len(), b, "seq_lens must be [b]");
+    assert_eq!(
+        block_table.len(),
+        b * max_pages,
+        "block_table must be [b, max_pages]"
+    );
+    let max_len = seq_lens
+        .iter()
+        .map(|&l| l.max(0) as usize)
+        .max()
+        .unwrap_or(0);
+    let n_splits = max_len.div_ceil(split_len).max(1);
+    let mut out = vec![0f32; b * s_q * h_q * n_splits * D_V];
+    let mut lse = vec![f32::NEG_INFINITY; b * s_q * h_q * n_splits];
+    for bi in 0..b {
+        let bt = &block_table[bi * max_pages..(bi + 1) * max_pages];
+        let len = seq_lens[bi].max(0) as usize;
+        let rows: Vec<Vec<f32>> = (0..len)
+            .map(|s| {
+                assert!(
+                    s / PAGE_SIZE < max_pages,
+                    "token {s} beyond the block table"
+                );
+                let slot = cache::slot_of(bt, s);
+                kv(slot).unwrap_or_else(|| panic!("slot {slot} outside the cache"))
+            })
+            .collect();
+        for j in 0..s_q {
+            let r = bi * s_q + j;
+            let last = seq_lens[bi] as i64 - s_q as i64 + j as i64;
+            let visible = if last < 0 {
+                0
+            } else {
+                (last as usize + 1).min(len)
+            };
+            for h in 0..h_q {
+                let qh: Vec<f32> = q[(r * h_q + h) * MLA_DIM..(r * h_q + h + 1) * MLA_DIM]
+                    .iter()
+                    .map(|v| v.to_f32())
+                    .collect();
+                for sp in 0..n_splits {
+                    let lo = (sp * split_len).min(visible);
+                    let hi = ((sp + 1) * split_len).min(visible);
+                    let (o, l) = attend_partial(&qh, &rows[lo..hi], scale, D_V);
+                    let at = (r * h_q + h) * n_splits + sp;
+                    out[at * D_V..(at + 1) * D_V].copy_from_slice(&o);
+                    lse[at] = l;
+                }
+            }
+        }
+    }
+    (out, lse, n_splits)
+}
+
 /// The split-KV combine law. `partial_out`: `[n_splits, d]`, each normalized over its
 /// split; `partial_lse`: `[n_splits]` natural-log, `-inf` for an empty split (which
 /// contributes nothing). Returns `(out [d], lse)` with `lse = ln sum_i exp(lse_i)` and
@@ -564,6 +643,37 @@ mod tests {
         // An empty sequence is lonely.
         let (o_e, l_e) = dense_mla_decode(&q[..576], &f, &[1, 0], 2, &[0], 0.1, 1, 1, 1);
         assert!(o_e.iter().all(|&v| v == 0.0) && l_e[0] == f32::INFINITY);
+    }
+
+    #[test]
+    fn dense_partials_combine_to_dense() {
+        let q = to_bf16(&rnd(2 * 2 * 576, 21, 1.0));
+        let mut cache = vec![bf16::ZERO; 3 * 64 * 576];
+        let keys = to_bf16(&rnd(130 * 576, 22, 1.0));
+        let bt = [2, 0, 1];
+        for s in 0..130 {
+            cache::mla_bf16_cache_write(
+                &mut cache,
+                cache::slot_of(&bt, s),
+                &keys[s * 576..(s + 1) * 576],
+            );
+        }
+        let f = kv_from_bf16_cache(&cache);
+        let (want, wl) = dense_mla_decode(&q, &f, &bt, 3, &[130], 0.2, 1, 2, 2);
+        let (po, pl, n) = dense_mla_decode_partials(&q, &f, &bt, 3, &[130], 0.2, 1, 2, 2, 64);
+        assert_eq!(n, 3);
+        for row in 0..4 {
+            let (o, l) = combine_splits(
+                &po[row * n * 512..(row + 1) * n * 512],
+                &pl[row * n..(row + 1) * n],
+                n,
+                512,
+            );
+            assert!((l - wl[row]).abs() < 1e-5);
+            for d in 0..512 {
+                assert!((o[d] - want[row * 512 + d]).abs() < 1e-5);
+            }
+        }
     }
 
     #[test]

@@ -142,14 +142,20 @@ __device__ __forceinline__ void load_q(const DsaDenseMlaDecodeParams &p, uint32_
 }
 
 // bf16 cache: 64 tokens x 576 of one page; rows past `rows` are zero-filled (no read), so
-// masked tokens hold no NaN that 0 * V could spread.
+// masked tokens hold no NaN that 0 * V could spread. Thread (row r0 = tid / 8, chunk
+// cc = tid % 8) copies chunk cc of every tile for rows r0 and r0 + 32: both rows share
+// r0 % 8 and so the swizzle, and every copy is one instruction with immediate offsets.
 __device__ __forceinline__ void load_kv_bf16(const DsaDenseMlaDecodeParams &p, uint32_t dst, int page, int rows) {
-    const __nv_bfloat16 *kv = static_cast<const __nv_bfloat16 *>(p.kv);
-    for (int i = threadIdx.x; i < 64 * 72; i += kThreads) {
-        const int row = i / 72, c = i % 72;
-        const bool ok = row < rows;
-        const __nv_bfloat16 *src = ok ? kv + ((int64_t)page * DSA_PAGE_SIZE + row) * DSA_QK_DIM + c * 8 : kv;
-        cp_async16(dst + row_chunk(row, c), src, ok);
+    const int cc = threadIdx.x & 7, r0 = threadIdx.x >> 3;
+    const uint32_t sdst = dst + swz(r0, cc);
+    const uint8_t *kv = static_cast<const uint8_t *>(p.kv);
+    const uint8_t *src0 = kv + ((int64_t)max(page, 0) * DSA_PAGE_SIZE + r0) * (DSA_QK_DIM * 2) + cc * 16;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const bool ok = r0 + 32 * h < rows;
+#pragma unroll
+        for (int c9 = 0; c9 < kRowTiles; ++c9)
+            cp_async16(sdst + c9 * kTileBytes + h * 4096, ok ? src0 + h * 32 * (DSA_QK_DIM * 2) + c9 * 128 : kv, ok);
     }
 }
 
@@ -304,7 +310,7 @@ __device__ __forceinline__ void split_kernel(const DsaDenseMlaDecodeParams &p) {
                 for (int e = 0; e < 4; ++e) {
                     const int col = wg * 32 + 8 * i + 2 * t + (e & 1);
                     float v = s[4 * i + e] * p.scale_log2;
-                    if (col >= rows) v = -INFINITY;
+                    if (rows < DSA_DENSE_BLOCK_N && col >= rows) v = -INFINITY;
                     s[4 * i + e] = v;
                     mx[e >> 1] = fmaxf(mx[e >> 1], v);
                 }
@@ -341,12 +347,16 @@ __device__ __forceinline__ void split_kernel(const DsaDenseMlaDecodeParams &p) {
                     *reinterpret_cast<__nv_bfloat162 *>(sp + swz(row, wg * 4 + i) + 4 * t) = pv;
                 }
             }
+            // Once the running max settles most blocks leave it unchanged: skip the 128
+            // multiplies when no row of the warp moved.
+            if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
 #pragma unroll
-            for (int i = 0; i < 32; ++i) {
-                o[4 * i + 0] *= alpha[0];
-                o[4 * i + 1] *= alpha[0];
-                o[4 * i + 2] *= alpha[1];
-                o[4 * i + 3] *= alpha[1];
+                for (int i = 0; i < 32; ++i) {
+                    o[4 * i + 0] *= alpha[0];
+                    o[4 * i + 1] *= alpha[0];
+                    o[4 * i + 2] *= alpha[1];
+                    o[4 * i + 3] *= alpha[1];
+                }
             }
             fence_async_smem();
             __syncthreads();  // P complete

@@ -12,9 +12,12 @@
 pub mod cache;
 pub mod common;
 pub mod dense_mla;
+pub mod sparse_mla;
 
 // SAFETY: plain C structs of integers and device pointers, passed by value to kernels.
 unsafe impl cudarc::driver::DeviceRepr for cache::DsaCacheWriteParams {}
 unsafe impl cudarc::driver::DeviceRepr for dense_mla::DsaDenseMlaPlanParams {}
 unsafe impl cudarc::driver::DeviceRepr for dense_mla::DsaDenseMlaDecodeParams {}
 unsafe impl cudarc::driver::DeviceRepr for dense_mla::DsaMlaCombineParams {}
+unsafe impl cudarc::driver::DeviceRepr for sparse_mla::DsaSparseMlaParams {}
+unsafe impl cudarc::driver::DeviceRepr for sparse_mla::DsaSparseMlaCombineParams {}

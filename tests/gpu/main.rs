@@ -6,3 +6,4 @@ mod common;
 
 mod cache;
 mod dense_mla;
+mod sparse_mla;

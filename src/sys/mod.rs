@@ -13,9 +13,11 @@ pub mod cache;
 pub mod common;
 pub mod dense_mla;
 pub mod sparse_mla;
+pub mod topk;
 
 // SAFETY: plain C structs of integers and device pointers, passed by value to kernels.
 unsafe impl cudarc::driver::DeviceRepr for cache::DsaCacheWriteParams {}
+unsafe impl cudarc::driver::DeviceRepr for topk::DsaTopkParams {}
 unsafe impl cudarc::driver::DeviceRepr for dense_mla::DsaDenseMlaPlanParams {}
 unsafe impl cudarc::driver::DeviceRepr for dense_mla::DsaDenseMlaDecodeParams {}
 unsafe impl cudarc::driver::DeviceRepr for dense_mla::DsaMlaCombineParams {}

@@ -5,5 +5,6 @@
 mod common;
 
 mod cache;
+mod topk;
 mod dense_mla;
 mod sparse_mla;

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Top-k tuning on a GPU host: builds scripts/topk_probe.cu against kernel variants,
+# runs each (times, host check, phase times of CTA 0), then one Nsight Compute profile.
+#   scripts/topk_probe.sh [extra-kernel-source.cu ...]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+nvcc=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
+out=${OUT:-/tmp}
+bin=$(mktemp -d)
+build() {
+  local name=$1; shift
+  "$nvcc" -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -Ikernels-cuda/include "$@" \
+    scripts/topk_probe.cu -o "$bin/$name" > "$bin/$name.log" 2>&1 || { echo "build $name failed"; tail -5 "$bin/$name.log"; }
+}
+variants=(base pipe probes)
+build base &
+build pipe -DDSA_TOPK_PIPELINE=1 &
+build probes -DDSA_TOPK_PROBES &
+i=0
+for src in "$@"; do
+  i=$((i + 1)); variants+=("extra$i")
+  build "extra$i" -DTOPK_SRC="\"$(realpath "$src")\"" &
+done
+wait
+for v in "${variants[@]}"; do
+  echo "== $v"
+  [ -x "$bin/$v" ] && "$bin/$v"
+done
+if command -v ncu > /dev/null && [ -x "$bin/base" ]; then
+  echo "== ncu base 128x128K"
+  ncu --clock-control none -k dsa_topk_f32 --launch-skip 3 --launch-count 1 \
+    --section SpeedOfLight --section WarpStateStats --section Occupancy --section MemoryWorkloadAnalysis \
+    "$bin/base" 1 > "$out/ncu-topk.txt" 2>&1
+  grep -E "Duration|DRAM Throughput|Memory Throughput|Compute \(SM\) Throughput|Warp Cycles Per Issued|Stall|Achieved Occupancy" "$out/ncu-topk.txt" | head -20
+fi

@@ -79,6 +79,9 @@ fn main() {
         "-Xptxas=-v".into(),
         "-Xptxas=--warn-on-spills".into(),
         "-lineinfo".into(),
+        // Compressed images: every test and bench executable embeds all fatbins, and
+        // uncompressed PTX + SASS is several MB per family. The driver inflates at load.
+        "-Xfatbin=-compress-all".into(),
         format!("-I{}", kdir.join("include").display()),
     ];
     for a in &archs {

@@ -17,6 +17,7 @@ pub mod dense_mla;
 pub mod device;
 pub mod error;
 pub mod fp8;
+pub mod indexer;
 pub mod runtime;
 pub mod sparse_mla;
 pub mod sys;

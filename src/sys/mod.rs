@@ -14,9 +14,14 @@ pub mod common;
 pub mod dense_mla;
 pub mod sparse_mla;
 pub mod topk;
+pub mod indexer;
 
 // SAFETY: plain C structs of integers and device pointers, passed by value to kernels.
 unsafe impl cudarc::driver::DeviceRepr for cache::DsaCacheWriteParams {}
+unsafe impl cudarc::driver::DeviceRepr for indexer::DsaIndexerPrepParams {}
+unsafe impl cudarc::driver::DeviceRepr for indexer::DsaIndexerPrefillParams {}
+unsafe impl cudarc::driver::DeviceRepr for indexer::DsaIndexerPlanParams {}
+unsafe impl cudarc::driver::DeviceRepr for indexer::DsaIndexerDecodeParams {}
 unsafe impl cudarc::driver::DeviceRepr for topk::DsaTopkParams {}
 unsafe impl cudarc::driver::DeviceRepr for dense_mla::DsaDenseMlaPlanParams {}
 unsafe impl cudarc::driver::DeviceRepr for dense_mla::DsaDenseMlaDecodeParams {}

@@ -7,4 +7,5 @@ mod common;
 mod cache;
 mod topk;
 mod dense_mla;
+mod indexer;
 mod sparse_mla;

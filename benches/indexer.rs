@@ -65,7 +65,7 @@ fn cache(k: &DsaKernels, rng: &mut StdRng, pages: usize) -> IndexerKCache {
     IndexerKCache::from_slice(data).unwrap()
 }
 
-fn decode(c: &mut Criterion, k: &DsaKernels, form: usize, batch: usize, ctx: usize, next_n: usize) {
+fn decode(c: &mut Criterion, k: &DsaKernels, batch: usize, ctx: usize, next_n: usize) {
     let stream = k.stream().clone();
     let mut rng = StdRng::seed_from_u64(batch as u64 * 1_000_003 + ctx as u64);
     let max_pages = ctx / PAGE_SIZE;
@@ -106,20 +106,18 @@ fn decode(c: &mut Criterion, k: &DsaKernels, form: usize, batch: usize, ctx: usi
     common::bench_case(
         c,
         "indexer_decode",
-        &format!("form{form}/b{batch}_ctx{}k_h{H}_n{next_n}", ctx / 1024),
+        &format!("b{batch}_ctx{}k_h{H}_n{next_n}", ctx / 1024),
         &stream,
         work,
         true,
         || {
-            k.indexer_logits_decode_form(
-                form, shape, &q8, &w, &cache, &lens, &table, &plan, &mut out,
-            )
-            .unwrap();
+            k.indexer_logits_decode(shape, &q8, &w, &cache, &lens, &table, &plan, &mut out)
+                .unwrap();
         },
     );
 }
 
-fn prefill(c: &mut Criterion, k: &DsaKernels, form: usize, s: usize, s_kv: usize) {
+fn prefill(c: &mut Criterion, k: &DsaKernels, s: usize, s_kv: usize) {
     let stream = k.stream().clone();
     let mut rng = StdRng::seed_from_u64(s as u64 * 7 + s_kv as u64);
     // One sequence whose last s tokens are the queries (a prefill after a cached prefix):
@@ -156,12 +154,12 @@ fn prefill(c: &mut Criterion, k: &DsaKernels, form: usize, s: usize, s_kv: usize
     common::bench_case(
         c,
         "indexer_prefill",
-        &format!("form{form}/s{s}_skv{}k_h{H}", s_kv / 1024),
+        &format!("s{s}_skv{}k_h{H}", s_kv / 1024),
         &stream,
         work,
         false,
         || {
-            k.indexer_logits_prefill_form(form, shape, &q8, &w, &k8, &ksc, &ks, &ke, &mut out)
+            k.indexer_logits_prefill(shape, &q8, &w, &k8, &ksc, &ks, &ke, &mut out)
                 .unwrap();
         },
     );
@@ -296,22 +294,17 @@ fn decode_step(c: &mut Criterion, k: &DsaKernels, batch: usize, ctx: usize) {
 
 fn benches(c: &mut Criterion) {
     let Some(k) = common::kernels() else { return };
-    // Both kernel forms (see src/indexer/logits_prefill.rs and logits_decode.rs).
-    for form in [1, 0] {
-        for s_kv in [8192, 32768, 131072] {
-            prefill(c, &k, form, 4096, s_kv);
+    for s_kv in [8192, 32768, 131072] {
+        prefill(c, &k, 4096, s_kv);
+    }
+    for batch in [1, 32, 128] {
+        for ctx in [8192, 32768, 131072] {
+            decode(c, &k, batch, ctx, 1);
         }
     }
-    for form in [1, 0] {
-        for batch in [1, 32, 128] {
-            for ctx in [8192, 32768, 131072] {
-                decode(c, &k, form, batch, ctx, 1);
-            }
-        }
-    }
-    // Speculative decode (MTP): two query rows per sequence share each page.
-    decode(c, &k, 1, 128, 32768, 2);
-    decode(c, &k, 1, 128, 32768, 4);
+    // Speculative decode (MTP): next_n query rows per sequence share each page.
+    decode(c, &k, 128, 32768, 2);
+    decode(c, &k, 128, 32768, 4);
     decode_step(c, &k, 128, 131072);
 }
 

@@ -1,8 +1,8 @@
 // Lightning-indexer logits on FP8 tensor cores (wgmma, sm_90a): ragged prefill over a flat
 // key array and paged decode over the indexer K cache, plus the decode scheduling plan.
 //
-// Shape of the work: one warpgroup per CTA, two CTAs per SM so one CTA's epilogue hides
-// under the other's tensor-core work. Keys are the A operand (M = 64 keys = one tile, or
+// Shape of the work: one warpgroup per CTA, two CTAs per SM (up to three for decode) so
+// one CTA's epilogue hides under another's tensor-core work. Keys are the A operand (M = 64 keys = one tile, or
 // one cache page), the queries' head rows the B operand (N = queries x H, up to 256), so
 // the accumulator's rows are keys and its columns (query, head) pairs. The head reduction
 // then stays almost entirely inside a thread: a thread holds 2 key rows and, per query,
@@ -317,7 +317,10 @@ __device__ __forceinline__ void prefill_body(const DsaIndexerPrefillParams &p) {
 // Decode. The plan's prefix sums lay every batch's pages end to end; CTA c takes the
 // global pages [c * P / grid, (c + 1) * P / grid), which may span several batches, so
 // work is even whatever the lengths. The q rows of the current batch (next_n x H, all
-// sharing each loaded page) stay in shared memory until the batch changes.
+// sharing each loaded page) stay in shared memory until the batch changes. The producer
+// records each stage's (batch, page, page valid) in shared memory, so the consumer's path
+// has no global loads; the host launches as many CTAs per SM as shared memory allows (up
+// to 3), which hides the per-page latency of the MMA and the reduction.
 constexpr int kDecodeStages = 6;
 
 template <int H, int NQ>
@@ -349,308 +352,6 @@ __device__ __forceinline__ int64_t page_id(const DsaIndexerDecodeParams &p, int 
 
 template <int H, int NQ>
 __device__ __forceinline__ void decode_body(const DsaIndexerDecodeParams &p) {
-    using C = DecodeCfg<H, NQ>;
-    constexpr int N = C::N, S = kDecodeStages;
-    uint8_t *base = align1024(dyn_smem);
-    uint8_t *q_s = base;
-    uint8_t *k_s = q_s + C::kQBytes;
-    float *ksc_s = reinterpret_cast<float *>(k_s + C::kKBytes);
-    float *w_s = ksc_s + S * kKeys;
-
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int batch = p.batch, next_n = p.next_n;
-    const int64_t total = p.plan[batch];
-    const int64_t lo = total * blockIdx.x / gridDim.x, hi = total * (blockIdx.x + 1) / gridDim.x;
-    const int64_t ntiles = hi - lo;
-
-    int pf_b = ntiles > 0 ? batch_of(p.plan, batch, lo) : 0;
-    auto issue = [&](int64_t i) {
-        if (i < ntiles) {
-            const int64_t gp = lo + i;
-            while (p.plan[pf_b + 1] <= gp) ++pf_b;
-            const int64_t id = page_id(p, pf_b, (int)(gp - p.plan[pf_b]));
-            const uint8_t *page = p.cache + (id < 0 ? 0 : id) * DSA_INDEXER_PAGE_BYTES;
-            const int bytes = id < 0 ? 0 : 16;
-            const int st = (int)(i % S);
-            const uint32_t dst = smem_u32(k_s + st * kTile);
-#pragma unroll
-            for (int j = 0; j < kTile / 16 / kThreads; ++j) {
-                const int cid = tid + j * kThreads, r = cid >> 3, c = cid & 7;
-                cp_async16(dst + swz(r, c), page + cid * 16, bytes);
-            }
-            if (tid < kKeys / 4)
-                cp_async16(smem_u32(ksc_s + st * kKeys + tid * 4), page + kTile + tid * 16, bytes);
-        }
-        cp_async_commit();
-    };
-#pragma unroll
-    for (int i = 0; i < S - 1; ++i) issue(i);
-
-    const int r0 = 16 * warp + (lane >> 2);
-    int cb = ntiles > 0 ? batch_of(p.plan, batch, lo) : 0;
-    int loaded_b = -1;
-    float acc[N / 2];
-    for (int64_t i = 0; i < ntiles; ++i) {
-        cp_async_wait<S - 2>();
-        fence_async_smem();
-        __syncthreads();
-        issue(i + S - 1);
-        const int64_t gp = lo + i;
-        while (p.plan[cb + 1] <= gp) ++cb;
-        if (cb != loaded_b) {
-            // Previous tile's wgmma finished in every thread (barrier above); plain loads
-            // here, then the proxy fence, so wgmma sees the new rows.
-            const uint8_t *src = p.q8 + (int64_t)cb * next_n * H * kRow;
-            const int valid = next_n * H;
-            for (int id = tid; id < N * 8; id += kThreads) {
-                const int r = id >> 3, c = id & 7;
-                uint4 v = make_uint4(0, 0, 0, 0);
-                if (r < valid) v = *reinterpret_cast<const uint4 *>(src + (int64_t)r * kRow + c * 16);
-                *reinterpret_cast<uint4 *>(q_s + swz(r, c)) = v;
-            }
-            for (int i2 = tid; i2 < N; i2 += kThreads) w_s[i2] = i2 < valid ? p.w[(int64_t)cb * next_n * H + i2] : 0.f;
-            fence_async_smem();
-            __syncthreads();
-            loaded_b = cb;
-        }
-        const int st = (int)(i % S);
-        const int lp = (int)(gp - p.plan[cb]);
-        const bool page_ok = page_id(p, cb, lp) >= 0;
-        const int len = p.context_lens[cb];
-        float s0[NQ], s1[NQ];
-        tile_mma<N>(smem_u32(k_s + st * kTile), smem_u32(q_s), acc);
-        head_reduce<H, NQ>(acc, w_s, lane, s0, s1);
-        const float ks0 = ksc_s[st * kKeys + r0], ks1 = ksc_s[st * kKeys + r0 + 8];
-#pragma unroll
-        for (int idx = 0; idx < 2 * NQ; ++idx) {
-            if ((idx & 3) != (lane & 3)) continue;
-            const int j = idx >> 1, rr = idx & 1;
-            const int key = lp * kKeys + r0 + 8 * rr;
-            if (j >= next_n || key >= p.max_ctx) continue;
-            const int64_t end = (int64_t)len - next_n + j + 1;  // keys [0, end)
-            float v = -INFINITY;
-            if (page_ok && key < end) v = (rr ? s1[j] : s0[j]) * (rr ? ks1 : ks0);
-            p.out[((int64_t)cb * next_n + j) * p.out_stride + key] = v;
-        }
-    }
-    cp_async_wait<0>();
-
-    // Columns past each batch's planned pages.
-    const int64_t rows = (int64_t)batch * next_n;
-    for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-        const int b = (int)(row / next_n);
-        const int64_t start = (int64_t)(p.plan[b + 1] - p.plan[b]) * kKeys;
-        float *o = p.out + row * p.out_stride;
-        for (int64_t c = start + tid; c < p.max_ctx; c += kThreads) o[c] = -INFINITY;
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Prefill, pipelined. As the kernel above, but the CTA's queries form G = 4 groups of
-// N = 128 columns, with two accumulators: the tensor cores run group g + 1 (or the next
-// tile's group 0) while the warpgroup reduces group g, so a CTA keeps the tensor cores
-// busy on its own and the second CTA of the SM fills the barrier gaps. Stage refills run
-// S - 2 tiles ahead, so the stage of the tile still being read is never overwritten.
-constexpr int kPrefill2Stages = 5;
-constexpr int kPrefill2Groups = 4;
-
-template <int H>
-struct Prefill2Cfg {
-    static constexpr int N = 128;
-    static constexpr int NQ = N / H;
-    static constexpr int QPC = NQ * kPrefill2Groups;
-    static constexpr int kQBytes = kPrefill2Groups * N * kRow;
-    static constexpr int kKBytes = kPrefill2Stages * kTile;
-    // mirrored in src/indexer/logits_prefill.rs
-    static constexpr int kSmem =
-        1024 + kQBytes + kKBytes + kPrefill2Stages * kKeys * 4 + kPrefill2Groups * N * 4 + 2 * QPC * 4;
-    static_assert(2 * (kSmem + 1024) <= 228 * 1024, "two CTAs per SM");
-};
-
-template <int N>
-__device__ __forceinline__ void issue_mma(uint32_t a_tile, uint32_t b_tile, float (&acc)[N / 2], bool live) {
-    if (live) {
-#pragma unroll
-        for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
-        cute::warpgroup_arrive();
-        const uint64_t da = gmma_desc(a_tile), db = gmma_desc(b_tile);
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk)
-            gmma_call<typename Gmma<N>::Op>(da + 2 * kk, db + 2 * kk, acc, kk > 0,
-                                            std::make_index_sequence<N / 2>{});
-    }
-    // Always one group per step (empty when skipped), so wait_group counts stay fixed.
-    cute::warpgroup_commit_batch();
-#pragma unroll
-    for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
-}
-
-template <int H>
-__device__ __forceinline__ void prefill2_body(const DsaIndexerPrefillParams &p) {
-    using C = Prefill2Cfg<H>;
-    constexpr int NQ = C::NQ, N = C::N, QPC = C::QPC, G = kPrefill2Groups, S = kPrefill2Stages;
-    static_assert(G % 2 == 0, "accumulator parity must repeat per tile");
-    uint8_t *base = align1024(dyn_smem);
-    uint8_t *q_s = base;
-    uint8_t *k_s = q_s + C::kQBytes;
-    float *ksc_s = reinterpret_cast<float *>(k_s + C::kKBytes);
-    float *w_s = ksc_s + S * kKeys;
-    int *lo_s = reinterpret_cast<int *>(w_s + G * N);
-    int *hi_s = lo_s + QPC;
-
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int t0 = blockIdx.x * QPC;
-    const int s_kv = p.s_kv;
-
-    if (tid < QPC) {
-        const int t = t0 + tid;
-        int lo = 0, hi = 0;
-        if (t < p.s) {
-            lo = min(max(p.ks[t], 0), s_kv);
-            hi = min(max(p.ke[t], 0), s_kv);
-            if (hi < lo) hi = lo;
-        }
-        lo_s[tid] = lo;
-        hi_s[tid] = hi;
-    }
-    for (int i = tid; i < G * N; i += kThreads) {
-        const int64_t row = (int64_t)t0 * H + i;
-        w_s[i] = row < (int64_t)p.s * H ? p.w[row] : 0.f;
-    }
-    {
-        const int64_t rows_left = (int64_t)p.s * H - (int64_t)t0 * H;
-        const int valid = rows_left < (int64_t)G * N ? (int)rows_left : G * N;
-        load_rows_async<G * N>(smem_u32(q_s), p.q8 + (int64_t)t0 * H * kRow, valid, tid);
-        cp_async_commit();
-    }
-    __syncthreads();
-
-    int tlo = INT_MAX, thi = 0, glo[G], ghi[G];
-#pragma unroll
-    for (int g = 0; g < G; ++g) {
-        glo[g] = INT_MAX;
-        ghi[g] = 0;
-        for (int q = 0; q < NQ; ++q) {
-            const int lo = lo_s[g * NQ + q], hi = hi_s[g * NQ + q];
-            if (hi > lo) {
-                glo[g] = min(glo[g], lo);
-                ghi[g] = max(ghi[g], hi);
-            }
-        }
-        tlo = min(tlo, glo[g]);
-        thi = max(thi, ghi[g]);
-    }
-    const int tile_lo = thi > 0 ? tlo / kKeys : 0;
-    const int tile_hi = thi > 0 ? (thi + kKeys - 1) / kKeys : 0;
-    const int ntiles = tile_hi - tile_lo;
-
-    {
-        const int c0 = tile_lo * kKeys, c1 = min(tile_hi * kKeys, s_kv);
-        for (int q = 0; q < QPC; ++q) {
-            const int t = t0 + q;
-            if (t >= p.s) break;
-            float *o = p.out + (int64_t)t * p.out_stride;
-            for (int c = tid; c < c0; c += kThreads) o[c] = -INFINITY;
-            for (int c = c1 + tid; c < s_kv; c += kThreads) o[c] = -INFINITY;
-        }
-    }
-
-    auto issue = [&](int i) {
-        if (i < ntiles) {
-            const int tile = tile_lo + i, st = i % S;
-            const uint32_t dst = smem_u32(k_s + st * kTile);
-#pragma unroll
-            for (int j = 0; j < kTile / 16 / kThreads; ++j) {
-                const int id = tid + j * kThreads, r = id >> 3, c = id & 7;
-                const int key = tile * kKeys + r;
-                const bool ok = key < s_kv;
-                cp_async16(dst + swz(r, c), ok ? p.k8 + (int64_t)key * kRow + c * 16 : p.k8, ok ? 16 : 0);
-            }
-            if (tid < kKeys / 4) {
-                const int key = tile * kKeys + tid * 4;
-                float *dst_sc = ksc_s + st * kKeys + tid * 4;
-                if (key + 4 <= s_kv) {
-                    cp_async16(smem_u32(dst_sc), p.kscale + key, 16);
-                } else {
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) dst_sc[e] = key + e < s_kv ? p.kscale[key + e] : 0.f;
-                }
-            }
-        }
-        cp_async_commit();
-    };
-#pragma unroll
-    for (int i = 0; i < S - 2; ++i) issue(i);
-    // Tile j ready for every thread; refill the stage of tile j - 2, whose MMAs all
-    // finished before any thread got here.
-    auto sync_tile = [&](int j) {
-        cp_async_wait<S - 3>();
-        fence_async_smem();
-        __syncthreads();
-        issue(j + S - 2);
-    };
-    auto live = [&](int j, int g) {
-        const int k0 = (tile_lo + j) * kKeys;
-        return glo[g] < k0 + kKeys && ghi[g] > k0;
-    };
-    auto a_tile = [&](int j) { return smem_u32(k_s + (j % S) * kTile); };
-    const uint32_t q_base = smem_u32(q_s);
-
-    const int r0 = 16 * warp + (lane >> 2);
-    float acc_a[N / 2], acc_b[N / 2];
-
-    // One step: start the MMA after group g, then reduce and store group g of tile i.
-    auto step = [&](int i, int g, float (&cur)[N / 2], float (&nxt)[N / 2]) {
-        if (g + 1 < G) {
-            issue_mma<N>(a_tile(i), q_base + (g + 1) * N * kRow, nxt, live(i, g + 1));
-            cute::warpgroup_wait<1>();
-        } else if (i + 1 < ntiles) {
-            sync_tile(i + 1);
-            issue_mma<N>(a_tile(i + 1), q_base, nxt, live(i + 1, 0));
-            cute::warpgroup_wait<1>();
-        } else {
-            cute::warpgroup_wait<0>();
-        }
-#pragma unroll
-        for (int k = 0; k < N / 2; ++k) cute::warpgroup_fence_operand(cur[k]);
-        const bool lv = live(i, g);
-        const int st = i % S, k0 = (tile_lo + i) * kKeys;
-        float s0[NQ], s1[NQ];
-        if (lv) head_reduce<H, NQ>(cur, w_s + g * N, lane, s0, s1);
-        const float ks0 = ksc_s[st * kKeys + r0], ks1 = ksc_s[st * kKeys + r0 + 8];
-#pragma unroll
-        for (int idx = 0; idx < 2 * NQ; ++idx) {
-            if ((idx & 3) != (lane & 3)) continue;
-            const int q = idx >> 1, rr = idx & 1;
-            const int t = t0 + g * NQ + q;
-            const int key = k0 + r0 + 8 * rr;
-            if (t >= p.s || key >= s_kv) continue;
-            const int lo = lo_s[g * NQ + q], hi = hi_s[g * NQ + q];
-            float v = -INFINITY;
-            if (lv && key >= lo && key < hi) v = (rr ? s1[q] : s0[q]) * (rr ? ks1 : ks0);
-            p.out[(int64_t)t * p.out_stride + key] = v;
-        }
-    };
-
-    if (ntiles > 0) {
-        sync_tile(0);
-        issue_mma<N>(a_tile(0), q_base, acc_a, live(0, 0));
-    }
-    for (int i = 0; i < ntiles; ++i) {
-        step(i, 0, acc_a, acc_b);
-        step(i, 1, acc_b, acc_a);
-        step(i, 2, acc_a, acc_b);
-        step(i, 3, acc_b, acc_a);
-    }
-    cp_async_wait<0>();
-}
-
-// ---------------------------------------------------------------------------------------
-// Decode, second form: the producer records each stage's (batch, page, page valid) in
-// shared memory, so the consumer's path has no global loads; launched with as many CTAs
-// per SM as shared memory allows (up to 3).
-template <int H, int NQ>
-__device__ __forceinline__ void decode2_body(const DsaIndexerDecodeParams &p) {
     using C = DecodeCfg<H, NQ>;
     constexpr int N = C::N, S = kDecodeStages;
     uint8_t *base = align1024(dyn_smem);
@@ -754,10 +455,6 @@ __device__ __forceinline__ void decode2_body(const DsaIndexerDecodeParams &p) {
     extern "C" __global__ void __launch_bounds__(kThreads, 2)                                       \
         dsa_indexer_logits_prefill_h##H(const __grid_constant__ DsaIndexerPrefillParams p) {        \
         prefill_body<H>(p);                                                                         \
-    }                                                                                               \
-    extern "C" __global__ void __launch_bounds__(kThreads, 2)                                       \
-        dsa_indexer_logits_prefill2_h##H(const __grid_constant__ DsaIndexerPrefillParams p) {       \
-        prefill2_body<H>(p);                                                                        \
     }
 DSA_PREFILL(16)
 DSA_PREFILL(32)
@@ -767,10 +464,6 @@ DSA_PREFILL(64)
     extern "C" __global__ void __launch_bounds__(kThreads, 2)                                       \
         dsa_indexer_logits_decode_h##H##_q##NQ(const __grid_constant__ DsaIndexerDecodeParams p) {  \
         decode_body<H, NQ>(p);                                                                      \
-    }                                                                                               \
-    extern "C" __global__ void __launch_bounds__(kThreads, 2)                                       \
-        dsa_indexer_logits_decode2_h##H##_q##NQ(const __grid_constant__ DsaIndexerDecodeParams p) { \
-        decode2_body<H, NQ>(p);                                                                     \
     }
 DSA_DECODE(16, 1)
 DSA_DECODE(16, 2)

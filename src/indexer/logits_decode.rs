@@ -40,47 +40,18 @@ pub fn decode_plan_len(batch: usize) -> usize {
 
 const STAGES: usize = 6;
 
-/// The decode kernel forms: 0 = page metadata re-read by the consumer, two CTAs per SM;
-/// 1 = metadata handed over in shared memory, as many CTAs per SM as fit (up to 3, the
-/// default).
-const DEFAULT_VARIANT: usize = 1;
-
 /// Mirror of `DecodeCfg::kSmem`.
 fn smem_bytes(n: usize) -> u32 {
     (1024 + n * 128 + STAGES * 8192 + STAGES * 64 * 4 + n * 4 + STAGES * 16) as u32
 }
 
-/// CTAs per SM of a form: shared memory per SM is 228 KB, 1 KB of it reserved per CTA.
-fn ctas_per_sm(variant: usize, smem: u32) -> u32 {
-    if variant == 0 {
-        2
-    } else {
-        ((228 * 1024) / (smem + 1024)).clamp(1, 3)
-    }
+/// CTAs per SM: as many as shared memory holds (228 KB per SM, 1 KB of it reserved per
+/// CTA), at most 3; more CTAs hide more of each page's MMA and reduction latency.
+fn ctas_per_sm(smem: u32) -> u32 {
+    ((228 * 1024) / (smem + 1024)).clamp(1, 3)
 }
 
-fn kernel_for(variant: usize, heads: usize, next_n: usize) -> (&'static str, usize) {
-    let (v0, nq) = kernel_v0(heads, next_n);
-    if variant == 0 {
-        return (v0, nq);
-    }
-    let v1 = match v0 {
-        "dsa_indexer_logits_decode_h16_q1" => "dsa_indexer_logits_decode2_h16_q1",
-        "dsa_indexer_logits_decode_h16_q2" => "dsa_indexer_logits_decode2_h16_q2",
-        "dsa_indexer_logits_decode_h16_q4" => "dsa_indexer_logits_decode2_h16_q4",
-        "dsa_indexer_logits_decode_h32_q1" => "dsa_indexer_logits_decode2_h32_q1",
-        "dsa_indexer_logits_decode_h32_q2" => "dsa_indexer_logits_decode2_h32_q2",
-        "dsa_indexer_logits_decode_h32_q3" => "dsa_indexer_logits_decode2_h32_q3",
-        "dsa_indexer_logits_decode_h32_q4" => "dsa_indexer_logits_decode2_h32_q4",
-        "dsa_indexer_logits_decode_h64_q1" => "dsa_indexer_logits_decode2_h64_q1",
-        "dsa_indexer_logits_decode_h64_q2" => "dsa_indexer_logits_decode2_h64_q2",
-        "dsa_indexer_logits_decode_h64_q3" => "dsa_indexer_logits_decode2_h64_q3",
-        _ => "dsa_indexer_logits_decode2_h64_q4",
-    };
-    (v1, nq)
-}
-
-fn kernel_v0(heads: usize, next_n: usize) -> (&'static str, usize) {
+fn kernel_for(heads: usize, next_n: usize) -> (&'static str, usize) {
     match (heads, next_n) {
         (16, 1) => ("dsa_indexer_logits_decode_h16_q1", 1),
         (16, 2) => ("dsa_indexer_logits_decode_h16_q2", 2),
@@ -195,49 +166,7 @@ impl DsaKernels {
         plan: &P,
         out: &mut O,
     ) -> Result<()> {
-        self.indexer_logits_decode_form(
-            DEFAULT_VARIANT,
-            shape,
-            q8,
-            w,
-            cache,
-            context_lens,
-            block_table,
-            plan,
-            out,
-        )
-    }
-
-    /// [`Self::indexer_logits_decode`] with an explicit kernel form (0 or 1), for tests
-    /// and benches that compare them.
-    #[doc(hidden)]
-    #[allow(clippy::too_many_arguments)]
-    pub fn indexer_logits_decode_form<
-        Q: DevicePtr<u8>,
-        W: DevicePtr<f32>,
-        L: DevicePtr<i32>,
-        B: DevicePtr<i32>,
-        P: DevicePtr<i32>,
-        O: DevicePtrMut<f32>,
-    >(
-        &self,
-        variant: usize,
-        shape: DecodeLogitsShape,
-        q8: &Q,
-        w: &W,
-        cache: &IndexerKCache,
-        context_lens: &L,
-        block_table: &B,
-        plan: &P,
-        out: &mut O,
-    ) -> Result<()> {
         check_shape(&shape)?;
-        if variant > 1 {
-            return Err(DsaError::Unsupported {
-                what: "decode kernel form",
-                detail: format!("form {variant}; 0 or 1"),
-            });
-        }
         let DecodeLogitsShape {
             batch,
             next_n,
@@ -304,9 +233,9 @@ impl DsaKernels {
             max_pages: max_pages as i32,
             max_ctx: max_ctx as i32,
         };
-        let (kernel, nq) = kernel_for(variant, heads, next_n);
+        let (kernel, nq) = kernel_for(heads, next_n);
         let smem = smem_bytes(heads * nq);
-        let splits = ctas_per_sm(variant, smem) * self.device().sm_count.max(1) as u32;
+        let splits = ctas_per_sm(smem) * self.device().sm_count.max(1) as u32;
         let cfg = LaunchConfig {
             grid_dim: (splits, 1, 1),
             block_dim: (128, 1, 1),

@@ -31,28 +31,19 @@ pub fn prefill_out_stride(s_kv: usize) -> usize {
     s_kv.div_ceil(4) * 4
 }
 
-/// The prefill kernel forms: 0 = one 256-column accumulator per step (`PrefillCfg`, the
-/// default: 706 TFLOP/s at S = 4096, S_kv = 32K on the H100), 1 = two 128-column
-/// accumulators, MMA of the next group under the current group's reduction
-/// (`Prefill2Cfg`: 689 TFLOP/s there, so the reduction, not MMA latency, is the limit).
-const DEFAULT_VARIANT: usize = 0;
+const STAGES: usize = 4;
+const GROUPS: usize = 2;
+const COLUMNS: usize = 256;
 
-/// (stages, groups, columns per group) of each form.
-fn form(variant: usize) -> (usize, usize, usize) {
-    if variant == 0 {
-        (4, 2, 256)
-    } else {
-        (5, 4, 128)
-    }
-}
-
-/// Dynamic shared memory of the prefill kernel (mirror of `PrefillCfg::kSmem` and
-/// `Prefill2Cfg::kSmem`).
-fn smem_bytes(variant: usize, heads: usize) -> u32 {
-    let (stages, groups, n) = form(variant);
-    let qpc = groups * n / heads;
-    (1024 + groups * n * 128 + stages * 8192 + stages * 64 * 4 + groups * n * 4 + 2 * qpc * 4)
-        as u32
+/// Dynamic shared memory of the prefill kernel (mirror of `PrefillCfg::kSmem`).
+fn smem_bytes(heads: usize) -> u32 {
+    let qpc = GROUPS * COLUMNS / heads;
+    (1024
+        + GROUPS * COLUMNS * 128
+        + STAGES * 8192
+        + STAGES * 64 * 4
+        + GROUPS * COLUMNS * 4
+        + 2 * qpc * 4) as u32
 }
 
 impl DsaKernels {
@@ -82,38 +73,6 @@ impl DsaKernels {
         ke: &R,
         out: &mut O,
     ) -> Result<()> {
-        self.indexer_logits_prefill_form(DEFAULT_VARIANT, shape, q8, w, k8, kscale, ks, ke, out)
-    }
-
-    /// [`Self::indexer_logits_prefill`] with an explicit kernel form (0 or 1), for tests
-    /// and benches that compare them.
-    #[doc(hidden)]
-    #[allow(clippy::too_many_arguments)]
-    pub fn indexer_logits_prefill_form<
-        Q: DevicePtr<u8>,
-        W: DevicePtr<f32>,
-        K: DevicePtr<u8>,
-        S: DevicePtr<f32>,
-        R: DevicePtr<i32>,
-        O: DevicePtrMut<f32>,
-    >(
-        &self,
-        variant: usize,
-        shape: PrefillLogitsShape,
-        q8: &Q,
-        w: &W,
-        k8: &K,
-        kscale: &S,
-        ks: &R,
-        ke: &R,
-        out: &mut O,
-    ) -> Result<()> {
-        if variant > 1 {
-            return Err(DsaError::Unsupported {
-                what: "prefill kernel form",
-                detail: format!("form {variant}; 0 or 1"),
-            });
-        }
         let PrefillLogitsShape {
             s,
             s_kv,
@@ -176,20 +135,16 @@ impl DsaKernels {
             s: s as i32,
             s_kv: s_kv as i32,
         };
-        let (_, groups, n) = form(variant);
-        let queries_per_cta = groups * n / heads;
+        let queries_per_cta = GROUPS * COLUMNS / heads;
         let cfg = LaunchConfig {
             grid_dim: (s.div_ceil(queries_per_cta) as u32, 1, 1),
             block_dim: (128, 1, 1),
-            shared_mem_bytes: smem_bytes(variant, heads),
+            shared_mem_bytes: smem_bytes(heads),
         };
-        let kernel = match (variant, heads) {
-            (0, 16) => "dsa_indexer_logits_prefill_h16",
-            (0, 32) => "dsa_indexer_logits_prefill_h32",
-            (0, _) => "dsa_indexer_logits_prefill_h64",
-            (_, 16) => "dsa_indexer_logits_prefill2_h16",
-            (_, 32) => "dsa_indexer_logits_prefill2_h32",
-            _ => "dsa_indexer_logits_prefill2_h64",
+        let kernel = match heads {
+            16 => "dsa_indexer_logits_prefill_h16",
+            32 => "dsa_indexer_logits_prefill_h32",
+            _ => "dsa_indexer_logits_prefill_h64",
         };
         // SAFETY: every buffer holds what the kernel reads or writes (checked above);
         // ranges are clamped to [0, s_kv] in the kernel.

@@ -342,30 +342,24 @@ fn prefill_case(seed: u64, heads: usize, nseq: usize, max_kv: usize, max_q: usiz
         upload(&stream, &ks),
         upload(&stream, &ke),
     );
-    // Both kernel forms, each into a freshly poisoned output.
-    let outs: Vec<Vec<f32>> = (0..2)
-        .map(|form| {
-            let mut d_out = upload(&stream, &vec![f32::NAN; s * stride]);
-            k.indexer_logits_prefill_form(
-                form,
-                PrefillLogitsShape {
-                    s,
-                    s_kv,
-                    heads,
-                    out_stride: stride,
-                },
-                &d_q8,
-                &d_wf,
-                &d_k8,
-                &d_ksc,
-                &d_ks,
-                &d_ke,
-                &mut d_out,
-            )
-            .unwrap();
-            download(&stream, &d_out)
-        })
-        .collect();
+    let mut d_out = upload(&stream, &vec![f32::NAN; s * stride]);
+    k.indexer_logits_prefill(
+        PrefillLogitsShape {
+            s,
+            s_kv,
+            heads,
+            out_stride: stride,
+        },
+        &d_q8,
+        &d_wf,
+        &d_k8,
+        &d_ksc,
+        &d_ks,
+        &d_ke,
+        &mut d_out,
+    )
+    .unwrap();
+    let out = download(&stream, &d_out);
     let want = reference::indexer::logits_prefill(
         &q8,
         &wf,
@@ -388,25 +382,23 @@ fn prefill_case(seed: u64, heads: usize, nseq: usize, max_kv: usize, max_q: usiz
         .map(|j| kscale[j] as f64 * norm(&k8[j * D..(j + 1) * D]))
         .collect();
     let mut bound = Vec::with_capacity(s * s_kv);
+    for &q in &qn {
+        bound.extend(kn.iter().map(|&b| b * q));
+    }
+    let mut got = Vec::with_capacity(s * s_kv);
     for t in 0..s {
-        bound.extend(kn.iter().map(|&b| b * qn[t]));
-    }
-    for (form, out) in outs.iter().enumerate() {
-        let mut got = Vec::with_capacity(s * s_kv);
-        for t in 0..s {
-            got.extend_from_slice(&out[t * stride..t * stride + s_kv]);
-            for c in s_kv..stride {
-                assert!(
-                    out[t * stride + c].is_nan(),
-                    "form {form}: padding column {c} of row {t} written"
-                );
-            }
+        got.extend_from_slice(&out[t * stride..t * stride + s_kv]);
+        for c in s_kv..stride {
+            assert!(
+                out[t * stride + c].is_nan(),
+                "padding column {c} of row {t} written"
+            );
         }
-        let worst = check_logits(&format!("prefill logits, form {form}"), &got, &want, &bound);
-        let cd = cos_diff(&got, &want);
-        assert!(cd < 1e-6, "form {form}: cos diff {cd}");
-        eprintln!("prefill form {form} h{heads} s {s} s_kv {s_kv}: worst err/bound {worst:.2e}, cos diff {cd:.1e}");
     }
+    let worst = check_logits("prefill logits", &got, &want, &bound);
+    let cd = cos_diff(&got, &want);
+    assert!(cd < 1e-6, "cos diff {cd}");
+    eprintln!("prefill h{heads} s {s} s_kv {s_kv}: worst err/bound {worst:.2e}, cos diff {cd:.1e}");
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -501,9 +493,8 @@ fn decode_case(
             };
             for j in 0..next_n {
                 let row = &mut want[(b * next_n + j) * max_ctx..][..max_ctx];
-                for c in p * PAGE_SIZE..((p + 1) * PAGE_SIZE).min(max_ctx) {
-                    row[c] = f32::NEG_INFINITY;
-                }
+                let page = (p * PAGE_SIZE).min(max_ctx)..((p + 1) * PAGE_SIZE).min(max_ctx);
+                row[page].fill(f32::NEG_INFINITY);
             }
         }
     }
@@ -523,19 +514,15 @@ fn decode_case(
     k.indexer_decode_plan(shape, &d_lens, &mut d_plan).unwrap();
     let d_q8 = upload(&stream, &q8);
     let d_w = upload(&stream, &wf);
-    let outs: Vec<Vec<f32>> = (0..2)
-        .map(|form| {
-            let mut d_out = upload(&stream, &vec![f32::NAN; rows * stride]);
-            // Twice with one plan: the plan is reusable across layers.
-            for _ in 0..2 {
-                k.indexer_logits_decode_form(
-                    form, shape, &d_q8, &d_w, &d_cache, &d_lens, &d_table, &d_plan, &mut d_out,
-                )
-                .unwrap();
-            }
-            download(&stream, &d_out)
-        })
-        .collect();
+    let mut d_out = upload(&stream, &vec![f32::NAN; rows * stride]);
+    // Twice with one plan: the plan is reusable across layers.
+    for _ in 0..2 {
+        k.indexer_logits_decode(
+            shape, &d_q8, &d_w, &d_cache, &d_lens, &d_table, &d_plan, &mut d_out,
+        )
+        .unwrap();
+    }
+    let out = download(&stream, &d_out);
     let plan = download(&stream, &d_plan);
     let cap = max_pages.min(max_ctx.div_ceil(PAGE_SIZE));
     let mut acc = 0i32;
@@ -553,7 +540,7 @@ fn decode_case(
         })
         .collect();
     let mut bound = Vec::with_capacity(rows * max_ctx);
-    for r in 0..rows {
+    for (r, &q) in qn.iter().enumerate() {
         let b = r / next_n;
         for s in 0..max_ctx {
             let kb = if s / PAGE_SIZE < max_pages && block_table[b * max_pages + s / PAGE_SIZE] >= 0
@@ -564,25 +551,23 @@ fn decode_case(
             } else {
                 0.0
             };
-            bound.push(kb * qn[r]);
+            bound.push(kb * q);
         }
     }
-    for (form, out) in outs.iter().enumerate() {
-        let mut got = Vec::with_capacity(rows * max_ctx);
-        for r in 0..rows {
-            got.extend_from_slice(&out[r * stride..r * stride + max_ctx]);
-            for c in max_ctx..stride {
-                assert!(
-                    out[r * stride + c].is_nan(),
-                    "form {form}: padding column {c} of row {r} written"
-                );
-            }
+    let mut got = Vec::with_capacity(rows * max_ctx);
+    for r in 0..rows {
+        got.extend_from_slice(&out[r * stride..r * stride + max_ctx]);
+        for c in max_ctx..stride {
+            assert!(
+                out[r * stride + c].is_nan(),
+                "padding column {c} of row {r} written"
+            );
         }
-        let worst = check_logits(&format!("decode logits, form {form}"), &got, &want, &bound);
-        eprintln!(
-            "decode form {form} h{heads} b {batch} next_n {next_n} max_ctx {max_ctx}: worst err/bound {worst:.2e}"
-        );
     }
+    let worst = check_logits("decode logits", &got, &want, &bound);
+    eprintln!(
+        "decode h{heads} b {batch} next_n {next_n} max_ctx {max_ctx}: worst err/bound {worst:.2e}"
+    );
 }
 
 proptest! {
@@ -649,7 +634,7 @@ fn indexer_bad_arguments_are_errors_before_launch() {
     let w = upload(&stream, &vec![0f32; 4 * 64]);
     let k8 = upload(&stream, &vec![0u8; 100 * D]);
     let ksc = upload(&stream, &vec![1f32; 100]);
-    let r = upload(&stream, &vec![0i32; 4]);
+    let r = upload(&stream, &[0i32; 4]);
     let mut out = upload(&stream, &vec![0f32; 4 * 100]);
     let shape = PrefillLogitsShape {
         s: 4,
@@ -691,9 +676,9 @@ fn indexer_bad_arguments_are_errors_before_launch() {
     assert!(matches!(e, Err(DsaError::Unsupported { .. })), "{e:?}");
 
     let cache = IndexerKCache::new(&stream, 2).unwrap();
-    let lens = upload(&stream, &vec![10i32; 2]);
-    let table = upload(&stream, &vec![0i32; 2]);
-    let mut plan = upload(&stream, &vec![0i32; 3]);
+    let lens = upload(&stream, &[10i32; 2]);
+    let table = upload(&stream, &[0i32; 2]);
+    let mut plan = upload(&stream, &[0i32; 3]);
     let dshape = DecodeLogitsShape {
         batch: 2,
         next_n: 5,
@@ -708,7 +693,7 @@ fn indexer_bad_arguments_are_errors_before_launch() {
         next_n: 2,
         ..dshape
     };
-    let mut small = upload(&stream, &vec![0i32; 2]);
+    let mut small = upload(&stream, &[0i32; 2]);
     let e = k.indexer_decode_plan(dshape, &lens, &mut small);
     assert!(matches!(e, Err(DsaError::Shape { .. })), "{e:?}");
     let mut dout = upload(&stream, &vec![0f32; 4 * 64]);
@@ -729,8 +714,8 @@ fn indexer_bad_arguments_are_errors_before_launch() {
 
     let tables = rope(8);
     let cos = upload(&stream, &tables.cos);
-    let x = upload(&stream, &vec![bf16::ZERO; 2 * D]);
-    let pos = upload(&stream, &vec![0i32; 2]);
+    let x = upload(&stream, &[bf16::ZERO; 2 * D]);
+    let pos = upload(&stream, &[0i32; 2]);
     let mut kc = IndexerKCache::new(&stream, 1).unwrap();
     let far = SlotMapping::new(&stream, &[0, 64]).unwrap();
     let e = k.indexer_prepare_k(

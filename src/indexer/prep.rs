@@ -212,6 +212,49 @@ impl DsaKernels {
                 high: cache.capacity_tokens() as i64,
             });
         }
+        // SAFETY: every slot was checked against the cache above.
+        unsafe {
+            self.indexer_prepare_k_device_slots(
+                shape,
+                x,
+                positions,
+                rope,
+                cache,
+                &slots.device().slice(..slots.len()),
+            )
+        }
+    }
+
+    /// As [`Self::indexer_prepare_k`], with the slots already on the device (an engine's
+    /// own slot mapping, `i32 [tokens]`). Negative slots are skipped (padding); slots at or
+    /// past the cache's capacity are skipped too, so no write leaves the cache.
+    ///
+    /// # Safety
+    /// None for memory: the kernel bounds-checks every slot. Marked unsafe because a bad
+    /// slot is silently dropped rather than reported; prefer [`Self::indexer_prepare_k`].
+    pub unsafe fn indexer_prepare_k_device_slots<
+        X: DevicePtr<bf16>,
+        P: DevicePtr<i32>,
+        R: DevicePtr<f32>,
+        S: DevicePtr<i32>,
+    >(
+        &self,
+        shape: IndexerPrepShape,
+        x: &X,
+        positions: &P,
+        rope: RopeTablesRef<'_, R>,
+        cache: &mut IndexerKCache,
+        slots: &S,
+    ) -> Result<()> {
+        if shape.heads != 1 {
+            return Err(DsaError::Shape {
+                what: "indexer k heads",
+                expected: vec![1],
+                got: vec![shape.heads],
+            });
+        }
+        self.prep_common(shape, x, positions, &rope)?;
+        check::at_least("slots", slots.len(), shape.tokens, &[shape.tokens])?;
         if shape.tokens == 0 {
             return Ok(());
         }
@@ -221,7 +264,7 @@ impl DsaKernels {
         let (pos_ptr, _g1) = positions.device_ptr(&stream);
         let (cos_ptr, _g2) = rope.cos.device_ptr(&stream);
         let (sin_ptr, _g3) = rope.sin.device_ptr(&stream);
-        let (slots_ptr, _g4) = slots.device().device_ptr(&stream);
+        let (slots_ptr, _g4) = slots.device_ptr(&stream);
         let capacity_tokens = cache.capacity_tokens() as i64;
         let (cache_ptr, _g5) = cache.data_mut().device_ptr_mut(&stream);
         let (fold, hs) = sqrt_half_128();
@@ -248,8 +291,7 @@ impl DsaKernels {
             block_dim: (32 * WARPS, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: shapes checked above; slots checked against the cache (and again in the
-        // kernel), positions bounds-checked in the kernel.
+        // SAFETY: shapes checked above; slots and positions are bounds-checked in the kernel.
         unsafe { self.launch("indexer_prep", "dsa_indexer_prep_k", cfg, &params) }
     }
 }

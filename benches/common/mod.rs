@@ -97,6 +97,9 @@ pub fn bench_case(
     flush_l2: bool,
     mut f: impl FnMut(),
 ) -> f64 {
+    if !selected(group, case) {
+        return f64::NAN;
+    }
     let mut l2 = flush_l2.then(|| L2Flush::new(stream));
     // Warm-up: module load and first-touch costs stay out of the numbers.
     for _ in 0..3 {
@@ -118,6 +121,40 @@ pub fn bench_case(
     });
     g.finish();
     t
+}
+
+/// Whether `group/case` passes the bench binary's name filter (criterion's positional
+/// argument), so a filtered run neither times nor prints the cases it skips.
+pub fn selected(group: &str, case: &str) -> bool {
+    let id = format!("{group}/{case}");
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a.starts_with("--") {
+            // Flags of criterion/libtest that take a value.
+            if matches!(
+                a.as_str(),
+                "--save-baseline"
+                    | "--baseline"
+                    | "--load-baseline"
+                    | "--profile-time"
+                    | "--sample-size"
+                    | "--warm-up-time"
+                    | "--measurement-time"
+                    | "--output-format"
+                    | "--color"
+                    | "--plotting-backend"
+                    | "--noise-threshold"
+                    | "--confidence-level"
+                    | "--significance-level"
+                    | "--nresamples"
+            ) {
+                args.next();
+            }
+            continue;
+        }
+        return id.contains(&a);
+    }
+    true
 }
 
 /// Prints and records one result line.

@@ -426,6 +426,9 @@ fn write_outputs(rows: &[Row], prefill: f64) {
     let _ = std::fs::write(format!("{dir}/dense_vs_dsa.svg"), svg(rows));
 }
 
+/// A plotted curve: legend name, colour, the time it reads from a row.
+type Series = (&'static str, &'static str, fn(&Row) -> f64);
+
 /// Per-layer decode time against context, one panel per batch size, log-scaled time:
 /// dense bf16, dense FP8 and the DSA step (its three stages stacked as thin lines).
 fn svg(rows: &[Row]) -> String {
@@ -443,7 +446,7 @@ fn svg(rows: &[Row]) -> String {
         r##"<text x="{}" y="22" font-size="16" font-weight="bold">One MLA decode layer on H100: dense vs DSA (h_q 128, s_q 1, top-k 2048)</text>"##,
         ml
     );
-    let series: [(&str, &str, fn(&Row) -> f64); 5] = [
+    let series: [Series; 5] = [
         ("dense bf16", "#d62728", |r| r.dense_bf16),
         ("dense FP8", "#ff7f0e", |r| r.dense_fp8),
         ("DSA step", "#1f77b4", |r| r.dsa),

@@ -168,3 +168,64 @@ impl DenseMlaConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_wave_of_parts() {
+        // 132 SMs: two head groups at h_q = 128, four CTAs per part at s_q = 2.
+        assert_eq!(
+            DenseMlaConfig::new(132, 128, 1, 128, 512, 0.1).num_parts,
+            66
+        );
+        assert_eq!(
+            DenseMlaConfig::new(132, 128, 2, 128, 512, 0.1).num_parts,
+            33
+        );
+        assert_eq!(DenseMlaConfig::new(132, 1, 1, 64, 1, 0.1).num_parts, 132);
+        assert_eq!(DenseMlaConfig::new(132, 1, 4, 2200, 1, 0.1).num_parts, 1);
+    }
+
+    #[test]
+    fn workspace_sizes() {
+        let c = DenseMlaConfig::new(132, 3, 2, 96, 10, 0.1);
+        assert_eq!(c.head_groups(), 2);
+        assert_eq!(c.plan_len(), 4 + 2 * c.num_parts + 4 * 3);
+        assert_eq!(c.max_splits(), c.num_parts + 3);
+        assert_eq!(c.workspace_len(), c.max_splits() * 2 * 96 * 513);
+    }
+
+    #[test]
+    fn validation_rejects_bad_geometry() {
+        let ok = DenseMlaConfig::new(132, 4, 1, 128, 100, 0.135);
+        assert!(ok.validate().is_ok());
+        for bad in [
+            DenseMlaConfig { batch: 0, ..ok },
+            DenseMlaConfig {
+                batch: MAX_BATCH + 1,
+                ..ok
+            },
+            DenseMlaConfig { s_q: 0, ..ok },
+            DenseMlaConfig { h_q: 0, ..ok },
+            DenseMlaConfig { max_pages: 0, ..ok },
+            DenseMlaConfig { num_parts: 0, ..ok },
+            DenseMlaConfig {
+                softmax_scale: f32::NAN,
+                ..ok
+            },
+        ] {
+            assert!(
+                matches!(bad.validate(), Err(DsaError::Unsupported { .. })),
+                "{bad:?}"
+            );
+        }
+        let huge = DenseMlaConfig {
+            batch: 30000,
+            max_pages: 1 << 20,
+            ..ok
+        };
+        assert!(matches!(huge.validate(), Err(DsaError::Capacity { .. })));
+    }
+}

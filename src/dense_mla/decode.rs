@@ -10,7 +10,7 @@ use crate::runtime::DsaKernels;
 use crate::sys::dense_mla::{self as sys, DsaDenseMlaDecodeParams};
 
 /// The device inputs of one layer's dense decode (layouts in [`crate::dense_mla`]).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct DenseMlaArgs<'a, Q, T, S, P> {
     /// bf16 `[batch, s_q, h_q, 576]`.
     pub q: &'a Q,
@@ -21,6 +21,13 @@ pub struct DenseMlaArgs<'a, Q, T, S, P> {
     /// The step's plan from [`DsaKernels::dense_mla_plan`] with the same configuration.
     pub plan: &'a P,
 }
+
+impl<Q, T, S, P> Clone for DenseMlaArgs<'_, Q, T, S, P> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<Q, T, S, P> Copy for DenseMlaArgs<'_, Q, T, S, P> {}
 
 impl DsaKernels {
     /// Dense paged MLA decode of one layer: the split kernel writes per-piece partials into

@@ -32,7 +32,7 @@ pub fn device_count() -> usize {
     if !driver_present() {
         return 0;
     }
-    match std::panic::catch_unwind(|| CudaContext::device_count()) {
+    match std::panic::catch_unwind(CudaContext::device_count) {
         Ok(Ok(n)) if n > 0 => n as usize,
         _ => 0,
     }

@@ -21,8 +21,11 @@ struct ContextKernels {
     functions: Mutex<HashMap<&'static str, (CudaFunction, u32)>>,
 }
 
-fn registry() -> &'static Mutex<Vec<(usize, Weak<ContextKernels>)>> {
-    static R: OnceLock<Mutex<Vec<(usize, Weak<ContextKernels>)>>> = OnceLock::new();
+/// (CUcontext address, its kernels) for every context with a live handle.
+type Registry = Mutex<Vec<(usize, Weak<ContextKernels>)>>;
+
+fn registry() -> &'static Registry {
+    static R: OnceLock<Registry> = OnceLock::new();
     R.get_or_init(|| Mutex::new(Vec::new()))
 }
 

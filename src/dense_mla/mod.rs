@@ -4,17 +4,17 @@
 //! A decode step is three launches, all on the handle's stream, none allocating or
 //! synchronizing with the host (so the step can be captured in a CUDA graph):
 //!
-//! 1. [`DsaKernels::dense_mla_plan`], once per step: from the device-resident sequence
+//! 1. [`DsaKernels::dense_mla_plan`](crate::DsaKernels::dense_mla_plan), once per step: from the device-resident sequence
 //!    lengths, a small kernel decides which SM-sized *part* handles which contiguous
 //!    range of (sequence, 64-token block) work, balanced by total tokens (FlashMLA's
 //!    scheduler idea), and writes that plan into caller-owned `i32` workspace of
 //!    [`DenseMlaConfig::plan_len`] elements. Every layer of the step reuses it.
-//! 2. [`DsaKernels::dense_mla_decode`], per layer: the split kernel computes, for each
+//! 2. [`DsaKernels::dense_mla_decode`](crate::DsaKernels::dense_mla_decode), per layer: the split kernel computes, for each
 //!    piece of a sequence, the attention normalized over that piece's keys (f32 partial
 //!    out and lse) into caller-owned `f32` workspace of [`DenseMlaConfig::workspace_len`]
 //!    elements; then the combine kernel merges the pieces of each sequence, weighted by
 //!    their lse, into the bf16 output and f32 lse.
-//! 3. (inside 2) [`DsaKernels::dense_mla_combine`], also callable alone.
+//! 3. (inside 2) [`DsaKernels::dense_mla_combine`](crate::DsaKernels::dense_mla_combine), also callable alone.
 //!
 //! # Layouts
 //! * `q`: bf16 `[batch, s_q, h_q, 576]` (absorbed form: 512 latent then 64 rope),

@@ -2,15 +2,15 @@
 //! for ragged prefill and paged decode, and the device-side decode schedule.
 //!
 //! Data flow of one layer:
-//! 1. [`DsaKernels::indexer_prepare_q`]: bf16 `q_I [tokens, H, 128]` + positions ->
+//! 1. [`DsaKernels::indexer_prepare_q`](crate::DsaKernels::indexer_prepare_q): bf16 `q_I [tokens, H, 128]` + positions ->
 //!    e4m3 codes `q8 [tokens, H, 128]` and folded head weights `w' [tokens, H]` (f32,
 //!    `w' = (w * qscale) * 128^-0.5`, where `w` already includes `H^-0.5`).
-//! 2. [`DsaKernels::indexer_prepare_k`]: bf16 `k_I [tokens, 128]` + positions -> the paged
+//! 2. [`DsaKernels::indexer_prepare_k`](crate::DsaKernels::indexer_prepare_k): bf16 `k_I [tokens, 128]` + positions -> the paged
 //!    [`IndexerKCache`](crate::cache::IndexerKCache) through a slot mapping.
 //! 3. Logits `I[t, s] = kscale[s] * sum_h w'[t, h] * relu(q8[t, h] . k8[s])` (fp32):
-//!    [`DsaKernels::indexer_logits_prefill`] over a flat key array with per-row ranges, or
-//!    [`DsaKernels::indexer_decode_plan`] once per decode step and
-//!    [`DsaKernels::indexer_logits_decode`] per layer over the paged cache.
+//!    [`DsaKernels::indexer_logits_prefill`](crate::DsaKernels::indexer_logits_prefill) over a flat key array with per-row ranges, or
+//!    [`DsaKernels::indexer_decode_plan`](crate::DsaKernels::indexer_decode_plan) once per decode step and
+//!    [`DsaKernels::indexer_logits_decode`](crate::DsaKernels::indexer_logits_decode) per layer over the paged cache.
 //!
 //! FP8 codes travel as `u8` buffers (e4m3, the bit pattern of `float8::F8E4M3`).
 //! Supported head counts: 16, 32, 64 (tensor-parallel shards of the 64-head indexer).

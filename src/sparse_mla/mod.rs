@@ -8,11 +8,11 @@
 //! uses 0.135234), accumulated in fp32 on bf16 tensor cores, softmax online in the exp2
 //! domain.
 //!
-//! * [`DsaKernels::sparse_mla_decode`]: queries `[batch, s_q, h_q, 576]` over a paged MLA
+//! * [`DsaKernels::sparse_mla_decode`](crate::DsaKernels::sparse_mla_decode): queries `[batch, s_q, h_q, 576]` over a paged MLA
 //!   cache ([`crate::cache::MlaFp8Cache`] or [`crate::cache::MlaBf16Cache`]), indices are
 //!   physical slots (`page * 64 + offset`). The FP8 cache is dequantized once per gathered
 //!   token into shared memory and shared by all heads of a CTA.
-//! * [`DsaKernels::sparse_mla_prefill`]: queries `[s_q, h_q, 576]` over a flat bf16 kv
+//! * [`DsaKernels::sparse_mla_prefill`](crate::DsaKernels::sparse_mla_prefill): queries `[s_q, h_q, 576]` over a flat bf16 kv
 //!   `[s_kv, 576]`, indices are kv rows; also returns the max logit per (query, head).
 //!
 //! **FP8 cache**: each latent value is dequantized as `bf16(e4m3 * scale)` (the product in

@@ -5,6 +5,7 @@
 mod common;
 
 mod cache;
+mod dsa_step;
 mod topk;
 mod dense_mla;
 mod indexer;

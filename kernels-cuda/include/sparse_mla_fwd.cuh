@@ -4,9 +4,14 @@
 // Roles (384 threads, one CTA per SM: shared memory is ~226 KB):
 //  * warpgroup 2, the producer: gathers 64 key rows per block (the rows named by 64
 //    indices) into a bf16 tile in shared memory, two stages deep. bf16 rows go straight in
-//    with cp.async; FP8 rows (656 B) are loaded into registers and dequantized once per
-//    token, so all heads of the CTA share one conversion. Rows two blocks ahead are
-//    prefetched into L2 so the gather latency hides behind the current block.
+//    with cp.async, completing on the stage's barrier, so the next block's gather is issued
+//    while this one is in flight; FP8 latents (512 B) are loaded into registers one round
+//    ahead and dequantized once per token, so all heads share one conversion. Index reads
+//    run three blocks ahead, L2 prefetches two.
+//  * Paired (`kPair`, h_q a multiple of 128): the two head-group CTAs of a (row, split) form
+//    a 2-CTA cluster; each gathers and converts 32 of every block's 64 tokens and forwards
+//    them into the peer's tile with a shared::cluster bulk copy. A token then crosses L2 and
+//    the conversion pipe once for 128 heads instead of twice.
 //  * warpgroups 0 and 1, the consumers: S = Q K^T with wgmma (M = 64 heads, each
 //    warpgroup 32 of the 64 tokens, K = 576), an online softmax in the exp2 domain whose
 //    row maxima and probabilities are exchanged through shared memory, then
@@ -15,7 +20,8 @@
 //
 // Tiles are stored as 128-byte-swizzled, K-major chunks of 64 columns (8 KB per 64 rows),
 // the layout wgmma reads directly: Q and K as K-major operands, the same key tile as the
-// MN-major (transposed) V operand, P as a K-major operand.
+// MN-major (transposed) V operand, P as a K-major operand. 32 consecutive rows of a chunk
+// are 4 KB of contiguous bytes, so half a block moves to the peer as 9 bulk copies.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -25,8 +31,8 @@
 
 #include "sparse_mla_params.h"
 
-#ifndef DSA_SPARSE_FP8_UNITS
-#define DSA_SPARSE_FP8_UNITS 10  // 16-byte loads in flight per producer thread (FP8)
+#ifndef DSA_SPARSE_PRODUCER_REGS
+#define DSA_SPARSE_PRODUCER_REGS 120
 #endif
 
 namespace dsa_sparse {
@@ -37,6 +43,10 @@ constexpr int kChunks = 9;     // 576 / 64 columns
 constexpr int kChunkBytes = 64 * 128;  // 64 rows x 128 B
 constexpr int kTileBytes = kChunks * kChunkBytes;  // 73728
 constexpr int kThreads = 384;
+// Register split of the 64K-entry file: 2 x 128 consumer threads and 128 producer threads.
+constexpr int kProducerRegs = DSA_SPARSE_PRODUCER_REGS;
+constexpr int kConsumerRegs = (65536 / 128 - kProducerRegs) / 2 / 8 * 8;
+static_assert(kConsumerRegs <= 256 && kConsumerRegs >= 184, "consumers need the 128-float O tile");
 
 // Shared memory map (offsets from a 1024-byte aligned base).
 constexpr int kSmemQ = 0;
@@ -44,8 +54,8 @@ constexpr int kSmemKV = kSmemQ + kTileBytes;          // two stages
 constexpr int kSmemP = kSmemKV + 2 * kTileBytes;      // 64 x 64 bf16, one swizzled chunk
 constexpr int kSmemMax = kSmemP + kChunkBytes;        // f32 [2][64]
 constexpr int kSmemValid = kSmemMax + 2 * 64 * 4;     // i32 [2 stages][64]: slot, -1 unused
-constexpr int kSmemBar = kSmemValid + 2 * 64 * 4;     // full[2], empty[2]
-constexpr int kSmemUsed = kSmemBar + 4 * 8;
+constexpr int kSmemBar = kSmemValid + 2 * 64 * 4;     // full[2], empty[2], half[2]
+constexpr int kSmemUsed = kSmemBar + 6 * 8;
 constexpr int kSmemBytes = kSmemUsed + 1024;          // slack for aligning the base
 static_assert(kSmemBytes <= 232448, "exceeds the 227 KB opt-in shared memory of sm_90");
 
@@ -86,6 +96,54 @@ __device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity) {
             : "memory");
     } while (!done);
 }
+template <bool kCluster>
+__device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity) {
+    uint32_t done = 0;
+    do {
+        if constexpr (kCluster)
+            asm volatile(
+                "{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                : "=r"(done)
+                : "r"(smem_u32(bar)), "r"(parity)
+                : "memory");
+        else
+            asm volatile(
+                "{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cta.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                : "=r"(done)
+                : "r"(smem_u32(bar)), "r"(parity)
+                : "memory");
+    } while (!done);
+}
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t *bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.release.cta.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ uint32_t cluster_rank() {
+    uint32_t r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+// The same shared-memory offset in the other CTA of a 2-CTA cluster.
+__device__ __forceinline__ uint32_t peer_addr(uint32_t saddr) {
+    uint32_t r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(saddr), "r"(cluster_rank() ^ 1u));
+    return r;
+}
+__device__ __forceinline__ void mbar_arrive_remote(uint32_t cluster_addr) {
+    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(cluster_addr) : "memory");
+}
+__device__ __forceinline__ void bulk_copy_to_peer(uint32_t dst_cluster, uint32_t src, uint32_t bytes, uint32_t bar_cluster) {
+    asm volatile("cp.async.bulk.shared::cluster.shared::cta.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                     dst_cluster),
+                 "r"(src), "r"(bytes), "r"(bar_cluster)
+                 : "memory");
+}
+__device__ __forceinline__ void fence_mbar_init_cluster() {
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;" ::: "memory");
+}
 __device__ __forceinline__ void named_bar(int id, int count) {
     asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(count) : "memory");
 }
@@ -94,6 +152,15 @@ __device__ __forceinline__ void fence_async_smem() {
 }
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+}
+// Source size 0 writes 16 zero bytes and reads nothing.
+__device__ __forceinline__ void cp_async16_zfill(uint32_t dst, const void *src, uint32_t src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+// Arrives on `bar` once every cp.async this thread issued so far has landed (counts as one
+// of the barrier's expected arrivals).
+__device__ __forceinline__ void cp_async_mbar_arrive_noinc(uint64_t *bar) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(smem_u32(bar)) : "memory");
 }
 __device__ __forceinline__ void cp_async_wait_all() {
     asm volatile("cp.async.wait_all;" ::: "memory");
@@ -171,8 +238,13 @@ __device__ __forceinline__ void dequant16(uint4 raw, float scale, uint4 &lo, uin
     hi = make_uint4(o[4], o[5], o[6], o[7]);
 }
 
-template <bool kFp8>
+// kPair: the CTA is one of a 2-CTA cluster holding both 64-head groups of the same (row,
+// split); each CTA gathers (and dequantizes) 32 of every block's 64 tokens and forwards
+// them into the peer's tile, so a token is read and converted once for 128 heads.
+template <bool kFp8, bool kPair>
 __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
+    constexpr int kOwn = kPair ? kBlock / 2 : kBlock;  // tokens of a block gathered here
+    constexpr int kTokW = kOwn / 4;                      // ... per producer warp
     constexpr uint32_t kRowBytes = kFp8 ? DSA_MLA_FP8_BYTES_PER_TOKEN : DSA_QK_DIM * 2;
     extern __shared__ uint8_t smem_raw[];
     uint8_t *smem = reinterpret_cast<uint8_t *>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
@@ -193,6 +265,8 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
 
     uint64_t *full = reinterpret_cast<uint64_t *>(smem + kSmemBar);
     uint64_t *empty = full + 2;
+    uint64_t *half = full + 4;
+    const int rank = kPair ? (int)cluster_rank() : 0;
     float *smax = reinterpret_cast<float *>(smem + kSmemMax);
     int *svalid = reinterpret_cast<int *>(smem + kSmemValid);
     const uint32_t sQ = smem_u32(smem + kSmemQ);
@@ -200,10 +274,15 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
     const uint32_t sP = smem_u32(smem + kSmemP);
 
     if (tid == 0) {
-        mbar_init(&full[0], 128);
-        mbar_init(&full[1], 128);
-        mbar_init(&empty[0], 8);
-        mbar_init(&empty[1], 8);
+        // Unpaired, full counts each producer thread twice (own_bar below). Paired, the
+        // producer threads arrive on half, and full takes one arrival with the peer's bytes.
+        // empty: one arrival per consumer warp of the CTA (and of the peer, paired).
+        for (int s = 0; s < 2; ++s) {
+            mbar_init(&full[s], kPair ? 1 : 256);
+            mbar_init(&empty[s], kPair ? 16 : 8);
+            mbar_init(&half[s], 256);
+        }
+        if (kPair) fence_mbar_init_cluster();
     }
     {
         // Q tile; rows past h_q (h_q = 16, 32) are zero and never written out.
@@ -221,106 +300,151 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
         fence_async_smem();
     }
     __syncthreads();
+    // The peer's barriers are initialized before anything arrives on them remotely.
+    if constexpr (kPair) cluster_sync();
 
     const int wg = tid >> 7;
     if (wg == 2) {
         // ---------------------------------------------------------------- producer
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 88;\n" ::: "memory");
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegs) : "memory");
         const int pt = tid - 256;
+        const int pw = pt >> 5, lane = pt & 31;
         const int32_t *idx_row = p.indices + (int64_t)row * p.topk;
         const uint8_t *kv = static_cast<const uint8_t *>(p.kv);
-        auto prefetch_block = [&](int b) {
-            if (b < blk_end && pt < kBlock) {
-                const int pos = b * kBlock + pt;
-                if (pos < limit) {
-                    const int s = idx_row[pos];
-                    if (s >= 0 && (int64_t)s < p.kv_rows) prefetch_l2(kv + (int64_t)s * kRowBytes, kRowBytes);
+        // Warp pw gathers tokens own_base + kTokW * pw + j (j < kTokW) of every block; lane
+        // l < kTokW holds the slot of token j = l. Paired, lanes kTokW .. 2 kTokW - 1 hold the
+        // slots of the matching peer tokens, for the consumers' mask only.
+        const int own_base = kPair ? kOwn * rank : 0;
+        const int row_base = own_base + kTokW * pw;  // first tile row of this warp
+        const int my_tok = lane < kTokW               ? row_base + lane
+                           : (kPair && lane < 2 * kTokW) ? kOwn * (1 - rank) + kTokW * pw + (lane - kTokW)
+                                                         : -1;
+        // Slot of this lane's token in block b; -1 when unused. Out-of-range slots are
+        // treated as unused, never read.
+        auto load_idx = [&](int b) -> int {
+            if (my_tok < 0 || b >= blk_end) return -1;
+            const int pos = b * kBlock + my_tok;
+            return pos < limit ? idx_row[pos] : -1;
+        };
+        auto valid_slot = [&](int s) -> int { return (s >= 0 && (int64_t)s < p.kv_rows) ? s : -1; };
+        auto prefetch_row = [&](int s) {
+            if (lane < kTokW && s >= 0) prefetch_l2(kv + (int64_t)s * kRowBytes, kRowBytes);
+        };
+        // Index loads run three blocks ahead in registers, so neither the L2 prefetch (two
+        // blocks ahead) nor the gather ever waits on an index read.
+        int cur = valid_slot(load_idx(blk_begin));
+        int s1 = valid_slot(load_idx(blk_begin + 1));
+        int s2raw = load_idx(blk_begin + 2);
+        prefetch_row(cur);
+        prefetch_row(s1);
+        // FP8: the e4m3 latent of a token (512 B) is one 16-byte load per lane, so a warp
+        // reads whole consecutive lines; the lane dequantizes its 16 values with the token's
+        // scale (lane / 8). Loads run one round ahead of the dequantization in a second
+        // register set, across block boundaries too, so a block's first loads are in flight
+        // while the producer waits for its stage. Rope (and bf16 rows) go in with cp.async.
+        constexpr int kPer = kTokW / 2;
+        auto load = [&](int sv, int r, uint4(&raw)[kPer], float(&sc)[kPer]) {
+#pragma unroll
+            for (int i = 0; i < kPer; ++i) {
+                const int s = __shfl_sync(0xffffffffu, sv, kPer * r + i);
+                raw[i] = make_uint4(0, 0, 0, 0);
+                sc[i] = 0.f;
+                if (s >= 0) {
+                    const uint8_t *src = kv + (int64_t)s * kRowBytes;
+                    raw[i] = ld_global_nc_v4(src + 16 * lane);
+                    sc[i] = __ldg(reinterpret_cast<const float *>(src + 512) + (lane >> 3));
                 }
             }
         };
-        prefetch_block(blk_begin);
-        prefetch_block(blk_begin + 1);
+        const uint32_t lane_off = (lane >> 2) * kChunkBytes + row_base * 128;
+        auto store = [&](uint32_t tile, int r, const uint4(&raw)[kPer], const float(&sc)[kPer]) {
+#pragma unroll
+            for (int i = 0; i < kPer; ++i) {
+                const int j = kPer * r + i;  // tile row row_base + j; its swizzle row is j & 7
+                uint4 lo, hi;
+                // Unused tokens load zeros: P is 0 there, but 0 * NaN would poison O.
+                dequant16(raw[i], sc[i], lo, hi);
+                const uint32_t base = tile + lane_off + j * 128;
+                st_shared_v4(base + (((2 * (lane & 3)) ^ (j & 7)) << 4), lo);
+                st_shared_v4(base + (((2 * (lane & 3) + 1) ^ (j & 7)) << 4), hi);
+            }
+        };
+        uint4 ra[kPer], rb[kPer];
+        float sa[kPer], sb[kPer];
+        if constexpr (kFp8) {
+            if (nblk > 0) load(cur, 0, ra, sa);
+        }
         for (int it = 0; it < nblk; ++it) {
             const int b = blk_begin + it;
             const int stage = it & 1;
-            prefetch_block(b + 2);
-            int slot = -1;
-            if (pt < kBlock) {
-                const int pos = b * kBlock + pt;
-                const int s = pos < limit ? idx_row[pos] : -1;
-                // Out-of-range slots are treated as unused, never read.
-                slot = (s >= 0 && (int64_t)s < p.kv_rows) ? s : -1;
-            }
-            if (it >= 2) mbar_wait(&empty[stage], ((it >> 1) + 1) & 1);
-            // The block's slots (-1 = unused) go to shared memory: the consumers mask with
-            // them and the gather below reads them.
-            int *sslot = svalid + stage * kBlock;
-            if (pt < kBlock) sslot[pt] = slot;
-            named_bar(3, 128);
+            const int s3raw = load_idx(b + 3);
+            const int s2 = valid_slot(s2raw);
+            prefetch_row(s2);
+            // Paired, this also means the peer's consumers are done with the stage.
+            if (it >= 2) mbar_wait<kPair>(&empty[stage], ((it >> 1) + 1) & 1);
+            // The block's slots (-1 = unused) go to shared memory for the consumers' mask.
+            if (my_tok >= 0) svalid[stage * kBlock + my_tok] = cur;
             const uint32_t tile = sKV + stage * kTileBytes;
-            // Consecutive lanes take consecutive 16-byte units of a row, so a warp's loads
-            // touch a few whole cache lines instead of 32 scattered ones.
+            uint64_t *own_bar = kPair ? &half[stage] : &full[stage];
             if constexpr (kFp8) {
-                // 40 data units per token: 32 of e4m3 latent (scale block u / 8), 8 of bf16 rope.
-                constexpr int kPer = DSA_SPARSE_FP8_UNITS, kRounds = 20 / kPer;
-#pragma unroll 1
-                for (int r = 0; r < kRounds; ++r) {
-                    uint4 raw[kPer];
-                    float sc[kPer];
 #pragma unroll
-                    for (int i = 0; i < kPer; ++i) {
-                        const int g = pt + 128 * (kPer * r + i);
-                        const int tk = g / 40, u = g % 40;
-                        const int s = sslot[tk];
-                        raw[i] = make_uint4(0, 0, 0, 0);
-                        sc[i] = 0.f;
-                        if (s >= 0) {
-                            const uint8_t *src = kv + (int64_t)s * kRowBytes;
-                            if (u < 32) {
-                                raw[i] = ld_global_nc_v4(src + 16 * u);
-                                sc[i] = __ldg(reinterpret_cast<const float *>(src + 512) + (u >> 3));
-                            } else {
-                                raw[i] = ld_global_nc_v4(src + 528 + 16 * (u - 32));
-                            }
-                        }
-                    }
-#pragma unroll
-                    for (int i = 0; i < kPer; ++i) {
-                        const int g = pt + 128 * (kPer * r + i);
-                        const int tk = g / 40, u = g % 40;
-                        if (u < 32) {
-                            uint4 lo, hi;
-                            dequant16(raw[i], sc[i], lo, hi);
-                            const uint32_t base = tile + (u >> 2) * kChunkBytes;
-                            st_shared_v4(base + swz(tk, 2 * (u & 3)), lo);
-                            st_shared_v4(base + swz(tk, 2 * (u & 3) + 1), hi);
-                        } else {
-                            st_shared_v4(tile + 8 * kChunkBytes + swz(tk, u - 32), raw[i]);
-                        }
-                    }
+                for (int i = 0; i < kTokW / 4; ++i) {
+                    const int tl = 4 * i + (lane >> 3), u = lane & 7;
+                    const int s = __shfl_sync(0xffffffffu, cur, tl);
+                    const uint8_t *src = s >= 0 ? kv + (int64_t)s * kRowBytes + 528 + 16 * u : kv;
+                    cp_async16_zfill(tile + 8 * kChunkBytes + swz(row_base + tl, u), src, s >= 0 ? 16u : 0u);
                 }
+                const bool more = it + 1 < nblk;
+                load(cur, 1, rb, sb);
+                store(tile, 0, ra, sa);
+                if (more) load(s1, 0, ra, sa);
+                store(tile, 1, rb, sb);
             } else {
-                const uint4 z = make_uint4(0, 0, 0, 0);
-#pragma unroll 4
-                for (int i = 0; i < 36; ++i) {
-                    const int g = pt + 128 * i;
-                    const int tk = g / 72, u = g % 72;
-                    const int s = sslot[tk];
-                    const uint32_t dst = tile + (u >> 3) * kChunkBytes + swz(tk, u & 7);
-                    // Unused rows are zeroed: P is 0 there, but 0 * garbage NaN would poison O.
-                    if (s >= 0)
-                        cp_async16(dst, kv + (int64_t)s * kRowBytes + 16 * u);
-                    else
-                        st_shared_v4(dst, z);
+                // Consecutive lanes take consecutive 16-byte units of a row, so a warp's loads
+                // touch a few whole cache lines.
+#pragma unroll 6
+                for (int k = 0; k < kTokW * 72 / 32; ++k) {
+                    const int q = 32 * k + lane;
+                    const int tl = q / 72, u = q % 72;
+                    const int s = __shfl_sync(0xffffffffu, cur, tl);
+                    const uint32_t dst = tile + (u >> 3) * kChunkBytes + swz(row_base + tl, u & 7);
+                    // Unused rows are zero-filled (source size 0, nothing read): P is 0 there,
+                    // but 0 * garbage NaN would poison O.
+                    const uint8_t *src = s >= 0 ? kv + (int64_t)s * kRowBytes + 16 * u : kv;
+                    cp_async16_zfill(dst, src, s >= 0 ? 16u : 0u);
                 }
-                cp_async_wait_all();
             }
+            // Two arrivals per thread: its cp.async copies landing, and its own stores (slot
+            // entries, dequantized values), made visible to the async proxy first.
+            cp_async_mbar_arrive_noinc(own_bar);
             fence_async_smem();
-            mbar_arrive(&full[stage]);
+            mbar_arrive(own_bar);
+            if constexpr (kPair) {
+                // Warp 0 forwards this CTA's half of the block (9 chunks x 32 rows = 9 x 4 KB,
+                // contiguous per chunk) into the same place of the peer's stage, completing on
+                // the peer's full barrier, and announces the peer's half to its own.
+                if (pw == 0) {
+                    mbar_wait<false>(&half[stage], (it >> 1) & 1);
+                    if (lane == 0) {
+                        fence_async_smem();
+#pragma unroll
+                        for (int c = 0; c < kChunks; ++c) {
+                            const uint32_t off = tile + c * kChunkBytes + own_base * 128;
+                            bulk_copy_to_peer(peer_addr(off), off, kOwn * 128, peer_addr(smem_u32(&full[stage])));
+                        }
+                        mbar_arrive_expect_tx(&full[stage], kChunks * kOwn * 128);
+                    }
+                    __syncwarp();
+                }
+            }
+            cur = s1;
+            s1 = s2;
+            s2raw = s3raw;
         }
+        cp_async_wait_all();
     } else {
         // ---------------------------------------------------------------- consumers
-        asm volatile("setmaxnreg.inc.sync.aligned.u32 208;\n" ::: "memory");
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegs) : "memory");
         const int w = wg;
         const int t = tid & 127;
         const int warp = t >> 5, lane = t & 31;
@@ -335,6 +459,8 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
         for (int it = 0; it < nblk; ++it) {
             const int stage = it & 1;
             mbar_wait(&full[stage], (it >> 1) & 1);
+            // The tile was written by cp.async (generic proxy) and is read by wgmma.
+            fence_async_smem();
             const uint32_t kvs = sKV + stage * kTileBytes;
             float s[16];
 #pragma unroll
@@ -421,7 +547,10 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
             wg_wait0();
             fence_regs(o);
             __syncwarp();
-            if (lane == 0) mbar_arrive(&empty[stage]);
+            if (lane == 0) {
+                mbar_arrive(&empty[stage]);
+                if constexpr (kPair) mbar_arrive_remote(peer_addr(smem_u32(&empty[stage])));
+            }
         }
 
         // ---------------------------------------------------------------- epilogue
@@ -471,6 +600,8 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
             }
         }
     }
+    // No CTA of a pair leaves while the other may still arrive on its barriers.
+    if constexpr (kPair) cluster_sync();
 }
 
 }  // namespace dsa_sparse

@@ -395,6 +395,20 @@ fn sparse_decode_large_batch() {
     run_decode(&k, &c, &caches);
 }
 
+/// Head groups run as 2-CTA clusters whenever their count is even: two pairs (h_q = 256)
+/// and a pair whose second group is partial (h_q = 96), split and unsplit, both caches.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn sparse_decode_paired_head_groups() {
+    let k = kernels();
+    let mut rng = StdRng::seed_from_u64(11);
+    let caches = make_caches(&mut rng, 12);
+    for (batch, s_q, h_q, topk) in [(3, 2, 256, 384), (2, 1, 96, 640), (40, 1, 128, 192)] {
+        let c = random_decode_case(&mut rng, batch, s_q, h_q, topk, caches.capacity, true, true);
+        run_decode(&k, &c, &caches);
+    }
+}
+
 /// A decode step captured in a CUDA graph and replayed gives the eager result (the split
 /// path, so the combine kernel and the workspace are in the graph too).
 #[test]

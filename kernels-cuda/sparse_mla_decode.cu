@@ -5,24 +5,12 @@
 
 extern "C" __global__ void __launch_bounds__(dsa_sparse::kThreads, 1)
 dsa_sparse_mla_decode_fp8(const DsaSparseMlaParams p) {
-    dsa_sparse::sparse_mla_fwd<true, false>(p);
+    dsa_sparse::sparse_mla_fwd<true>(p);
 }
 
 extern "C" __global__ void __launch_bounds__(dsa_sparse::kThreads, 1)
 dsa_sparse_mla_decode_bf16(const DsaSparseMlaParams p) {
-    dsa_sparse::sparse_mla_fwd<false, false>(p);
-}
-
-// Head groups in pairs (h_q a multiple of 128): the two CTAs of a (row, split) form a
-// cluster and each gathers half of every block for both.
-extern "C" __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(dsa_sparse::kThreads, 1)
-dsa_sparse_mla_decode_fp8_pair(const DsaSparseMlaParams p) {
-    dsa_sparse::sparse_mla_fwd<true, true>(p);
-}
-
-extern "C" __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(dsa_sparse::kThreads, 1)
-dsa_sparse_mla_decode_bf16_pair(const DsaSparseMlaParams p) {
-    dsa_sparse::sparse_mla_fwd<false, true>(p);
+    dsa_sparse::sparse_mla_fwd<false>(p);
 }
 
 // One warp per (row, head): lse = ln sum_s exp(lse_s), out = sum_s exp(lse_s - lse) out_s,

@@ -8,10 +8,6 @@
 //    while this one is in flight; FP8 latents (512 B) are loaded into registers one round
 //    ahead and dequantized once per token, so all heads share one conversion. Index reads
 //    run three blocks ahead, L2 prefetches two.
-//  * Paired (`kPair`, h_q a multiple of 128): the two head-group CTAs of a (row, split) form
-//    a 2-CTA cluster; each gathers and converts 32 of every block's 64 tokens and forwards
-//    them into the peer's tile with a shared::cluster bulk copy. A token then crosses L2 and
-//    the conversion pipe once for 128 heads instead of twice.
 //  * warpgroups 0 and 1, the consumers: S = Q K^T with wgmma (M = 64 heads, each
 //    warpgroup 32 of the 64 tokens, K = 576), an online softmax in the exp2 domain whose
 //    row maxima and probabilities are exchanged through shared memory, then
@@ -20,8 +16,13 @@
 //
 // Tiles are stored as 128-byte-swizzled, K-major chunks of 64 columns (8 KB per 64 rows),
 // the layout wgmma reads directly: Q and K as K-major operands, the same key tile as the
-// MN-major (transposed) V operand, P as a K-major operand. 32 consecutive rows of a chunk
-// are 4 KB of contiguous bytes, so half a block moves to the peer as 9 bulk copies.
+// MN-major (transposed) V operand, P as a K-major operand.
+//
+// Tried and dropped (2026-11-22, H100, see BENCHMARKS.md): pairing the two head-group CTAs
+// of a query in a 2-CTA cluster, each gathering half of every block and forwarding it to
+// the other with a shared::cluster bulk copy (FlashMLA's FP8 split). Correct, but 3-6%
+// slower than two independent gathers at h_q = 128 once the producer stopped stalling
+// (commit 6e329c6 has it).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -54,8 +55,8 @@ constexpr int kSmemKV = kSmemQ + kTileBytes;          // two stages
 constexpr int kSmemP = kSmemKV + 2 * kTileBytes;      // 64 x 64 bf16, one swizzled chunk
 constexpr int kSmemMax = kSmemP + kChunkBytes;        // f32 [2][64]
 constexpr int kSmemValid = kSmemMax + 2 * 64 * 4;     // i32 [2 stages][64]: slot, -1 unused
-constexpr int kSmemBar = kSmemValid + 2 * 64 * 4;     // full[2], empty[2], half[2]
-constexpr int kSmemUsed = kSmemBar + 6 * 8;
+constexpr int kSmemBar = kSmemValid + 2 * 64 * 4;     // full[2], empty[2]
+constexpr int kSmemUsed = kSmemBar + 4 * 8;
 constexpr int kSmemBytes = kSmemUsed + 1024;          // slack for aligning the base
 static_assert(kSmemBytes <= 232448, "exceeds the 227 KB opt-in shared memory of sm_90");
 
@@ -95,54 +96,6 @@ __device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity) {
             : "r"(smem_u32(bar)), "r"(parity)
             : "memory");
     } while (!done);
-}
-template <bool kCluster>
-__device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity) {
-    uint32_t done = 0;
-    do {
-        if constexpr (kCluster)
-            asm volatile(
-                "{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-                : "=r"(done)
-                : "r"(smem_u32(bar)), "r"(parity)
-                : "memory");
-        else
-            asm volatile(
-                "{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cta.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-                : "=r"(done)
-                : "r"(smem_u32(bar)), "r"(parity)
-                : "memory");
-    } while (!done);
-}
-__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t *bar, uint32_t bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.release.cta.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes)
-                 : "memory");
-}
-__device__ __forceinline__ uint32_t cluster_rank() {
-    uint32_t r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-    return r;
-}
-// The same shared-memory offset in the other CTA of a 2-CTA cluster.
-__device__ __forceinline__ uint32_t peer_addr(uint32_t saddr) {
-    uint32_t r;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(saddr), "r"(cluster_rank() ^ 1u));
-    return r;
-}
-__device__ __forceinline__ void mbar_arrive_remote(uint32_t cluster_addr) {
-    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(cluster_addr) : "memory");
-}
-__device__ __forceinline__ void bulk_copy_to_peer(uint32_t dst_cluster, uint32_t src, uint32_t bytes, uint32_t bar_cluster) {
-    asm volatile("cp.async.bulk.shared::cluster.shared::cta.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                     dst_cluster),
-                 "r"(src), "r"(bytes), "r"(bar_cluster)
-                 : "memory");
-}
-__device__ __forceinline__ void fence_mbar_init_cluster() {
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-}
-__device__ __forceinline__ void cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;" ::: "memory");
 }
 __device__ __forceinline__ void named_bar(int id, int count) {
     asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(count) : "memory");
@@ -238,13 +191,9 @@ __device__ __forceinline__ void dequant16(uint4 raw, float scale, uint4 &lo, uin
     hi = make_uint4(o[4], o[5], o[6], o[7]);
 }
 
-// kPair: the CTA is one of a 2-CTA cluster holding both 64-head groups of the same (row,
-// split); each CTA gathers (and dequantizes) 32 of every block's 64 tokens and forwards
-// them into the peer's tile, so a token is read and converted once for 128 heads.
-template <bool kFp8, bool kPair>
+template <bool kFp8>
 __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
-    constexpr int kOwn = kPair ? kBlock / 2 : kBlock;  // tokens of a block gathered here
-    constexpr int kTokW = kOwn / 4;                      // ... per producer warp
+    constexpr int kTokW = kBlock / 4;  // tokens of a block per producer warp
     constexpr uint32_t kRowBytes = kFp8 ? DSA_MLA_FP8_BYTES_PER_TOKEN : DSA_QK_DIM * 2;
     extern __shared__ uint8_t smem_raw[];
     uint8_t *smem = reinterpret_cast<uint8_t *>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
@@ -265,8 +214,6 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
 
     uint64_t *full = reinterpret_cast<uint64_t *>(smem + kSmemBar);
     uint64_t *empty = full + 2;
-    uint64_t *half = full + 4;
-    const int rank = kPair ? (int)cluster_rank() : 0;
     float *smax = reinterpret_cast<float *>(smem + kSmemMax);
     int *svalid = reinterpret_cast<int *>(smem + kSmemValid);
     const uint32_t sQ = smem_u32(smem + kSmemQ);
@@ -274,15 +221,12 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
     const uint32_t sP = smem_u32(smem + kSmemP);
 
     if (tid == 0) {
-        // Unpaired, full counts each producer thread twice (own_bar below). Paired, the
-        // producer threads arrive on half, and full takes one arrival with the peer's bytes.
-        // empty: one arrival per consumer warp of the CTA (and of the peer, paired).
+        // full: each producer thread arrives twice (its cp.async copies landing, and its own
+        // stores: slot entries, dequantized values); empty: one arrival per consumer warp.
         for (int s = 0; s < 2; ++s) {
-            mbar_init(&full[s], kPair ? 1 : 256);
-            mbar_init(&empty[s], kPair ? 16 : 8);
-            mbar_init(&half[s], 256);
+            mbar_init(&full[s], 256);
+            mbar_init(&empty[s], 8);
         }
-        if (kPair) fence_mbar_init_cluster();
     }
     {
         // Q tile; rows past h_q (h_q = 16, 32) are zero and never written out.
@@ -300,8 +244,6 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
         fence_async_smem();
     }
     __syncthreads();
-    // The peer's barriers are initialized before anything arrives on them remotely.
-    if constexpr (kPair) cluster_sync();
 
     const int wg = tid >> 7;
     if (wg == 2) {
@@ -311,14 +253,10 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
         const int pw = pt >> 5, lane = pt & 31;
         const int32_t *idx_row = p.indices + (int64_t)row * p.topk;
         const uint8_t *kv = static_cast<const uint8_t *>(p.kv);
-        // Warp pw gathers tokens own_base + kTokW * pw + j (j < kTokW) of every block; lane
-        // l < kTokW holds the slot of token j = l. Paired, lanes kTokW .. 2 kTokW - 1 hold the
-        // slots of the matching peer tokens, for the consumers' mask only.
-        const int own_base = kPair ? kOwn * rank : 0;
-        const int row_base = own_base + kTokW * pw;  // first tile row of this warp
-        const int my_tok = lane < kTokW               ? row_base + lane
-                           : (kPair && lane < 2 * kTokW) ? kOwn * (1 - rank) + kTokW * pw + (lane - kTokW)
-                                                         : -1;
+        // Warp pw gathers tokens kTokW * pw + j (j < kTokW) of every block, on its own (no
+        // barrier among producer warps); lane l < kTokW holds the slot of token j = l.
+        const int row_base = kTokW * pw;  // first tile row of this warp
+        const int my_tok = lane < kTokW ? row_base + lane : -1;
         // Slot of this lane's token in block b; -1 when unused. Out-of-range slots are
         // treated as unused, never read.
         auto load_idx = [&](int b) -> int {
@@ -380,12 +318,10 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
             const int s3raw = load_idx(b + 3);
             const int s2 = valid_slot(s2raw);
             prefetch_row(s2);
-            // Paired, this also means the peer's consumers are done with the stage.
-            if (it >= 2) mbar_wait<kPair>(&empty[stage], ((it >> 1) + 1) & 1);
+            if (it >= 2) mbar_wait(&empty[stage], ((it >> 1) + 1) & 1);
             // The block's slots (-1 = unused) go to shared memory for the consumers' mask.
             if (my_tok >= 0) svalid[stage * kBlock + my_tok] = cur;
             const uint32_t tile = sKV + stage * kTileBytes;
-            uint64_t *own_bar = kPair ? &half[stage] : &full[stage];
             if constexpr (kFp8) {
 #pragma unroll
                 for (int i = 0; i < kTokW / 4; ++i) {
@@ -416,27 +352,9 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
             }
             // Two arrivals per thread: its cp.async copies landing, and its own stores (slot
             // entries, dequantized values), made visible to the async proxy first.
-            cp_async_mbar_arrive_noinc(own_bar);
+            cp_async_mbar_arrive_noinc(&full[stage]);
             fence_async_smem();
-            mbar_arrive(own_bar);
-            if constexpr (kPair) {
-                // Warp 0 forwards this CTA's half of the block (9 chunks x 32 rows = 9 x 4 KB,
-                // contiguous per chunk) into the same place of the peer's stage, completing on
-                // the peer's full barrier, and announces the peer's half to its own.
-                if (pw == 0) {
-                    mbar_wait<false>(&half[stage], (it >> 1) & 1);
-                    if (lane == 0) {
-                        fence_async_smem();
-#pragma unroll
-                        for (int c = 0; c < kChunks; ++c) {
-                            const uint32_t off = tile + c * kChunkBytes + own_base * 128;
-                            bulk_copy_to_peer(peer_addr(off), off, kOwn * 128, peer_addr(smem_u32(&full[stage])));
-                        }
-                        mbar_arrive_expect_tx(&full[stage], kChunks * kOwn * 128);
-                    }
-                    __syncwarp();
-                }
-            }
+            mbar_arrive(&full[stage]);
             cur = s1;
             s1 = s2;
             s2raw = s3raw;
@@ -549,7 +467,6 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
             __syncwarp();
             if (lane == 0) {
                 mbar_arrive(&empty[stage]);
-                if constexpr (kPair) mbar_arrive_remote(peer_addr(smem_u32(&empty[stage])));
             }
         }
 
@@ -600,8 +517,6 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
             }
         }
     }
-    // No CTA of a pair leaves while the other may still arrive on its barriers.
-    if constexpr (kPair) cluster_sync();
 }
 
 }  // namespace dsa_sparse

@@ -2,7 +2,7 @@
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 use half::bf16;
 
-use super::{paired, SparseExtras, BLOCK, HEADS_PER_CTA, MAX_SPLITS, SMEM_BYTES, THREADS};
+use super::{SparseExtras, BLOCK, HEADS_PER_CTA, MAX_SPLITS, SMEM_BYTES, THREADS};
 use crate::cache::{CacheKind, CacheLayout, PagedCache, KV_LORA_RANK, QK_DIM};
 use crate::check;
 use crate::error::{DsaError, Result};
@@ -131,13 +131,10 @@ impl DsaKernels {
         L: DevicePtrMut<f32>,
     {
         cfg.validate()?;
-        let pair = paired(cfg.h_q);
-        let kernel = match (K::LAYOUT, pair) {
-            (CacheLayout::MlaFp8, false) => "dsa_sparse_mla_decode_fp8",
-            (CacheLayout::MlaFp8, true) => "dsa_sparse_mla_decode_fp8_pair",
-            (CacheLayout::MlaBf16, false) => "dsa_sparse_mla_decode_bf16",
-            (CacheLayout::MlaBf16, true) => "dsa_sparse_mla_decode_bf16_pair",
-            (CacheLayout::IndexerK, _) => {
+        let kernel = match K::LAYOUT {
+            CacheLayout::MlaFp8 => "dsa_sparse_mla_decode_fp8",
+            CacheLayout::MlaBf16 => "dsa_sparse_mla_decode_bf16",
+            CacheLayout::IndexerK => {
                 return Err(DsaError::Unsupported {
                     what: "sparse MLA decode cache",
                     detail: "needs an MLA cache (FP8 or bf16), got the indexer K cache".into(),

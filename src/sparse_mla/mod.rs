@@ -69,13 +69,6 @@ pub(crate) const BLOCK: usize = 64;
 /// Threads per CTA: two consumer warpgroups and one producer warpgroup.
 pub(crate) const THREADS: u32 = 384;
 /// Dynamic shared memory of the attention kernel (`kSmemBytes` in sparse_mla_fwd.cuh).
-pub(crate) const SMEM_BYTES: u32 = 73728 * 3 + 8192 + 512 + 512 + 48 + 1024;
-
-/// Whether the head groups run as 2-CTA clusters (`*_pair` kernels): both 64-head groups
-/// of a query in one cluster, each CTA gathering half of every index block for the two.
-/// Needs an even number of head groups (h_q a multiple of 128, or h_q in 65..=128).
-pub(crate) fn paired(h_q: usize) -> bool {
-    h_q.div_ceil(HEADS_PER_CTA) % 2 == 0
-}
+pub(crate) const SMEM_BYTES: u32 = 73728 * 3 + 8192 + 512 + 512 + 32 + 1024;
 /// Most splits of one query's index list (the combine kernel reads one lse per lane).
 pub(crate) const MAX_SPLITS: usize = 32;

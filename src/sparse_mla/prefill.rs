@@ -2,7 +2,7 @@
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 use half::bf16;
 
-use super::{paired, SparseExtras, HEADS_PER_CTA, SMEM_BYTES, THREADS};
+use super::{SparseExtras, HEADS_PER_CTA, SMEM_BYTES, THREADS};
 use crate::cache::{KV_LORA_RANK, QK_DIM};
 use crate::check;
 use crate::error::{DsaError, Result};
@@ -152,13 +152,8 @@ impl DsaKernels {
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: SMEM_BYTES,
         };
-        let kernel = if paired(h_q) {
-            "dsa_sparse_mla_prefill_pair"
-        } else {
-            "dsa_sparse_mla_prefill"
-        };
         // SAFETY: every buffer was checked against the shape above; indices are
         // bounds-checked against s_kv in the kernel.
-        unsafe { self.launch("sparse_mla_prefill", kernel, lc, &params) }
+        unsafe { self.launch("sparse_mla_prefill", "dsa_sparse_mla_prefill", lc, &params) }
     }
 }

@@ -395,11 +395,11 @@ fn sparse_decode_large_batch() {
     run_decode(&k, &c, &caches);
 }
 
-/// Head groups run as 2-CTA clusters whenever their count is even: two pairs (h_q = 256)
-/// and a pair whose second group is partial (h_q = 96), split and unsplit, both caches.
+/// Several head groups per query: four (h_q = 256), two with a partial second one
+/// (h_q = 96), two over many rows; split and unsplit, both caches, sink and topk_length.
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn sparse_decode_paired_head_groups() {
+fn sparse_decode_many_head_groups() {
     let k = kernels();
     let mut rng = StdRng::seed_from_u64(11);
     let caches = make_caches(&mut rng, 12);

@@ -231,9 +231,11 @@ impl Step {
 /// Checks every stage of `got` against the reference.
 fn check(p: &Problem, got: &(Vec<f32>, Vec<i32>, Vec<f32>, Vec<f32>)) {
     let (logits, indices, out, lse) = got;
-    // 1. Logits: same FP8 inputs, fp32 accumulation on both sides of the head sum;
-    //    Hopper's FP8 MMA accumulates with a few bits less than fp32, hence 1e-4 of the
-    //    largest logit rather than a few ulps. -inf positions must match exactly.
+    // 1. Logits: same FP8 inputs and fp32 head sums on both sides, but Hopper's FP8 MMA
+    //    accumulates each 128-long dot product with fewer mantissa bits than fp32 (the
+    //    reason DeepGEMM promotes partial sums), which shows as ~1e-4 of the largest
+    //    logit; 1e-3 leaves headroom without hiding a wrong key or weight (those move
+    //    logits by O(1) relative). -inf positions must match exactly.
     let r_logits = reference::indexer::logits_decode(
         &p.q8,
         &p.w,
@@ -246,7 +248,7 @@ fn check(p: &Problem, got: &(Vec<f32>, Vec<i32>, Vec<f32>, Vec<f32>)) {
         p.max_ctx,
     );
     let e = max_rel_err(logits, &r_logits);
-    assert!(e < 1e-4, "indexer logits: max rel err {e:.3e}");
+    assert!(e < 1e-3, "indexer logits: max rel err {e:.3e}");
 
     // 2. Top-k: a set of valid, distinct slots of the right size whose reference logits
     //    are all at least the reference k-th largest (up to the logits tolerance), so a
@@ -283,7 +285,7 @@ fn check(p: &Problem, got: &(Vec<f32>, Vec<i32>, Vec<f32>, Vec<f32>)) {
             );
             assert!(seen.insert(pos), "batch {b}: position {pos} selected twice");
             assert!(
-                row[pos] >= kth - 1e-4 * amax,
+                row[pos] >= kth - 1e-3 * amax,
                 "batch {b}: position {pos} below the k-th largest"
             );
         }

@@ -8,15 +8,11 @@
 //    while this one is in flight; FP8 latents (512 B) are loaded into registers one round
 //    ahead and dequantized once per token, so all heads share one conversion. Index reads
 //    run three blocks ahead, L2 prefetches two.
-//  * warpgroups 0 and 1, the consumers: warpgroup w owns output columns 256w..256w+255
-//    (O += P V with wgmma, M = 64 heads, N = 256, K = 64 tokens), online softmax in the exp2
-//    domain, fp32 accumulation throughout. bf16 rows (decode and prefill) use the pair
-//    schedule: warpgroup w takes every other block whole (S = Q K^T as one m64n64 chain,
-//    K = 576, P from registers for its own columns), the running max is chained from WG0
-//    to WG1 and P is exchanged through the block's rope chunk for the other columns, so one
-//    warpgroup's softmax overlaps the other's tensor-core work. FP8 keeps the split
-//    schedule (each warpgroup S for 32 of the 64 tokens, maxima and P exchanged through
-//    shared memory): its producer needs the registers the pair schedule would take.
+//  * warpgroups 0 and 1, the consumers: S = Q K^T with wgmma (M = 64 heads, each
+//    warpgroup 32 of the 64 tokens, K = 576), an online softmax in the exp2 domain whose
+//    row maxima and probabilities are exchanged through shared memory, then
+//    O += P V with wgmma (M = 64, N = 256: warpgroup w owns output columns 256w..256w+255,
+//    K = 64 tokens). fp32 accumulation throughout.
 //
 // Tiles are stored as 128-byte-swizzled, K-major chunks of 64 columns (8 KB per 64 rows),
 // the layout wgmma reads directly: Q and K as K-major operands, the same key tile as the
@@ -26,7 +22,12 @@
 // of a query in a 2-CTA cluster, each gathering half of every block and forwarding it to
 // the other with a shared::cluster bulk copy (FlashMLA's FP8 split). Correct, but 3-6%
 // slower than two independent gathers at h_q = 128 once the producer stopped stalling
-// (commit 6e329c6 has it).
+// (commit 6e329c6 has it). A pair schedule for bf16 rows (each consumer warpgroup takes
+// every other block whole: one m64n64 QK^T chain, so Q is read once per block, P from
+// registers for its own columns, running max chained between the warpgroups, P exchanged
+// through the block's rope chunk), which lets one warpgroup's softmax overlap the other's
+// tensor-core work: correct, but prefill unchanged (314 vs 315 TFLOP/s) and bf16 decode
+// 4% slower, so the consumers' chain is not what bounds a block (commit 6bc14e4 has it).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -36,14 +37,8 @@
 
 #include "sparse_mla_params.h"
 
-// Producer registers: the FP8 gather holds two rounds of latents in registers (120); the
-// bf16 gather needs few (88), which leaves the pair-scheduled consumers (o, a 64 x 64 S and
-// P) 208 without spills (at 200 ptxas spills and serializes the wgmma chain).
-#ifndef DSA_SPARSE_PRODUCER_REGS_FP8
-#define DSA_SPARSE_PRODUCER_REGS_FP8 120
-#endif
-#ifndef DSA_SPARSE_PRODUCER_REGS_BF16
-#define DSA_SPARSE_PRODUCER_REGS_BF16 88
+#ifndef DSA_SPARSE_PRODUCER_REGS
+#define DSA_SPARSE_PRODUCER_REGS 120
 #endif
 
 namespace dsa_sparse {
@@ -54,35 +49,24 @@ constexpr int kChunks = 9;     // 576 / 64 columns
 constexpr int kChunkBytes = 64 * 128;  // 64 rows x 128 B
 constexpr int kTileBytes = kChunks * kChunkBytes;  // 73728
 constexpr int kThreads = 384;
-// Register split: setmaxnreg moves registers only within what the CTA got at launch,
-// 168 per thread (64K / 384 threads, rounded down to 8) = 504 per thread of a warpgroup, so
-// producer + 2 x consumer <= 504 (asking for more blocks setmaxnreg.inc forever).
-constexpr int kLaunchRegs = 65536 / kThreads / 8 * 8;
-template <bool kFp8>
-constexpr int kProducerRegs = kFp8 ? DSA_SPARSE_PRODUCER_REGS_FP8 : DSA_SPARSE_PRODUCER_REGS_BF16;
-template <bool kFp8>
-constexpr int kConsumerRegs = (kLaunchRegs * 3 - kProducerRegs<kFp8>) / 2 / 8 * 8;
-static_assert(kConsumerRegs<true> <= 256 && kConsumerRegs<true> >= 184, "consumers need the 128-float O tile");
-static_assert(kConsumerRegs<false> <= 256 && kConsumerRegs<false> >= 208, "pair consumers need o, S and P");
+// Register split of the 64K-entry file: 2 x 128 consumer threads and 128 producer threads.
+constexpr int kProducerRegs = DSA_SPARSE_PRODUCER_REGS;
+constexpr int kConsumerRegs = (65536 / 128 - kProducerRegs) / 2 / 8 * 8;
+static_assert(kConsumerRegs <= 256 && kConsumerRegs >= 184, "consumers need the 128-float O tile");
+// setmaxnreg only moves registers within what the CTA got at launch (168 per thread at 384
+// threads): asking for more makes setmaxnreg.inc wait forever.
+static_assert(kProducerRegs + 2 * kConsumerRegs <= 3 * (65536 / kThreads / 8 * 8), "register pool of the launch");
 
 // Shared memory map (offsets from a 1024-byte aligned base).
 constexpr int kSmemQ = 0;
 constexpr int kSmemKV = kSmemQ + kTileBytes;          // two stages
-// Pair schedule (bf16 rows): a block's probabilities (64 x 64 bf16, one swizzled chunk) go
-// to the rope chunk (8) of its stage once QK^T is done, as PV reads only chunks 0..7. Split
-// schedule (FP8): P of the two token halves goes to kSmemP.
 constexpr int kSmemP = kSmemKV + 2 * kTileBytes;      // 64 x 64 bf16, one swizzled chunk
 constexpr int kSmemMax = kSmemP + kChunkBytes;        // f32 [2][64]
-constexpr int kSmemValid = kSmemMax + 2 * 64 * 4;     // u64 [2 stages]: bit t = token t used
+constexpr int kSmemValid = kSmemMax + 2 * 64 * 4;     // i32 [2 stages][64]: slot, -1 unused
 constexpr int kSmemBar = kSmemValid + 2 * 64 * 4;     // full[2], empty[2]
 constexpr int kSmemUsed = kSmemBar + 4 * 8;
 constexpr int kSmemBytes = kSmemUsed + 1024;          // slack for aligning the base
 static_assert(kSmemBytes <= 232448, "exceeds the 227 KB opt-in shared memory of sm_90");
-
-template <int N>
-struct IntC {
-    static constexpr int value = N;
-};
 
 __device__ __forceinline__ uint32_t smem_u32(const void *p) {
     return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -123,9 +107,6 @@ __device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity) {
 }
 __device__ __forceinline__ void named_bar(int id, int count) {
     asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(count) : "memory");
-}
-__device__ __forceinline__ void named_bar_arrive(int id, int count) {
-    asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(count) : "memory");
 }
 __device__ __forceinline__ void fence_async_smem() {
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
@@ -187,23 +168,6 @@ __device__ __forceinline__ void wgmma_m64n256_ss_tb(float (&d)[128], uint64_t da
         : "l"(da), "l"(db), "r"(scale_d));
 }
 
-__device__ __forceinline__ void wgmma_m64n64_ss(float (&d)[32], uint64_t da, uint64_t db, int scale_d) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-        : "l"(da), "l"(db), "r"(scale_d));
-}
-
-// A (P, 64 x 16 bf16) from registers in the accumulator-to-operand layout, B (V) MN-major.
-__device__ __forceinline__ void wgmma_m64n256_rs_tb(float (&d)[128], const uint32_t *a, uint64_t db) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63,%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95,%96,%97,%98,%99,%100,%101,%102,%103,%104,%105,%106,%107,%108,%109,%110,%111,%112,%113,%114,%115,%116,%117,%118,%119,%120,%121,%122,%123,%124,%125,%126,%127}, {%128,%129,%130,%131}, %132, p, 1, 1, 1;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
-}
-
 __device__ __forceinline__ float ex2(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
@@ -259,9 +223,10 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
     uint64_t *full = reinterpret_cast<uint64_t *>(smem + kSmemBar);
     uint64_t *empty = full + 2;
     float *smax = reinterpret_cast<float *>(smem + kSmemMax);
-    uint16_t *svalid = reinterpret_cast<uint16_t *>(smem + kSmemValid);
+    int *svalid = reinterpret_cast<int *>(smem + kSmemValid);
     const uint32_t sQ = smem_u32(smem + kSmemQ);
     const uint32_t sKV = smem_u32(smem + kSmemKV);
+    const uint32_t sP = smem_u32(smem + kSmemP);
 
     if (tid == 0) {
         // full: each producer thread arrives twice (its cp.async copies landing, and its own
@@ -291,7 +256,7 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
     const int wg = tid >> 7;
     if (wg == 2) {
         // ---------------------------------------------------------------- producer
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegs<kFp8>) : "memory");
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegs) : "memory");
         const int pt = tid - 256;
         const int pw = pt >> 5, lane = pt & 31;
         const int32_t *idx_row = p.indices + (int64_t)row * p.topk;
@@ -362,10 +327,8 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
             const int s2 = valid_slot(s2raw);
             prefetch_row(s2);
             if (it >= 2) mbar_wait(&empty[stage], ((it >> 1) + 1) & 1);
-            // The block's used-token bits go to shared memory for the consumers' mask: this
-            // warp's 16 tokens are one 16-bit word of the stage's 64-bit mask.
-            const uint32_t used = __ballot_sync(0xffffffffu, cur >= 0);
-            if (lane == 0) svalid[stage * 4 + pw] = (uint16_t)used;
+            // The block's slots (-1 = unused) go to shared memory for the consumers' mask.
+            if (my_tok >= 0) svalid[stage * kBlock + my_tok] = cur;
             const uint32_t tile = sKV + stage * kTileBytes;
             if constexpr (kFp8) {
 #pragma unroll
@@ -407,319 +370,112 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
         cp_async_wait_all();
     } else {
         // ---------------------------------------------------------------- consumers
-        // Blocks go in pairs: warpgroup w owns block 2i + w (stage w) and computes its whole
-        // 64 x 64 S = Q K^T (one m64n64 wgmma chain: Q is read once per block, not once per
-        // warpgroup), its softmax, and O[:, 256w..] += P V from registers. The running max
-        // is chained WG0 -> WG1 through shared memory (WG1's max includes WG0's), WG0 then
-        // rescales its P to WG1's max and both exchange P through the rope chunk of their
-        // stage for the other half of the output columns. The two warpgroups thus run
-        // staggered: one's softmax overlaps the other's tensor-core work.
-        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegs<kFp8>) : "memory");
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegs) : "memory");
         const int w = wg;
         const int t = tid & 127;
         const int warp = t >> 5, lane = t & 31;
         const int r0 = warp * 16 + (lane >> 2);  // this thread's rows: r0 and r0 + 8
         const int c0 = (lane & 3) * 2;
         const float sl2 = p.scale_log2;
-        constexpr int kBarMax0 = 2, kBarMax1 = 3, kBarP0 = 4, kBarP1 = 5;
         float o[128];
 #pragma unroll
         for (int i = 0; i < 128; ++i) o[i] = 0.f;
-        // m: running max (log2 domain), the same in both warpgroups after every pair; l: this
-        // warpgroup's share of the row sums (its own blocks), relative to m.
         float m0 = -CUDART_INF_F, m1 = -CUDART_INF_F, l0 = 0.f, l1 = 0.f;
 
-        // FP8 keeps the split schedule: its producer needs 120 registers, which leaves the
-        // consumers too few for a whole 64 x 64 S next to O. Each warpgroup computes S for
-        // 32 of the block's 64 tokens (m64n32), row maxima and P are exchanged through
-        // shared memory, and O[:, 256w..] += P V reads all of P from kSmemP.
-        auto split_blocks = [&]() {
-            const uint32_t sP = smem_u32(smem + kSmemP);
-            for (int it = 0; it < nblk; ++it) {
-                const int stage = it & 1;
-                mbar_wait(&full[stage], (it >> 1) & 1);
-                // The tile was written by cp.async (generic proxy) and is read by wgmma.
-                fence_async_smem();
-                const uint32_t kvs = sKV + stage * kTileBytes;
-                float s[16];
+        for (int it = 0; it < nblk; ++it) {
+            const int stage = it & 1;
+            mbar_wait(&full[stage], (it >> 1) & 1);
+            // The tile was written by cp.async (generic proxy) and is read by wgmma.
+            fence_async_smem();
+            const uint32_t kvs = sKV + stage * kTileBytes;
+            float s[16];
 #pragma unroll
-                for (int i = 0; i < 16; ++i) s[i] = 0.f;
-                wg_fence();
+            for (int i = 0; i < 16; ++i) s[i] = 0.f;
+            wg_fence();
 #pragma unroll
-                for (int kk = 0; kk < 36; ++kk) {
-                    const uint32_t koff = (kk >> 2) * kChunkBytes + (kk & 3) * 32;
-                    wgmma_m64n32_ss(s, desc_sw128(sQ + koff, 16), desc_sw128(kvs + w * 32 * 128 + koff, 16), kk > 0);
-                }
-                wg_commit();
-                wg_wait0();
-                fence_regs(s);
+            for (int kk = 0; kk < 36; ++kk) {
+                const uint32_t koff = (kk >> 2) * kChunkBytes + (kk & 3) * 32;
+                wgmma_m64n32_ss(s, desc_sw128(sQ + koff, 16), desc_sw128(kvs + w * 32 * 128 + koff, 16), kk > 0);
+            }
+            wg_commit();
+            wg_wait0();
+            fence_regs(s);
 
-                const uint64_t vm = reinterpret_cast<const uint64_t *>(svalid)[stage] >> (w * 32 + c0);
-                float mx0 = -CUDART_INF_F, mx1 = -CUDART_INF_F;
+            const int *valid = svalid + stage * kBlock + w * 32;
+            float mx0 = -CUDART_INF_F, mx1 = -CUDART_INF_F;
 #pragma unroll
-                for (int j = 0; j < 4; ++j) {
+            for (int j = 0; j < 4; ++j) {
 #pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        if (!((vm >> (8 * j + e)) & 1)) {
-                            s[4 * j + e] = -CUDART_INF_F;
-                            s[4 * j + 2 + e] = -CUDART_INF_F;
-                        }
-                        mx0 = fmaxf(mx0, s[4 * j + e]);
-                        mx1 = fmaxf(mx1, s[4 * j + 2 + e]);
+                for (int e = 0; e < 2; ++e) {
+                    if (valid[8 * j + c0 + e] < 0) {
+                        s[4 * j + e] = -CUDART_INF_F;
+                        s[4 * j + 2 + e] = -CUDART_INF_F;
                     }
-                }
-                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-                if ((lane & 3) == 0) {
-                    smax[w * 64 + r0] = mx0;
-                    smax[w * 64 + r0 + 8] = mx1;
-                }
-                named_bar(kBarMax0, 256);
-                mx0 = fmaxf(mx0, smax[(1 - w) * 64 + r0]);
-                mx1 = fmaxf(mx1, smax[(1 - w) * 64 + r0 + 8]);
-                const float mn0 = fmaxf(m0, mx0 * sl2), mn1 = fmaxf(m1, mx1 * sl2);
-                // A row with nothing valid yet keeps max -inf; subtracting 0 then keeps P = 0.
-                const float mu0 = mn0 == -CUDART_INF_F ? 0.f : mn0;
-                const float mu1 = mn1 == -CUDART_INF_F ? 0.f : mn1;
-                const float a0 = ex2(m0 - mu0), a1 = ex2(m1 - mu1);
-                m0 = mn0;
-                m1 = mn1;
-                float ps0 = 0.f, ps1 = 0.f;
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        s[4 * j + e] = ex2(fmaf(s[4 * j + e], sl2, -mu0));
-                        s[4 * j + 2 + e] = ex2(fmaf(s[4 * j + 2 + e], sl2, -mu1));
-                        ps0 += s[4 * j + e];
-                        ps1 += s[4 * j + 2 + e];
-                    }
-                }
-                l0 = l0 * a0 + ps0;
-                l1 = l1 * a1 + ps1;
-                // Once the running max settles most blocks leave it unchanged: skip the rescale.
-                if (a0 != 1.f || a1 != 1.f) {
-#pragma unroll
-                    for (int j = 0; j < 32; ++j) {
-                        o[4 * j] *= a0;
-                        o[4 * j + 1] *= a0;
-                        o[4 * j + 2] *= a1;
-                        o[4 * j + 3] *= a1;
-                    }
-                }
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    const int tk = w * 32 + 8 * j + c0;
-                    st_shared_u32(sP + swz(r0, tk >> 3) + (tk & 7) * 2, pack_bf16(s[4 * j], s[4 * j + 1]));
-                    st_shared_u32(sP + swz(r0 + 8, tk >> 3) + (tk & 7) * 2, pack_bf16(s[4 * j + 2], s[4 * j + 3]));
-                }
-                fence_async_smem();
-                named_bar(kBarP0, 256);
-                wg_fence();
-#pragma unroll
-                for (int kk = 0; kk < 4; ++kk)
-                    wgmma_m64n256_ss_tb(o, desc_sw128(sP + kk * 32, 16),
-                                        desc_sw128(kvs + 4 * w * kChunkBytes + kk * 16 * 128, kChunkBytes), 1);
-                wg_commit();
-                wg_wait0();
-                fence_regs(o);
-                __syncwarp();
-                if (lane == 0) {
-                    mbar_arrive(&empty[stage]);
+                    mx0 = fmaxf(mx0, s[4 * j + e]);
+                    mx1 = fmaxf(mx1, s[4 * j + 2 + e]);
                 }
             }
-        };
-        // One copy of the loop per warpgroup (W is a constant), so no wgmma is in flight
-        // across a branch on the warpgroup and ptxas keeps the wgmma pipeline unserialized.
-        auto pairs = [&](auto wc) {
-            constexpr int W = decltype(wc)::value;
-            const uint32_t own = sKV + W * kTileBytes;
-            const uint32_t other = sKV + (1 - W) * kTileBytes;
-            const uint32_t sp_own = own + 8 * kChunkBytes;
-            const uint32_t sp_other = other + 8 * kChunkBytes;
-            for (int pi = 0; 2 * pi < nblk; ++pi) {
-                const bool has_b = 2 * pi + 1 < nblk;
-                const bool has_own = W == 0 || has_b;
-                uint32_t pa[16];  // this block's P, bf16 pairs in the wgmma A-operand layout
-                float mx0 = -CUDART_INF_F, mx1 = -CUDART_INF_F;
-                float ps0 = 0.f, ps1 = 0.f;
-                float s[32];
-                if (has_own) {
-                    mbar_wait(&full[W], pi & 1);
-                    // The tile was written by cp.async (generic proxy) and is read by wgmma.
-                    fence_async_smem();
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+            if ((lane & 3) == 0) {
+                smax[w * 64 + r0] = mx0;
+                smax[w * 64 + r0 + 8] = mx1;
+            }
+            named_bar(1, 256);
+            mx0 = fmaxf(mx0, smax[(1 - w) * 64 + r0]);
+            mx1 = fmaxf(mx1, smax[(1 - w) * 64 + r0 + 8]);
+            const float mn0 = fmaxf(m0, mx0 * sl2), mn1 = fmaxf(m1, mx1 * sl2);
+            // A row with nothing valid yet keeps max -inf; subtracting 0 then keeps P = 0.
+            const float mu0 = mn0 == -CUDART_INF_F ? 0.f : mn0;
+            const float mu1 = mn1 == -CUDART_INF_F ? 0.f : mn1;
+            const float a0 = ex2(m0 - mu0), a1 = ex2(m1 - mu1);
+            m0 = mn0;
+            m1 = mn1;
+            float ps0 = 0.f, ps1 = 0.f;
 #pragma unroll
-                    for (int i = 0; i < 32; ++i) s[i] = 0.f;
-                    wg_fence();
+            for (int j = 0; j < 4; ++j) {
 #pragma unroll
-                    for (int kk = 0; kk < 36; ++kk) {
-                        const uint32_t koff = (kk >> 2) * kChunkBytes + (kk & 3) * 32;
-                        wgmma_m64n64_ss(s, desc_sw128(sQ + koff, 16), desc_sw128(own + koff, 16), kk > 0);
-                    }
-                    wg_commit();
-                    wg_wait0();
-                    fence_regs(s);
-                    const uint64_t vm = reinterpret_cast<const uint64_t *>(svalid)[W] >> c0;
-#pragma unroll
-                    for (int j = 0; j < 8; ++j) {
-#pragma unroll
-                        for (int e = 0; e < 2; ++e) {
-                            if (!((vm >> (8 * j + e)) & 1)) {
-                                s[4 * j + e] = -CUDART_INF_F;
-                                s[4 * j + 2 + e] = -CUDART_INF_F;
-                            }
-                            mx0 = fmaxf(mx0, s[4 * j + e]);
-                            mx1 = fmaxf(mx1, s[4 * j + 2 + e]);
-                        }
-                    }
-                    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-                    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-                    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-                    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-                }
-                float base0 = m0, base1 = m1;  // WG0: the running max; WG1: WG0's new max
-                if constexpr (W == 1) {
-                    named_bar(kBarMax0, 256);
-                    base0 = smax[r0];
-                    base1 = smax[r0 + 8];
-                }
-                const float mn0 = fmaxf(base0, mx0 * sl2), mn1 = fmaxf(base1, mx1 * sl2);
-                // A row with nothing valid yet keeps max -inf; subtracting 0 then keeps P = 0.
-                const float mu0 = mn0 == -CUDART_INF_F ? 0.f : mn0;
-                const float mu1 = mn1 == -CUDART_INF_F ? 0.f : mn1;
-                const float a0 = ex2(m0 - mu0), a1 = ex2(m1 - mu1);
-                m0 = mn0;
-                m1 = mn1;
-                if ((lane & 3) == 0) {
-                    smax[W * 64 + r0] = mn0;
-                    smax[W * 64 + r0 + 8] = mn1;
-                }
-                named_bar_arrive(W == 0 ? kBarMax0 : kBarMax1, 256);
-                if (has_own) {
-#pragma unroll
-                    for (int j = 0; j < 8; ++j) {
-                        const float p0 = ex2(fmaf(s[4 * j], sl2, -mu0)), p1 = ex2(fmaf(s[4 * j + 1], sl2, -mu0));
-                        const float p2 = ex2(fmaf(s[4 * j + 2], sl2, -mu1)), p3 = ex2(fmaf(s[4 * j + 3], sl2, -mu1));
-                        ps0 += p0 + p1;
-                        ps1 += p2 + p3;
-                        pa[2 * j] = pack_bf16(p0, p1);
-                        pa[2 * j + 1] = pack_bf16(p2, p3);
-                    }
-                }
-                l0 = l0 * a0 + ps0;
-                l1 = l1 * a1 + ps1;
-                // Once the running max settles most blocks leave it unchanged: skip the rescale.
-                if (a0 != 1.f || a1 != 1.f) {
-#pragma unroll
-                    for (int j = 0; j < 32; ++j) {
-                        o[4 * j] *= a0;
-                        o[4 * j + 1] *= a0;
-                        o[4 * j + 2] *= a1;
-                        o[4 * j + 3] *= a1;
-                    }
-                }
-                if constexpr (W == 0) {
-                    wg_fence();
-#pragma unroll
-                    for (int kk = 0; kk < 4; ++kk)
-                        wgmma_m64n256_rs_tb(o, pa + 4 * kk, desc_sw128(own + kk * 16 * 128, kChunkBytes));
-                    wg_commit();
-                    wg_wait0();
-                    fence_regs(o);
-                    // WG1's max covers both blocks: bring P, O and l of this warpgroup to it.
-                    named_bar(kBarMax1, 256);
-                    const float nm0 = smax[64 + r0], nm1 = smax[64 + r0 + 8];
-                    const float f0 = nm0 == -CUDART_INF_F ? 1.f : ex2(m0 - nm0);
-                    const float f1 = nm1 == -CUDART_INF_F ? 1.f : ex2(m1 - nm1);
-#pragma unroll
-                    for (int j = 0; j < 8; ++j) {
-                        uint32_t v0 = pa[2 * j], v1 = pa[2 * j + 1];
-                        if (f0 != 1.f) {
-                            const float2 q = __bfloat1622float2(*reinterpret_cast<__nv_bfloat162 *>(&v0));
-                            v0 = pack_bf16(q.x * f0, q.y * f0);
-                        }
-                        if (f1 != 1.f) {
-                            const float2 q = __bfloat1622float2(*reinterpret_cast<__nv_bfloat162 *>(&v1));
-                            v1 = pack_bf16(q.x * f1, q.y * f1);
-                        }
-                        st_shared_u32(sp_own + swz(r0, j) + c0 * 2, v0);
-                        st_shared_u32(sp_own + swz(r0 + 8, j) + c0 * 2, v1);
-                    }
-                    fence_async_smem();
-                    named_bar_arrive(kBarP0, 256);
-                    __syncwarp();
-                    if (lane == 0) mbar_arrive(&empty[0]);
-                    m0 = nm0;
-                    m1 = nm1;
-                    l0 *= f0;
-                    l1 *= f1;
-                    if (f0 != 1.f || f1 != 1.f) {
-#pragma unroll
-                        for (int j = 0; j < 32; ++j) {
-                            o[4 * j] *= f0;
-                            o[4 * j + 1] *= f0;
-                            o[4 * j + 2] *= f1;
-                            o[4 * j + 3] *= f1;
-                        }
-                    }
-                    if (has_b) {
-                        named_bar(kBarP1, 256);
-                        wg_fence();
-#pragma unroll
-                        for (int kk = 0; kk < 4; ++kk)
-                            wgmma_m64n256_ss_tb(o, desc_sw128(sp_other + kk * 32, 16),
-                                                desc_sw128(other + kk * 16 * 128, kChunkBytes), 1);
-                        wg_commit();
-                        wg_wait0();
-                        fence_regs(o);
-                        __syncwarp();
-                        if (lane == 0) mbar_arrive(&empty[1]);
-                    }
-                } else {
-                    if (has_own) {
-                        // WG1's max is the pair's final one: its P goes out as is, stored
-                        // before the wgmma that reads pa is issued.
-#pragma unroll
-                        for (int j = 0; j < 8; ++j) {
-                            st_shared_u32(sp_own + swz(r0, j) + c0 * 2, pa[2 * j]);
-                            st_shared_u32(sp_own + swz(r0 + 8, j) + c0 * 2, pa[2 * j + 1]);
-                        }
-                        fence_async_smem();
-                        named_bar_arrive(kBarP1, 256);
-                        wg_fence();
-#pragma unroll
-                        for (int kk = 0; kk < 4; ++kk)
-                            wgmma_m64n256_rs_tb(o, pa + 4 * kk,
-                                                desc_sw128(own + 4 * kChunkBytes + kk * 16 * 128, kChunkBytes));
-                        wg_commit();
-                        wg_wait0();
-                        fence_regs(o);
-                    }
-                    named_bar(kBarP0, 256);
-                    wg_fence();
-#pragma unroll
-                    for (int kk = 0; kk < 4; ++kk)
-                        wgmma_m64n256_ss_tb(o, desc_sw128(sp_other + kk * 32, 16),
-                                            desc_sw128(other + 4 * kChunkBytes + kk * 16 * 128, kChunkBytes), 1);
-                    wg_commit();
-                    wg_wait0();
-                    fence_regs(o);
-                    __syncwarp();
-                    if (lane == 0) {
-                        mbar_arrive(&empty[0]);
-                        if (has_own) mbar_arrive(&empty[1]);
-                    }
+                for (int e = 0; e < 2; ++e) {
+                    s[4 * j + e] = ex2(fmaf(s[4 * j + e], sl2, -mu0));
+                    s[4 * j + 2 + e] = ex2(fmaf(s[4 * j + 2 + e], sl2, -mu1));
+                    ps0 += s[4 * j + e];
+                    ps1 += s[4 * j + 2 + e];
                 }
             }
-        };
-        if constexpr (kFp8) {
-            split_blocks();
-        } else if (w == 0) {
-            pairs(IntC<0>{});
-        } else {
-            pairs(IntC<1>{});
+            l0 = l0 * a0 + ps0;
+            l1 = l1 * a1 + ps1;
+            // Once the running max settles most blocks leave it unchanged: skip the rescale.
+            if (a0 != 1.f || a1 != 1.f) {
+#pragma unroll
+                for (int j = 0; j < 32; ++j) {
+                    o[4 * j] *= a0;
+                    o[4 * j + 1] *= a0;
+                    o[4 * j + 2] *= a1;
+                    o[4 * j + 3] *= a1;
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int tk = w * 32 + 8 * j + c0;
+                st_shared_u32(sP + swz(r0, tk >> 3) + (tk & 7) * 2, pack_bf16(s[4 * j], s[4 * j + 1]));
+                st_shared_u32(sP + swz(r0 + 8, tk >> 3) + (tk & 7) * 2, pack_bf16(s[4 * j + 2], s[4 * j + 3]));
+            }
+            fence_async_smem();
+            named_bar(2, 256);
+            wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk)
+                wgmma_m64n256_ss_tb(o, desc_sw128(sP + kk * 32, 16),
+                                    desc_sw128(kvs + 4 * w * kChunkBytes + kk * 16 * 128, kChunkBytes), 1);
+            wg_commit();
+            wg_wait0();
+            fence_regs(o);
+            __syncwarp();
+            if (lane == 0) {
+                mbar_arrive(&empty[stage]);
+            }
         }
 
         // ---------------------------------------------------------------- epilogue
@@ -727,7 +483,7 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
         l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
         l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
         l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-        // smax is free: each warpgroup read the other's slot before the last P exchange barrier.
+        // smax is free: the other warpgroup read it before the last P exchange barrier.
         if ((lane & 3) == 0) {
             smax[w * 64 + r0] = l0;
             smax[w * 64 + r0 + 8] = l1;

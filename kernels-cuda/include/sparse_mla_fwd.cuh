@@ -230,10 +230,12 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
 
     if (tid == 0) {
         // full: each producer thread arrives twice (its cp.async copies landing, and its own
-        // stores: slot entries, dequantized values); empty: one arrival per consumer warp.
+        // stores: slot entries, dequantized values); empty: one arrival per consumer thread,
+        // so each thread's own reads of the stage (slot entries, and the tile through its
+        // finished wgmma) are released by its own arrive rather than through a warp sync.
         for (int s = 0; s < 2; ++s) {
             mbar_init(&full[s], 256);
-            mbar_init(&empty[s], 8);
+            mbar_init(&empty[s], 256);
         }
     }
     {
@@ -472,10 +474,7 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
             wg_commit();
             wg_wait0();
             fence_regs(o);
-            __syncwarp();
-            if (lane == 0) {
-                mbar_arrive(&empty[stage]);
-            }
+            mbar_arrive(&empty[stage]);
         }
 
         // ---------------------------------------------------------------- epilogue

@@ -23,8 +23,11 @@
 // the candidate buffer (higher bins go straight to the output) and the rest runs there.
 // Until then each level is another pass over the row.
 //
-// Global passes read 16-byte vectors, four to eight per thread in flight. Appends to the
-// candidate and output buffers take one shared atomic per warp (ballot + popc).
+// Global passes read 16-byte vectors, four per thread in flight. The candidate pass
+// compares floats against the threshold, counts per thread, and takes one warp scan and
+// one shared atomic per warp per step; candidates are stored raw (column, float bits) and
+// become composite keys afterwards. Other appends to the candidate and output buffers
+// take one shared atomic per warp and element (ballot + popc).
 #include "topk_params.h"
 
 #include <stdint.h>
@@ -63,11 +66,21 @@ __device__ u64 dsa_topk_probe[16];
     do {                 \
     } while (0)
 #endif
+// Tuning knobs of the candidate pass for scripts/topk_probe.sh; the defaults measured
+// fastest on the H100 (see BENCHMARKS.md, Top-k). PRELOAD: issue the first step's loads
+// before the sample (more registers live across it: spills, slower). PIPELINE: load
+// step i+1 before filtering step i.
+#ifndef DSA_TOPK_PRELOAD
+#define DSA_TOPK_PRELOAD 0
+#endif
 #ifndef DSA_TOPK_PIPELINE
 #define DSA_TOPK_PIPELINE 0
 #endif
 // Float4 loads per thread per step in the passes that touch every element.
-constexpr int kMainUnroll = DSA_TOPK_PIPELINE ? 4 : 8;
+#ifndef DSA_TOPK_UNROLL
+#define DSA_TOPK_UNROLL 4
+#endif
+constexpr int kMainUnroll = DSA_TOPK_UNROLL;
 
 struct Smem {
     u64 out[kMaxK];      // composite keys of the selected elements
@@ -97,7 +110,7 @@ __device__ __forceinline__ bool key_valid(uint32_t key) {
 
 // Calls f(value, column) for every column of [s, e): a scalar head up to 16-byte
 // alignment, then float4 vectors, kUnroll per thread in flight, then a scalar tail.
-template <int kUnroll = 4, bool kPipe = false, class F>
+template <int kUnroll = 4, class F>
 __device__ __forceinline__ void for_each_in_row(const float *__restrict__ row, int s, int e, F &&f) {
     const int tid = threadIdx.x;
     const int n = e - s;
@@ -111,32 +124,6 @@ __device__ __forceinline__ void for_each_in_row(const float *__restrict__ row, i
     const float4 *v = reinterpret_cast<const float4 *>(row + a);
     constexpr int kPerIter = kUnroll * kThreads;
     const int iters = nvec / kPerIter;
-    if (kPipe) {
-    // Loads of the next step are issued before this step's values are used.
-    float4 x[kUnroll];
-    if (iters > 0) {
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) x[u] = __ldg(v + tid + u * kThreads);
-    }
-    for (int it = 0; it < iters; ++it) {
-        const int base = it * kPerIter + tid;
-        float4 y[kUnroll];
-        const bool more = it + 1 < iters;
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u)
-            if (more) y[u] = __ldg(v + base + kPerIter + u * kThreads);
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-            const int c = a + 4 * (base + u * kThreads);
-            f(x[u].x, c);
-            f(x[u].y, c + 1);
-            f(x[u].z, c + 2);
-            f(x[u].w, c + 3);
-        }
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) x[u] = y[u];
-    }
-    } else {
     for (int it = 0; it < iters; ++it) {
         const int base = it * kPerIter + tid;
         float4 x[kUnroll];
@@ -151,7 +138,6 @@ __device__ __forceinline__ void for_each_in_row(const float *__restrict__ row, i
             f(x[u].w, c + 3);
         }
     }
-    }
     for (int i = iters * kPerIter + tid; i < nvec; i += kThreads) {
         const float4 x = __ldg(v + i);
         const int c = a + 4 * i;
@@ -159,6 +145,118 @@ __device__ __forceinline__ void for_each_in_row(const float *__restrict__ row, i
         f(x.y, c + 1);
         f(x.z, c + 2);
         f(x.w, c + 3);
+    }
+}
+
+// The candidate pass of the fast path. An element is a candidate iff x >= tf as floats
+// (tf from the sampled key; NaN and -inf never pass, see main). Candidates are stored raw,
+// (column << 32) | float bits, and turned into composite keys afterwards (to_composite):
+// the store is then a few predicated instructions per element, since every element pays
+// for them whether or not it is a candidate.
+__device__ __forceinline__ u64 raw_cand(float x, int col) {
+    return ((u64)(uint32_t)col << 32) | __float_as_uint(x);
+}
+
+// Loads step `it` of kU float4 vectors per thread; vectors past nvec read as NaN, which
+// no comparison takes.
+template <int kU>
+__device__ __forceinline__ void load_step(const float4 *__restrict__ v, int nvec, int it, float4 (&x)[kU]) {
+    const int base = it * kU * kThreads + threadIdx.x;
+    if ((it + 1) * kU * kThreads <= nvec) {
+#pragma unroll
+        for (int u = 0; u < kU; ++u) x[u] = __ldg(v + base + u * kThreads);
+    } else {
+        const float q = __int_as_float(0x7fffffff);
+#pragma unroll
+        for (int u = 0; u < kU; ++u) {
+            const int i = base + u * kThreads;
+            x[u] = i < nvec ? __ldg(v + i) : make_float4(q, q, q, q);
+        }
+    }
+}
+
+// Appends the step's candidates: per-thread counts, one warp scan and one shared atomic
+// per warp, then each thread writes its own candidates at consecutive slots. The
+// counter keeps counting past the capacity. Column of x[u] component j is
+// c0 + 4 * u * kThreads + j.
+// Dense rows (every valid element a candidate, the unsampled path): the per-thread
+// slots above would put a warp's stores 32 elements apart, all in one bank, so here each
+// element gets its slot from a warp ballot instead (lanes in order, consecutive slots).
+template <int kU>
+__device__ __forceinline__ void filter_step_dense(Smem &sm, const float4 (&x)[kU], float tf, int c0) {
+    int total = 0;
+#pragma unroll
+    for (int u = 0; u < kU; ++u)
+        total += __popc(__ballot_sync(0xffffffffu, x[u].x >= tf)) + __popc(__ballot_sync(0xffffffffu, x[u].y >= tf)) +
+                 __popc(__ballot_sync(0xffffffffu, x[u].z >= tf)) + __popc(__ballot_sync(0xffffffffu, x[u].w >= tf));
+    if (total == 0) return;
+    const int lane = threadIdx.x & 31;
+    const unsigned lt = (1u << lane) - 1u;
+    int base = 0;
+    if (lane == 0) base = atomicAdd(&sm.n_cand, total);
+    base = __shfl_sync(0xffffffffu, base, 0);
+    const bool fits = base + total <= kCandCap;
+    auto put = [&](float y, int c) {
+        const bool pred = y >= tf;
+        const unsigned b = __ballot_sync(0xffffffffu, pred);
+        const int j = base + __popc(b & lt);
+        if (pred && (fits || j < kCandCap)) sm.cand[j] = raw_cand(y, c);
+        base += __popc(b);
+    };
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+        const int c = c0 + 4 * u * kThreads;
+        put(x[u].x, c);
+        put(x[u].y, c + 1);
+        put(x[u].z, c + 2);
+        put(x[u].w, c + 3);
+    }
+}
+
+template <int kU>
+__device__ __forceinline__ void filter_step(Smem &sm, const float4 (&x)[kU], float tf, int c0) {
+    int cnt = 0;
+#pragma unroll
+    for (int u = 0; u < kU; ++u)
+        cnt += (x[u].x >= tf) + (x[u].y >= tf) + (x[u].z >= tf) + (x[u].w >= tf);
+    const int lane = threadIdx.x & 31;
+    int incl = cnt;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const int t = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += t;
+    }
+    const int total = __shfl_sync(0xffffffffu, incl, 31);
+    if (total == 0) return;
+    int base = 0;
+    if (lane == 31) base = atomicAdd(&sm.n_cand, total);
+    base = __shfl_sync(0xffffffffu, base, 31);
+    int pos = base + incl - cnt;
+    if (base + total <= kCandCap) {
+        u64 *dst = sm.cand + pos;
+#pragma unroll
+        for (int u = 0; u < kU; ++u) {
+            const int c = c0 + 4 * u * kThreads;
+            if (x[u].x >= tf) *dst++ = raw_cand(x[u].x, c);
+            if (x[u].y >= tf) *dst++ = raw_cand(x[u].y, c + 1);
+            if (x[u].z >= tf) *dst++ = raw_cand(x[u].z, c + 2);
+            if (x[u].w >= tf) *dst++ = raw_cand(x[u].w, c + 3);
+        }
+    } else {
+        auto put = [&](float y, int c) {
+            if (y >= tf) {
+                if (pos < kCandCap) sm.cand[pos] = raw_cand(y, c);
+                ++pos;
+            }
+        };
+#pragma unroll
+        for (int u = 0; u < kU; ++u) {
+            const int c = c0 + 4 * u * kThreads;
+            put(x[u].x, c);
+            put(x[u].y, c + 1);
+            put(x[u].z, c + 2);
+            put(x[u].w, c + 3);
+        }
     }
 }
 
@@ -385,12 +483,49 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) dsa_topk_f32(const Dsa
         // Rows that fit the candidate buffer skip the sample: on 4096 x 8K keys sampling
         // them cost more (451 us) than refining every valid key (337 us).
         const bool sampled = n > kCandCap;
+        // Row split as in for_each_in_row: scalar head to 16-byte alignment, float4
+        // vectors in steps of kMainUnroll per thread, scalar tail.
+        const int head = min((4 - (int)((reinterpret_cast<uintptr_t>(row + s) >> 2) & 3)) & 3, n);
+        const int a = s + head;
+        const int nvec = (e - a) >> 2;
+        const int tail0 = a + 4 * nvec;
+        const float4 *v = reinterpret_cast<const float4 *>(row + a);
+        constexpr int kU = kMainUnroll;
+        const int steps = (nvec + kU * kThreads - 1) / (kU * kThreads);
+        float4 x[kU];
+        if (DSA_TOPK_PRELOAD && steps > 0) load_step(v, nvec, 0, x);
         const uint32_t t_lo = sampled ? sample_threshold(sm, row, s, n, k) : 0u;
+        if (!DSA_TOPK_PRELOAD && steps > 0) load_step(v, nvec, 0, x);
         TOPK_PROBE(1, t_lo);
-        for_each_in_row<kMainUnroll, DSA_TOPK_PIPELINE != 0>(row, s, e, [&](float x, int col) {
-            const uint32_t key = ord_key(x);
-            push_cand(sm, key_valid(key) && key >= t_lo, [&] { return composite(key, col); });
-        });
+        // The float at the threshold key: for non-NaN x, x >= tf iff key(x) >= lo_key
+        // (the key is order-preserving, -0 == +0 both ways); lo_key >= key(-FLT_MAX)
+        // keeps -inf out, and NaN fails every comparison. t_lo = 0xffffffff (no
+        // valid sample) gives tf = NaN: no candidates, the full select runs.
+        const uint32_t lo_key = max(t_lo, 0x00800000u);
+        const float tf = __uint_as_float((lo_key & 0x80000000u) ? (lo_key ^ 0x80000000u) : ~lo_key);
+        if (tid < head) {
+            const float y = __ldg(row + s + tid);
+            push_cand(sm, y >= tf, [&] { return raw_cand(y, s + tid); });
+        }
+        if (tid < e - tail0) {
+            const float y = __ldg(row + tail0 + tid);
+            push_cand(sm, y >= tf, [&] { return raw_cand(y, tail0 + tid); });
+        }
+        for (int it = 0; it < steps; ++it) {
+            const int c0 = a + 4 * (it * kU * kThreads + tid);
+            if (DSA_TOPK_PIPELINE) {
+                float4 y[kU];
+                if (it + 1 < steps) load_step(v, nvec, it + 1, y);
+                if (sampled) filter_step(sm, x, tf, c0);
+                else filter_step_dense(sm, x, tf, c0);
+#pragma unroll
+                for (int u = 0; u < kU; ++u) x[u] = y[u];
+            } else {
+                if (sampled) filter_step(sm, x, tf, c0);
+                else filter_step_dense(sm, x, tf, c0);
+                if (it + 1 < steps) load_step(v, nvec, it + 1, x);
+            }
+        }
         __syncthreads();
         const int nc = sm.n_cand;
         __syncthreads();
@@ -404,13 +539,18 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) dsa_topk_f32(const Dsa
         if (nc <= kCandCap && (nc >= k || !sampled)) {
             in_smem = true;
             refine = nc > k;
+            // Raw candidates to composite keys; each thread later reads back only the
+            // slots it wrote here until a barrier has passed.
+            u64 mn = ~0ull, mx = 0;
+            for (int j = tid; j < nc; j += kThreads) {
+                const u64 rc = sm.cand[j];
+                const u64 c = composite(ord_key(__uint_as_float((uint32_t)rc)), (int)(rc >> 32));
+                sm.cand[j] = c;
+                mn = min(mn, c);
+                mx = max(mx, c);
+            }
             if (refine) {
                 clear_hist(sm);
-                u64 mn = ~0ull, mx = 0;
-                for (int j = tid; j < nc; j += kThreads) {
-                    mn = min(mn, sm.cand[j]);
-                    mx = max(mx, sm.cand[j]);
-                }
                 block_min_max(sm, mn, mx);
                 top = varying_bits(mn, mx);
                 shift = max(top - kBits, 0);

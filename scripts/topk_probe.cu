@@ -4,7 +4,7 @@
 // rule, and with -DDSA_TOPK_PROBES prints the phase times of CTA 0.
 //
 //   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -Ikernels-cuda/include \
-//        [-DDSA_TOPK_PROBES] [-DDSA_TOPK_PIPELINE=1] [-DTOPK_SRC='"path/to/topk.cu"'] \
+//        [-DDSA_TOPK_PROBES] [-DDSA_TOPK_UNROLL=N] [-DDSA_TOPK_PRELOAD=1] [-DDSA_TOPK_PIPELINE=1] [-DTOPK_SRC='"path/to/topk.cu"'] \
 //        scripts/topk_probe.cu -o topk_probe && ./topk_probe [case]
 #ifndef TOPK_SRC
 #define TOPK_SRC "../kernels-cuda/topk.cu"

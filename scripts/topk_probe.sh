@@ -12,9 +12,11 @@ build() {
   "$nvcc" -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -Ikernels-cuda/include "$@" \
     scripts/topk_probe.cu -o "$bin/$name" > "$bin/$name.log" 2>&1 || { echo "build $name failed"; tail -5 "$bin/$name.log"; }
 }
-variants=(base pipe probes)
+variants=(base u8 preload pipe2 probes)
 build base &
-build pipe -DDSA_TOPK_PIPELINE=1 &
+build u8 -DDSA_TOPK_UNROLL=8 &
+build preload -DDSA_TOPK_PRELOAD=1 &
+build pipe2 -DDSA_TOPK_PIPELINE=1 -DDSA_TOPK_UNROLL=2 &
 build probes -DDSA_TOPK_PROBES &
 i=0
 for src in "$@"; do

@@ -1,7 +1,7 @@
 //! Slot mappings validated on the host.
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream};
+use cudarc::driver::{CudaSlice, CudaStream, CudaView};
 
 use crate::check;
 use crate::error::{DsaError, Result};
@@ -16,6 +16,8 @@ pub struct SlotMapping {
     slots: CudaSlice<i32>,
     len: usize,
     max_slot: i64,
+    /// Index of the (first) largest slot, for the error that names it.
+    max_position: usize,
 }
 
 impl SlotMapping {
@@ -25,6 +27,7 @@ impl SlotMapping {
             slots: stream.alloc_zeros(capacity.max(1))?,
             len: 0,
             max_slot: -1,
+            max_position: 0,
         })
     }
 
@@ -50,8 +53,41 @@ impl SlotMapping {
             stream.memcpy_htod(slots, &mut self.slots.slice_mut(..slots.len()))?;
         }
         self.len = slots.len();
-        self.max_slot = slots.iter().copied().max().map_or(-1, i64::from);
+        let (pos, max) = slots
+            .iter()
+            .enumerate()
+            .fold((0, -1i64), |(p, m), (i, &s)| {
+                if i64::from(s) > m {
+                    (i, i64::from(s))
+                } else {
+                    (p, m)
+                }
+            });
+        self.max_slot = max;
+        self.max_position = pos;
         Ok(())
+    }
+
+    /// The uploaded slots, after checking that there is one per row of a write of `rows`
+    /// tokens and that every one fits a cache of `capacity_tokens` slots.
+    pub fn checked_for(&self, rows: usize, capacity_tokens: usize) -> Result<CudaView<'_, i32>> {
+        if self.len != rows {
+            return Err(DsaError::Shape {
+                what: "slot mapping",
+                expected: vec![rows],
+                got: vec![self.len],
+            });
+        }
+        if self.max_slot >= capacity_tokens as i64 {
+            return Err(DsaError::OutOfRange {
+                what: "slot mapping",
+                position: self.max_position,
+                value: self.max_slot,
+                low: 0,
+                high: capacity_tokens as i64,
+            });
+        }
+        Ok(self.slots.slice(..self.len))
     }
 
     /// Number of slots uploaded.

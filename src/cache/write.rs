@@ -30,31 +30,9 @@ impl DsaKernels {
         slots: &SlotMapping,
         pow2_scale: bool,
     ) -> Result<()> {
-        if slots.len() != src.rows {
-            return Err(DsaError::Shape {
-                what: "slot mapping",
-                expected: vec![src.rows],
-                got: vec![slots.len()],
-            });
-        }
-        if slots.max_slot() >= cache.capacity_tokens() as i64 {
-            return Err(DsaError::OutOfRange {
-                what: "slot mapping",
-                position: 0,
-                value: slots.max_slot(),
-                low: 0,
-                high: cache.capacity_tokens() as i64,
-            });
-        }
+        let slots = slots.checked_for(src.rows, cache.capacity_tokens())?;
         // SAFETY: every slot was checked against the cache's capacity above.
-        unsafe {
-            self.write_cache_device_slots(
-                cache,
-                src,
-                &slots.device().slice(..slots.len()),
-                pow2_scale,
-            )
-        }
+        unsafe { self.write_cache_device_slots(cache, src, &slots, pow2_scale) }
     }
 
     /// As [`Self::write_cache`], with slots already on the device (an engine's own slot

@@ -196,33 +196,9 @@ impl DsaKernels {
             });
         }
         self.prep_common(shape, x, positions, &rope)?;
-        if slots.len() != shape.tokens {
-            return Err(DsaError::Shape {
-                what: "slot mapping",
-                expected: vec![shape.tokens],
-                got: vec![slots.len()],
-            });
-        }
-        if slots.max_slot() >= cache.capacity_tokens() as i64 {
-            return Err(DsaError::OutOfRange {
-                what: "slot mapping",
-                position: 0,
-                value: slots.max_slot(),
-                low: 0,
-                high: cache.capacity_tokens() as i64,
-            });
-        }
+        let slots = slots.checked_for(shape.tokens, cache.capacity_tokens())?;
         // SAFETY: every slot was checked against the cache above.
-        unsafe {
-            self.indexer_prepare_k_device_slots(
-                shape,
-                x,
-                positions,
-                rope,
-                cache,
-                &slots.device().slice(..slots.len()),
-            )
-        }
+        unsafe { self.indexer_prepare_k_device_slots(shape, x, positions, rope, cache, &slots) }
     }
 
     /// As [`Self::indexer_prepare_k`], with the slots already on the device (an engine's

@@ -12,9 +12,9 @@
 pub mod cache;
 pub mod common;
 pub mod dense_mla;
+pub mod indexer;
 pub mod sparse_mla;
 pub mod topk;
-pub mod indexer;
 
 // SAFETY: plain C structs of integers and device pointers, passed by value to kernels.
 unsafe impl cudarc::driver::DeviceRepr for cache::DsaCacheWriteParams {}

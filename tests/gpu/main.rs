@@ -5,8 +5,8 @@
 mod common;
 
 mod cache;
-mod dsa_step;
-mod topk;
 mod dense_mla;
+mod dsa_step;
 mod indexer;
 mod sparse_mla;
+mod topk;

@@ -162,27 +162,30 @@ extern __shared__ uint8_t dyn_smem[];
 // ---------------------------------------------------------------------------------------
 // Prefill. A CTA owns G groups of NQ = 256 / H consecutive queries (their q rows stay in
 // shared memory) and streams the key tiles that intersect the union of its rows' ranges;
-// every column outside that union is written -inf directly.
+// every column outside that union is written -inf directly. G = 2, two CTAs per SM (each
+// key tile feeds two MMAs). G = 1 (three CTAs per SM, one more warpgroup to hide another's
+// MMA) measured 2-6% slower at S_kv >= 32K, 1% faster at 8K (BENCHMARKS.md, indexer v3).
 constexpr int kPrefillStages = 4;
 constexpr int kPrefillGroups = 2;
 
-template <int H>
+template <int H, int G>
 struct PrefillCfg {
     static constexpr int NQ = 256 / H;
     static constexpr int N = 256;
-    static constexpr int QPC = NQ * kPrefillGroups;  // queries per CTA
-    static constexpr int kQBytes = kPrefillGroups * N * kRow;
+    static constexpr int QPC = NQ * G;  // queries per CTA
+    static constexpr int kQBytes = G * N * kRow;
     static constexpr int kKBytes = kPrefillStages * kTile;
+    static constexpr int kCtas = G == 1 ? 3 : 2;
     // + 1024 alignment slack, kscale stages, weights, row ranges; mirrored in
-    // src/indexer/logits_prefill.rs. Two CTAs per SM must fit.
-    static constexpr int kSmem = 1024 + kQBytes + kKBytes + kPrefillStages * kKeys * 4 + kPrefillGroups * N * 4 + 2 * QPC * 4;
-    static_assert(2 * (kSmem + 1024) <= 228 * 1024, "two CTAs per SM");
+    // src/indexer/logits_prefill.rs.
+    static constexpr int kSmem = 1024 + kQBytes + kKBytes + kPrefillStages * kKeys * 4 + G * N * 4 + 2 * QPC * 4;
+    static_assert(kCtas * (kSmem + 1024) <= 228 * 1024, "CTAs per SM must fit");
 };
 
-template <int H>
+template <int H, int G>
 __device__ __forceinline__ void prefill_body(const DsaIndexerPrefillParams &p) {
-    using C = PrefillCfg<H>;
-    constexpr int NQ = C::NQ, N = C::N, QPC = C::QPC, G = kPrefillGroups, S = kPrefillStages;
+    using C = PrefillCfg<H, G>;
+    constexpr int NQ = C::NQ, N = C::N, QPC = C::QPC, S = kPrefillStages;
     uint8_t *base = align1024(dyn_smem);
     uint8_t *q_s = base;
     uint8_t *k_s = q_s + C::kQBytes;
@@ -234,13 +237,25 @@ __device__ __forceinline__ void prefill_body(const DsaIndexerPrefillParams &p) {
         tlo = min(tlo, glo[g]);
         thi = max(thi, ghi[g]);
     }
-    const int tile_lo = thi > 0 ? tlo / kKeys : 0;
+    // Tiles inside every row's range (all rows valid and non-empty) need no masking: the
+    // epilogue then stores each lane's values without per-element checks.
+    int full_lo = 0, full_hi = INT_MAX;
+    for (int q = 0; q < QPC; ++q) {
+        full_lo = max(full_lo, lo_s[q]);
+        full_hi = min(full_hi, hi_s[q]);
+    }
+    if (t0 + QPC > p.s) full_hi = 0;
+    const int tile_lo_all = thi > 0 ? tlo / kKeys : 0;
     const int tile_hi = thi > 0 ? (thi + kKeys - 1) / kKeys : 0;
-    const int ntiles = tile_hi - tile_lo;
+    // gridDim.y CTAs share the query block, each a contiguous part of its tiles (keys are
+    // independent: no combine), so the grid fills the last wave when blocks are few.
+    const int nall = tile_hi - tile_lo_all;
+    const int tile_lo = tile_lo_all + (int)((int64_t)nall * blockIdx.y / gridDim.y);
+    const int ntiles = tile_lo_all + (int)((int64_t)nall * (blockIdx.y + 1) / gridDim.y) - tile_lo;
 
-    // Columns no tile covers.
-    {
-        const int c0 = tile_lo * kKeys, c1 = min(tile_hi * kKeys, s_kv);
+    // Columns no tile covers (once per query block).
+    if (blockIdx.y == 0) {
+        const int c0 = tile_lo_all * kKeys, c1 = min(tile_hi * kKeys, s_kv);
         for (int q = 0; q < QPC; ++q) {
             const int t = t0 + q;
             if (t >= p.s) break;
@@ -280,6 +295,12 @@ __device__ __forceinline__ void prefill_body(const DsaIndexerPrefillParams &p) {
     for (int i = 0; i < S - 1; ++i) issue(i);
 
     const int r0 = 16 * warp + (lane >> 2);
+    // Fast-path store mapping: lane quad position L holds row r0 + 8 * (L & 1) of queries
+    // (L >> 1) + 2j, j < NQ / 2, of each group; one store per (group, j) covers two runs of
+    // 16 consecutive keys (64 bytes) per warp.
+    const int lq = lane & 3;
+    const bool row_hi = lq & 1, q_odd = lq & 2;
+    float *out_lane = p.out + (int64_t)(t0 + (lq >> 1)) * p.out_stride + r0 + (row_hi ? 8 : 0);
     float acc[N / 2];
     for (int i = 0; i < ntiles; ++i) {
         cp_async_wait<S - 2>();
@@ -288,6 +309,22 @@ __device__ __forceinline__ void prefill_body(const DsaIndexerPrefillParams &p) {
         issue(i + S - 1);
         const int st = i % S, tile = tile_lo + i, k0 = tile * kKeys;
         const float ks0 = ksc_s[st * kKeys + r0], ks1 = ksc_s[st * kKeys + r0 + 8];
+        if (k0 >= full_lo && k0 + kKeys <= full_hi) {
+            const float ksv = row_hi ? ks1 : ks0;
+#pragma unroll
+            for (int g = 0; g < G; ++g) {
+                float s0[NQ], s1[NQ];
+                tile_mma<N>(smem_u32(k_s + st * kTile), smem_u32(q_s + g * N * kRow), acc);
+                head_reduce<H, NQ>(acc, w_s + g * N, lane, s0, s1);
+#pragma unroll
+                for (int j = 0; j < NQ / 2; ++j) {
+                    const float a = row_hi ? s1[2 * j] : s0[2 * j];
+                    const float b = row_hi ? s1[2 * j + 1] : s0[2 * j + 1];
+                    out_lane[(int64_t)(g * NQ + 2 * j) * p.out_stride + k0] = (q_odd ? b : a) * ksv;
+                }
+            }
+            continue;
+        }
 #pragma unroll
         for (int g = 0; g < G; ++g) {
             const bool live = glo[g] < k0 + kKeys && ghi[g] > k0;
@@ -452,9 +489,9 @@ __device__ __forceinline__ void decode_body(const DsaIndexerDecodeParams &p) {
 }  // namespace
 
 #define DSA_PREFILL(H)                                                                              \
-    extern "C" __global__ void __launch_bounds__(kThreads, 2)                                       \
+    extern "C" __global__ void __launch_bounds__(kThreads, PrefillCfg<H, kPrefillGroups>::kCtas)    \
         dsa_indexer_logits_prefill_h##H(const __grid_constant__ DsaIndexerPrefillParams p) {        \
-        prefill_body<H>(p);                                                                         \
+        prefill_body<H, kPrefillGroups>(p);                                                         \
     }
 DSA_PREFILL(16)
 DSA_PREFILL(32)

@@ -32,8 +32,13 @@ pub fn prefill_out_stride(s_kv: usize) -> usize {
 }
 
 const STAGES: usize = 4;
-const GROUPS: usize = 2;
 const COLUMNS: usize = 256;
+
+/// Query groups of `256 / heads` queries per CTA (mirror of `kPrefillGroups`).
+const GROUPS: usize = 2;
+/// CTAs per query block, each a contiguous part of its key tiles: fills the tail wave
+/// (2 measured 0-3% faster than 1 at S = 4096, BENCHMARKS.md).
+const KEY_SPLITS: usize = 2;
 
 /// Dynamic shared memory of the prefill kernel (mirror of `PrefillCfg::kSmem`).
 fn smem_bytes(heads: usize) -> u32 {
@@ -137,7 +142,7 @@ impl DsaKernels {
         };
         let queries_per_cta = GROUPS * COLUMNS / heads;
         let cfg = LaunchConfig {
-            grid_dim: (s.div_ceil(queries_per_cta) as u32, 1, 1),
+            grid_dim: (s.div_ceil(queries_per_cta) as u32, KEY_SPLITS as u32, 1),
             block_dim: (128, 1, 1),
             shared_mem_bytes: smem_bytes(heads),
         };

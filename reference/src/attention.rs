@@ -341,24 +341,10 @@ pub fn dense_mla_decode(
     for bi in 0..b {
         let bt = &block_table[bi * max_pages..(bi + 1) * max_pages];
         let len = seq_lens[bi].max(0) as usize;
-        let rows: Vec<Vec<f32>> = (0..len)
-            .map(|s| {
-                assert!(
-                    s / PAGE_SIZE < max_pages,
-                    "token {s} beyond the block table"
-                );
-                let slot = cache::slot_of(bt, s);
-                kv(slot).unwrap_or_else(|| panic!("slot {slot} outside the cache"))
-            })
-            .collect();
+        let rows = gather_sequence(kv, bt, len);
         for j in 0..s_q {
             let r = bi * s_q + j;
-            let last = seq_lens[bi] as i64 - s_q as i64 + j as i64;
-            let n = if last < 0 {
-                0
-            } else {
-                (last as usize + 1).min(len)
-            };
+            let n = causal_visible(seq_lens[bi], s_q, j, len);
             let refs: Vec<&[f32]> = rows[..n].iter().map(|v| v.as_slice()).collect();
             heads(
                 &q[r * h_q * MLA_DIM..(r + 1) * h_q * MLA_DIM],
@@ -417,24 +403,10 @@ pub fn dense_mla_decode_partials(
     for bi in 0..b {
         let bt = &block_table[bi * max_pages..(bi + 1) * max_pages];
         let len = seq_lens[bi].max(0) as usize;
-        let rows: Vec<Vec<f32>> = (0..len)
-            .map(|s| {
-                assert!(
-                    s / PAGE_SIZE < max_pages,
-                    "token {s} beyond the block table"
-                );
-                let slot = cache::slot_of(bt, s);
-                kv(slot).unwrap_or_else(|| panic!("slot {slot} outside the cache"))
-            })
-            .collect();
+        let rows = gather_sequence(kv, bt, len);
         for j in 0..s_q {
             let r = bi * s_q + j;
-            let last = seq_lens[bi] as i64 - s_q as i64 + j as i64;
-            let visible = if last < 0 {
-                0
-            } else {
-                (last as usize + 1).min(len)
-            };
+            let visible = causal_visible(seq_lens[bi], s_q, j, len);
             for h in 0..h_q {
                 let qh: Vec<f32> = q[(r * h_q + h) * MLA_DIM..(r * h_q + h + 1) * MLA_DIM]
                     .iter()
@@ -500,6 +472,37 @@ pub fn combine_splits(
         out.iter().map(|o| (o / sum) as f32).collect(),
         (max + sum.ln()) as f32,
     )
+}
+
+/// The dequantized keys of a sequence's first `len` tokens, read through its block-table
+/// row. Panics (an oracle's precondition) when a token lies past the table or its slot
+/// past the cache.
+fn gather_sequence(
+    kv: &dyn Fn(usize) -> Option<Vec<f32>>,
+    block_table_row: &[i32],
+    len: usize,
+) -> Vec<Vec<f32>> {
+    (0..len)
+        .map(|s| {
+            assert!(
+                s / PAGE_SIZE < block_table_row.len(),
+                "token {s} beyond the block table"
+            );
+            let slot = cache::slot_of(block_table_row, s);
+            kv(slot).unwrap_or_else(|| panic!("slot {slot} outside the cache"))
+        })
+        .collect()
+}
+
+/// Keys query `j` of `s_q` sees under the causal rule for `s_q > 1` (the last `s_q`
+/// positions of a sequence of `seq_len`): `0..=seq_len - s_q + j`, capped at `len`.
+fn causal_visible(seq_len: i32, s_q: usize, j: usize, len: usize) -> usize {
+    let last = seq_len as i64 - s_q as i64 + j as i64;
+    if last < 0 {
+        0
+    } else {
+        (last as usize + 1).min(len)
+    }
 }
 
 #[cfg(test)]

@@ -34,26 +34,7 @@ impl DsaKernels {
     {
         cfg.validate()?;
         let rows = cfg.batch * cfg.s_q * cfg.h_q;
-        let shape = [cfg.batch, cfg.s_q, cfg.h_q];
-        check::at_least(
-            "dense MLA plan",
-            plan.len(),
-            cfg.plan_len(),
-            &[cfg.plan_len()],
-        )?;
-        check::at_least(
-            "dense MLA workspace",
-            workspace.len(),
-            cfg.workspace_len(),
-            &[cfg.workspace_len()],
-        )?;
-        check::at_least(
-            "dense MLA out",
-            out.len(),
-            rows * KV_LORA_RANK,
-            &[cfg.batch, cfg.s_q, cfg.h_q, KV_LORA_RANK],
-        )?;
-        check::at_least("dense MLA lse", lse.len(), rows, &shape)?;
+        check_combine_buffers(cfg, plan.len(), workspace.len(), out.len(), lse.len())?;
         check::fits_i32("dense MLA rows", rows)?;
         let stream = self.stream().clone();
         let (plan_ptr, _g0) = plan.device_ptr(&stream);
@@ -84,4 +65,30 @@ impl DsaKernels {
         // split indices it reads come from a plan of this geometry (at most max_splits).
         unsafe { self.launch("mla_combine", "dsa_mla_combine", launch, &params) }
     }
+}
+
+/// Sizes of the buffers the combine reads and writes (the decode call checks them too,
+/// before its first launch).
+pub(super) fn check_combine_buffers(
+    cfg: &DenseMlaConfig,
+    plan: usize,
+    workspace: usize,
+    out: usize,
+    lse: usize,
+) -> Result<()> {
+    let rows = cfg.batch * cfg.s_q * cfg.h_q;
+    check::at_least("dense MLA plan", plan, cfg.plan_len(), &[cfg.plan_len()])?;
+    check::at_least(
+        "dense MLA workspace",
+        workspace,
+        cfg.workspace_len(),
+        &[cfg.workspace_len()],
+    )?;
+    check::at_least(
+        "dense MLA out",
+        out,
+        rows * KV_LORA_RANK,
+        &[cfg.batch, cfg.s_q, cfg.h_q, KV_LORA_RANK],
+    )?;
+    check::at_least("dense MLA lse", lse, rows, &[cfg.batch, cfg.s_q, cfg.h_q])
 }

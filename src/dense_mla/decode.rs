@@ -93,25 +93,13 @@ impl DsaKernels {
             &[b, cfg.max_pages],
         )?;
         check::at_least("seq_lens", args.seq_lens.len(), b, &[b])?;
-        check::at_least(
-            "dense MLA plan",
+        super::combine::check_combine_buffers(
+            cfg,
             args.plan.len(),
-            cfg.plan_len(),
-            &[cfg.plan_len()],
-        )?;
-        check::at_least(
-            "dense MLA workspace",
             workspace.len(),
-            cfg.workspace_len(),
-            &[cfg.workspace_len()],
-        )?;
-        check::at_least(
-            "dense MLA out",
             out.len(),
-            b * s_q * h_q * KV_LORA_RANK,
-            &[b, s_q, h_q, KV_LORA_RANK],
+            lse.len(),
         )?;
-        check::at_least("dense MLA lse", lse.len(), b * s_q * h_q, &[b, s_q, h_q])?;
         let num_pages = check::fits_i32("dense MLA cache pages", cache.num_pages())?;
 
         let stream = self.stream().clone();

@@ -188,17 +188,9 @@ impl DsaKernels {
         cache: &mut IndexerKCache,
         slots: &SlotMapping,
     ) -> Result<()> {
-        if shape.heads != 1 {
-            return Err(DsaError::Shape {
-                what: "indexer k heads",
-                expected: vec![1],
-                got: vec![shape.heads],
-            });
-        }
-        self.prep_common(shape, x, positions, &rope)?;
+        self.check_k_args(shape, x, positions, &rope)?;
         let slots = slots.checked_for(shape.tokens, cache.capacity_tokens())?;
-        // SAFETY: every slot was checked against the cache above.
-        unsafe { self.indexer_prepare_k_device_slots(shape, x, positions, rope, cache, &slots) }
+        self.launch_prepare_k(shape, x, positions, rope, cache, &slots)
     }
 
     /// As [`Self::indexer_prepare_k`], with the slots already on the device (an engine's
@@ -222,6 +214,19 @@ impl DsaKernels {
         cache: &mut IndexerKCache,
         slots: &S,
     ) -> Result<()> {
+        self.check_k_args(shape, x, positions, &rope)?;
+        check::at_least("slots", slots.len(), shape.tokens, &[shape.tokens])?;
+        self.launch_prepare_k(shape, x, positions, rope, cache, slots)
+    }
+
+    /// The k-prep shape checks (one head per token, then those shared with q).
+    fn check_k_args<X: DevicePtr<bf16>, P: DevicePtr<i32>, R: DevicePtr<f32>>(
+        &self,
+        shape: IndexerPrepShape,
+        x: &X,
+        positions: &P,
+        rope: &RopeTablesRef<'_, R>,
+    ) -> Result<()> {
         if shape.heads != 1 {
             return Err(DsaError::Shape {
                 what: "indexer k heads",
@@ -229,8 +234,25 @@ impl DsaKernels {
                 got: vec![shape.heads],
             });
         }
-        self.prep_common(shape, x, positions, &rope)?;
-        check::at_least("slots", slots.len(), shape.tokens, &[shape.tokens])?;
+        self.prep_common(shape, x, positions, rope)
+    }
+
+    /// Launches the k prep once its arguments are checked; slots are bounds-checked in the
+    /// kernel, so any `slots` of at least `shape.tokens` entries is memory-safe.
+    fn launch_prepare_k<
+        X: DevicePtr<bf16>,
+        P: DevicePtr<i32>,
+        R: DevicePtr<f32>,
+        S: DevicePtr<i32>,
+    >(
+        &self,
+        shape: IndexerPrepShape,
+        x: &X,
+        positions: &P,
+        rope: RopeTablesRef<'_, R>,
+        cache: &mut IndexerKCache,
+        slots: &S,
+    ) -> Result<()> {
         if shape.tokens == 0 {
             return Ok(());
         }

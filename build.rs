@@ -1,4 +1,4 @@
-//! Compiles every `kernels-cuda/*.cu` into a fatbin with nvcc and embeds them in the crate.
+//! Compiles every `kernels-cuda/<family>/*.cu` into a fatbin with nvcc and embeds them in the crate.
 //!
 //! One fatbin per kernel family rather than one for the whole crate: the driver loads a
 //! single image per architecture from a fatbin, so merging families into one image would
@@ -41,12 +41,32 @@ fn main() {
     #[cfg(feature = "regen-bindings")]
     regen_bindings(&root, &out);
 
-    let mut sources = list(&kdir, "cu");
+    // Layout: kernels-cuda/common/ (the device layer, headers only) and one folder per
+    // family holding its sources and its params header. Every source sees common/ and its
+    // own folder on the include path, nothing else, so families cannot include each other.
+    let common_dir = kdir.join("common");
+    let mut families: Vec<PathBuf> = fs::read_dir(&kdir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_dir() && *p != common_dir)
+                .collect()
+        })
+        .unwrap_or_default();
+    families.sort();
+    let mut sources: Vec<PathBuf> = families.iter().flat_map(|d| list(d, "cu")).collect();
     sources.sort();
-    let mut headers = list(&kdir.join("include"), "h");
-    headers.extend(list(&kdir.join("include"), "cuh"));
-    headers.extend(list(&kdir, "cuh"));
+    let mut headers: Vec<PathBuf> = std::iter::once(&common_dir)
+        .chain(families.iter())
+        .flat_map(|d| list(d, "h").into_iter().chain(list(d, "cuh")))
+        .collect();
     headers.sort();
+    {
+        let mut stems: Vec<_> = sources.iter().map(|s| s.file_stem().unwrap().to_owned()).collect();
+        stems.sort();
+        let n = stems.len();
+        stems.dedup();
+        assert!(stems.len() == n, "two kernel sources share a file name: fatbins are named by it");
+    }
     for f in sources.iter().chain(headers.iter()) {
         println!("cargo:rerun-if-changed={}", f.display());
     }
@@ -82,7 +102,7 @@ fn main() {
         // Compressed images: every test and bench executable embeds all fatbins, and
         // uncompressed PTX + SASS is several MB per family. The driver inflates at load.
         "-Xfatbin=-compress-all".into(),
-        format!("-I{}", kdir.join("include").display()),
+        format!("-I{}", common_dir.display()),
     ];
     for a in &archs {
         flags.push(format!("-gencode=arch=compute_{a},code=sm_{a}"));
@@ -143,6 +163,7 @@ fn main() {
                 }
                 let o = Command::new(&nvcc)
                     .args(&flags)
+                    .arg(format!("-I{}", src.parent().unwrap().display()))
                     .arg(src)
                     .arg("-o")
                     .arg(&fatbin)
@@ -279,7 +300,7 @@ fn write_registry(out: &Path, fams: &[(String, PathBuf)], archs: &str) {
     let _ = writeln!(s, "pub const BUILT_ARCHS: &str = {archs:?};");
     let _ = writeln!(
         s,
-        "/// (kernel family, fatbin bytes), one per `kernels-cuda/*.cu`."
+        "/// (kernel family, fatbin bytes), one per `kernels-cuda/<family>/*.cu`."
     );
     let _ = writeln!(s, "pub static FATBINS: &[(&str, &[u8])] = &[");
     for (stem, path) in fams {
@@ -302,22 +323,30 @@ fn write_registry(out: &Path, fams: &[(String, PathBuf)], archs: &str) {
     fs::write(out.join("kernels.rs"), s).unwrap();
 }
 
-/// Regenerates the Rust mirror of every `kernels-cuda/include/*_params.h` into
+/// Regenerates the Rust mirror of every `kernels-cuda/*/*_params.h` into
 /// `OUT_DIR/sys/<family>.rs`; `tests/bindings.rs` compares them with the committed
 /// `src/sys/<family>.rs` and `scripts/regen-bindings.sh` copies them over.
 #[cfg(feature = "regen-bindings")]
 fn regen_bindings(root: &Path, out: &Path) {
-    let inc = root.join("kernels-cuda/include");
+    let kdir = root.join("kernels-cuda");
+    let common = kdir.join("common");
     let dir = out.join("sys");
     fs::create_dir_all(&dir).unwrap();
-    for header in list(&inc, "h") {
+    let mut all: Vec<PathBuf> = fs::read_dir(&kdir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .flat_map(|d| list(&d, "h"))
+        .collect();
+    all.sort();
+    for header in all {
         let name = header.file_name().unwrap().to_string_lossy().into_owned();
         let Some(family) = name.strip_suffix("_params.h") else {
             continue;
         };
         let b = bindgen::Builder::default()
             .header(header.display().to_string())
-            .clang_arg(format!("-I{}", inc.display()))
+            .clang_arg(format!("-I{}", common.display()))
             .allowlist_file(header.display().to_string())
             .derive_default(true)
             .derive_debug(true)

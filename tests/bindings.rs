@@ -1,4 +1,4 @@
-//! The committed bindgen mirror of `kernels-cuda/include/*_params.h` must be current.
+//! The committed bindgen mirror of `kernels-cuda/<family>/*_params.h` must be current.
 //! Runs with `--features regen-bindings` (needs libclang); `scripts/regen-bindings.sh`
 //! refreshes the files when this fails.
 #![cfg(feature = "regen-bindings")]

@@ -18,7 +18,7 @@ pub trait CacheKind {
     const SRC_DIM: usize;
     /// Name used in errors.
     const NAME: &'static str;
-    /// The write kernel in `kernels-cuda/cache_write.cu`.
+    /// The write kernel in `kernels-cuda/cache/cache_write.cu`.
     const WRITE_KERNEL: &'static str;
     /// Whether the cache stores FP8 (the write kernel quantizes).
     const FP8: bool;

@@ -1,4 +1,4 @@
-//! Paged decode logits and their schedule (kernels-cuda/indexer_logits.cu,
+//! Paged decode logits and their schedule (kernels-cuda/indexer/indexer_logits.cu,
 //! `dsa_indexer_decode_plan`, `dsa_indexer_logits_decode_h*_q*`).
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 

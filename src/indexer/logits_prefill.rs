@@ -1,4 +1,4 @@
-//! Ragged prefill logits (kernels-cuda/indexer_logits.cu, `dsa_indexer_logits_prefill_h*`).
+//! Ragged prefill logits (kernels-cuda/indexer/indexer_logits.cu, `dsa_indexer_logits_prefill_h*`).
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 
 use super::check_heads;

@@ -1,4 +1,4 @@
-//! Fused q/k preparation launches (kernels-cuda/indexer_prep.cu).
+//! Fused q/k preparation launches (kernels-cuda/indexer/indexer_prep.cu).
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 use half::bf16;
 

@@ -1,5 +1,5 @@
-/* Parameters of the sparse MLA attention kernels (kernels-cuda/sparse_mla_decode.cu and
- * kernels-cuda/sparse_mla_prefill.cu). Mirrored in Rust by bindgen into src/sys/sparse_mla.rs. */
+/* Parameters of the sparse MLA attention kernels (kernels-cuda/mla/sparse_mla_decode.cu and
+ * kernels-cuda/mla/sparse_mla_prefill.cu). Mirrored in Rust by bindgen into src/sys/sparse_mla.rs. */
 #ifndef DSA_SPARSE_MLA_PARAMS_H
 #define DSA_SPARSE_MLA_PARAMS_H
 #include "common_params.h"

@@ -1,6 +1,6 @@
 // Dense paged MLA decode, split-KV: the plan kernel (how each sequence's KV blocks are
 // spread over the SMs) and the split kernel (attention of one piece of a sequence, for
-// 64 heads of one query, into an f32 partial with its lse). kernels-cuda/mla_combine.cu
+// 64 heads of one query, into an f32 partial with its lse). kernels-cuda/mla/mla_combine.cu
 // merges the partials.
 //
 // Split kernel design (one CTA of two warpgroups per (part, query, 64-head group)):

@@ -1,6 +1,6 @@
 // Sparse MLA prefill: queries [s_q, h_q, 576] over a flat bf16 kv [s_kv, 576], each query
 // with its own top-k row indices; also returns max_logits. Same warp-specialized wgmma
-// kernel as the decode (include/sparse_mla_fwd.cuh), instantiated for bf16 rows.
+// kernel as the decode (sparse_mla_fwd.cuh), instantiated for bf16 rows.
 #include "sparse_mla_fwd.cuh"
 
 extern "C" __global__ void __launch_bounds__(dsa_sparse::kThreads, 1)

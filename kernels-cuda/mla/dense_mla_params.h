@@ -1,5 +1,5 @@
 /* Parameters of dense paged MLA decode: the split-KV plan, the split kernel and the
- * combine kernel (kernels-cuda/dense_mla_decode.cu, kernels-cuda/mla_combine.cu).
+ * combine kernel (kernels-cuda/mla/dense_mla_decode.cu, kernels-cuda/mla/mla_combine.cu).
  * Mirrored in Rust by bindgen into src/sys/dense_mla.rs. */
 #ifndef DSA_DENSE_MLA_PARAMS_H
 #define DSA_DENSE_MLA_PARAMS_H

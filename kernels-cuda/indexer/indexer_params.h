@@ -1,5 +1,5 @@
-/* Parameters of the lightning-indexer kernels (kernels-cuda/indexer_prep.cu,
- * kernels-cuda/indexer_logits.cu). Mirrored in Rust by bindgen into src/sys/indexer.rs. */
+/* Parameters of the lightning-indexer kernels (kernels-cuda/indexer/indexer_prep.cu,
+ * kernels-cuda/indexer/indexer_logits.cu). Mirrored in Rust by bindgen into src/sys/indexer.rs. */
 #ifndef DSA_INDEXER_PARAMS_H
 #define DSA_INDEXER_PARAMS_H
 #include "common_params.h"

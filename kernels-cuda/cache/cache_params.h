@@ -1,4 +1,4 @@
-/* Parameters of the cache-write kernels (kernels-cuda/cache_write.cu).
+/* Parameters of the cache-write kernels (kernels-cuda/cache/cache_write.cu).
  * Mirrored in Rust by bindgen into src/sys/cache.rs. */
 #ifndef DSA_CACHE_PARAMS_H
 #define DSA_CACHE_PARAMS_H

@@ -1,13 +1,13 @@
-// Tuning harness for kernels-cuda/topk.cu, built and run on a GPU host by
-// scripts/topk_probe.sh: times the kernel on the bench shapes (L2 flushed before each
+// Tuning harness for kernels-cuda/topk/topk.cu, built and run on a GPU host by
+// tools/topk_probe.sh: times the kernel on the bench shapes (L2 flushed before each
 // launch, and back to back), checks a few rows against a host top-k with the same tie
 // rule, and with -DDSA_TOPK_PROBES prints the phase times of CTA 0.
 //
-//   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -Ikernels-cuda/include \
+//   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -Ikernels-cuda/common -Ikernels-cuda/topk \
 //        [-DDSA_TOPK_PROBES] [-DDSA_TOPK_UNROLL=N] [-DDSA_TOPK_PRELOAD=1] [-DDSA_TOPK_PIPELINE=1] [-DTOPK_SRC='"path/to/topk.cu"'] \
-//        scripts/topk_probe.cu -o topk_probe && ./topk_probe [case]
+//        tools/topk_probe.cu -o topk_probe && ./topk_probe [case]
 #ifndef TOPK_SRC
-#define TOPK_SRC "../kernels-cuda/topk.cu"
+#define TOPK_SRC "../kernels-cuda/topk/topk.cu"
 #endif
 #include TOPK_SRC
 

@@ -1,4 +1,4 @@
-/* Parameters of the top-k selection kernel (kernels-cuda/topk.cu).
+/* Parameters of the top-k selection kernel (kernels-cuda/topk/topk.cu).
  * Mirrored in Rust by bindgen into src/sys/topk.rs. */
 #ifndef DSA_TOPK_PARAMS_H
 #define DSA_TOPK_PARAMS_H

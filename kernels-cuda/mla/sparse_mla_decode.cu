@@ -1,6 +1,6 @@
 // Sparse MLA decode over the paged MLA cache (FP8 656 B/token, or bf16 576 x bf16/token),
 // and the combine kernel that merges split-KV partials. The attention itself is the shared
-// warp-specialized wgmma kernel of include/sparse_mla_fwd.cuh.
+// warp-specialized wgmma kernel of sparse_mla_fwd.cuh.
 #include "sparse_mla_fwd.cuh"
 
 extern "C" __global__ void __launch_bounds__(dsa_sparse::kThreads, 1)

@@ -18,6 +18,7 @@ pub mod device;
 pub mod error;
 pub mod fp8;
 pub mod indexer;
+pub mod moe;
 pub mod runtime;
 pub mod sparse_mla;
 pub mod sys;

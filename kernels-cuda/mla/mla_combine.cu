@@ -3,7 +3,7 @@
 // (sequence, query, head) row; each lane owns 16 of the 512 columns as four float4, so
 // every split is read with fully coalesced 512-byte warp accesses.
 #include "dense_mla_params.h"
-#include "dsa_device.cuh"
+#include "device.cuh"
 
 extern "C" __global__ void __launch_bounds__(256) dsa_mla_combine(const DsaMlaCombineParams p) {
     const int lane = threadIdx.x & 31;

@@ -57,8 +57,8 @@ dsa_sparse_mla_combine(const DsaSparseMlaCombineParams p) {
     }
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-        const uint32_t a = dsa_sparse::pack_bf16(acc[i].x * scale, acc[i].y * scale);
-        const uint32_t b = dsa_sparse::pack_bf16(acc[i].z * scale, acc[i].w * scale);
+        const uint32_t a = dsa::pack_bf16(acc[i].x * scale, acc[i].y * scale);
+        const uint32_t b = dsa::pack_bf16(acc[i].z * scale, acc[i].w * scale);
         reinterpret_cast<uint2 *>(out)[lane + 32 * i] = make_uint2(a, b);
     }
     if (lane == 0) p.lse[warp] = lse;

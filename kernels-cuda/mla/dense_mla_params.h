@@ -1,5 +1,6 @@
-/* Parameters of dense paged MLA decode: the split-KV plan, the split kernel and the
- * combine kernel (kernels-cuda/mla/dense_mla_decode.cu, kernels-cuda/mla/mla_combine.cu).
+/* Parameters of dense paged MLA decode: the split-KV plan and the split kernel
+ * (kernels-cuda/mla/dense_mla_decode.cu); the MLA combine (mla_combine_params.h) merges
+ * the partials.
  * Mirrored in Rust by bindgen into src/sys/dense_mla.rs. */
 #ifndef DSA_DENSE_MLA_PARAMS_H
 #define DSA_DENSE_MLA_PARAMS_H
@@ -63,19 +64,5 @@ typedef struct DsaDenseMlaDecodeParams {
     int32_t num_parts;
     float scale_log2;          /* softmax scale * log2(e) */
 } DsaDenseMlaDecodeParams;
-
-/* The combine kernel: one warp per (sequence, query, head) row merges the row's splits
- * (lse-weighted) into bf16 out [batch, s_q, h_q, 512] and f32 lse [batch, s_q, h_q]. */
-typedef struct DsaMlaCombineParams {
-    const float *partial_out;
-    const float *partial_lse;
-    const int32_t *plan;
-    void *out;                 /* bf16 */
-    float *lse;
-    int32_t batch;
-    int32_t s_q;
-    int32_t h_q;
-    int32_t num_parts;
-} DsaMlaCombineParams;
 
 #endif

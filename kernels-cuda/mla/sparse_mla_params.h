@@ -11,7 +11,7 @@
  * [s * blocks_per_split, (s + 1) * blocks_per_split). With num_splits == 1 the kernel
  * writes out / lse / max_logits directly; otherwise it writes per-split partials (out
  * normalized over its split, lse natural log, -inf for an empty split) that the combine
- * kernel merges. */
+ * kernel (mla_combine_params.h) merges. */
 typedef struct DsaSparseMlaParams {
     /* bf16 [rows, h_q, 576]: query (512 latent then 64 rope). */
     const void *q;
@@ -46,18 +46,5 @@ typedef struct DsaSparseMlaParams {
     float scale;
     float scale_log2;
 } DsaSparseMlaParams;
-
-/* Merge of split partials: one warp per (row, head). */
-typedef struct DsaSparseMlaCombineParams {
-    const float *partial_out;
-    const float *partial_lse;
-    const float *attn_sink;
-    void *out;
-    float *lse;
-    int32_t rows;
-    int32_t h_q;
-    int32_t num_splits;
-    int32_t pad_;
-} DsaSparseMlaCombineParams;
 
 #endif

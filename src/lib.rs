@@ -13,12 +13,14 @@ pub use cudarc;
 
 pub mod cache;
 mod check;
+pub mod decode_step;
 pub mod dense_mla;
 pub mod device;
 pub mod error;
 pub mod fp8;
 pub mod indexer;
 pub mod moe;
+pub mod paged_batch;
 pub mod runtime;
 pub mod sparse_mla;
 pub mod sys;
@@ -30,4 +32,6 @@ pub mod kernels {
 }
 
 pub use error::{DsaError, Result};
+pub use decode_step::{DsaDecodeStep, DsaDecodeStepConfig, DsaLayerInputs};
+pub use paged_batch::{PagedBatch, PagedBatchShape};
 pub use runtime::DsaKernels;

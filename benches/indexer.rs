@@ -185,7 +185,7 @@ fn decode_step(c: &mut Criterion, k: &DsaKernels, batch: usize, ctx: usize) {
         .collect();
     let slots = SlotMapping::new(&stream, &slots).unwrap();
     let max_pos = ctx;
-    let (cos, sin) = rope_tables(&YarnRope::deepseek_v32(), max_pos);
+    let (cos, sin) = rope_tables(&YarnRope::deepseek_v32(), max_pos).unwrap();
     let cos = stream.clone_htod(&cos).unwrap();
     let sin = stream.clone_htod(&sin).unwrap();
     let positions = stream.clone_htod(&vec![ctx as i32 - 1; batch]).unwrap();

@@ -19,7 +19,7 @@
 //! let mut step = DsaDecodeStep::new(&k, cfg)?;
 //! let mut index_cache = IndexerKCache::new(&stream, 128 * 2048)?;
 //! let mut mla_cache = MlaFp8Cache::new(&stream, 128 * 2048)?;
-//! let (cos, sin) = rope_tables(&YarnRope::deepseek_v32(), 131072);
+//! let (cos, sin) = rope_tables(&YarnRope::deepseek_v32(), 131072)?;
 //! let (cos, sin) = (stream.clone_htod(&cos)?, stream.clone_htod(&sin)?);
 //!
 //! // One step: 32 sequences, the engine's block table and lengths on the device.

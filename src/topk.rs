@@ -20,7 +20,8 @@
 //!   derived on the device from the per-sequence lengths, and every selected index is
 //!   translated through the block table to a physical slot of the paged caches
 //!   (`block_table[b][i / 64] * 64 + i % 64`); an index whose page lies outside the table
-//!   row or whose table entry is negative becomes `-1`. Padding stays `-1` in every mode.
+//!   row or whose table entry is negative (or so large its slot would not fit an i32)
+//!   becomes `-1`. Padding stays `-1` in every mode.
 //!
 //! # Algorithm and limits
 //! A radix (histogram) select, not a sort, one CTA of 1024 threads per row. A stratified
@@ -208,21 +209,19 @@ impl DsaKernels {
         I: DevicePtr<i32>,
         O: DevicePtrMut<i32>,
     {
-        let need = shape.validate()?;
         let rows = shape.rows;
-        check::at_least("top-k logits", logits.len(), need, &[rows, shape.row_stride])?;
         let (starts, ends) = match ranges {
-            TopkRanges::Bounds { starts, ends } => {
-                check::at_least("top-k range starts", starts.len(), rows, &[rows])?;
-                (Some(starts), ends)
-            }
+            TopkRanges::Bounds { starts, ends } => (Some(starts), ends),
             TopkRanges::Lengths(lengths) => (None, lengths),
         };
-        check::at_least("top-k range ends", ends.len(), rows, &[rows])?;
-        if let Some(o) = options.row_offsets {
-            check::at_least("top-k row offsets", o.len(), rows, &[rows])?;
-        }
-        check::holds("top-k output", out.len(), &[rows, shape.topk])?;
+        crate::validate::topk(
+            shape,
+            logits.len(),
+            starts.map(|s| s.len()),
+            ends.len(),
+            options.row_offsets.map(|o| o.len()),
+            out.len(),
+        )?;
         if rows == 0 {
             return Ok(());
         }
@@ -268,11 +267,8 @@ impl DsaKernels {
         O: DevicePtrMut<i32>,
     {
         let b = batch.shape();
-        b.validate()?;
+        crate::validate::topk_paged(&b, shape, logits.len(), out.len())?;
         let rows = b.rows();
-        let need = shape.validate(rows, b.max_pages)?;
-        check::at_least("top-k logits", logits.len(), need, &[rows, shape.row_stride])?;
-        check::holds("top-k output", out.len(), &[rows, shape.topk])?;
         let mut a = self.args();
         let params = DsaTopkParams {
             logits: a.read("top-k logits", logits, 4)?,

@@ -692,7 +692,9 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) dsa_topk_f32(const Dsa
             if (bt) {
                 const int page = v >> 6;
                 const int entry = (v >= 0 && page < p.max_pages) ? bt[page] : -1;
-                v = entry >= 0 ? entry * DSA_PAGE_SIZE + (v & (DSA_PAGE_SIZE - 1)) : -1;
+                // An entry whose slot would not fit an int32 is as unusable as a negative one.
+                v = (entry >= 0 && entry <= INT32_MAX / DSA_PAGE_SIZE - 1)
+                        ? entry * DSA_PAGE_SIZE + (v & (DSA_PAGE_SIZE - 1)) : -1;
             }
         }
         out[j] = v;

@@ -28,7 +28,8 @@
  * Fused outputs, applied to every selected index i in this order:
  *   offsets: i += offsets[r];
  *   block_table: i -> block_table[(r / next_n) * max_pages + i / 64] * 64 + i % 64, and -1
- *   where i < 0, i / 64 >= max_pages, or the table entry is negative. */
+ *   where i < 0, i / 64 >= max_pages, or the table entry is negative or too large for the
+ *   slot to fit an int32. */
 typedef struct DsaTopkParams {
     const float *logits;
     int64_t row_stride;

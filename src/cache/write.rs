@@ -46,8 +46,8 @@ impl DsaKernels {
         slots: &I,
         pow2_scale: bool,
     ) -> Result<()> {
-        let (num_tokens, stride) = check_cache_rows::<K>(src.src.len(), src.rows, src.row_stride)?;
-        check::at_least("slots", slots.len(), src.rows, &[src.rows])?;
+        let (num_tokens, stride) =
+            crate::validate::write_cache::<K>(src.src.len(), src.rows, src.row_stride, slots.len())?;
         if src.rows == 0 {
             return Ok(());
         }

@@ -34,8 +34,7 @@ impl DsaKernels {
         O: DevicePtrMut<bf16>,
         L: DevicePtrMut<f32>,
     {
-        cfg.validate(batch)?;
-        check_combine_buffers(cfg, batch, plan.len(), workspace.len(), out.len(), lse.len())?;
+        crate::validate::dense_mla_combine(cfg, batch, plan.len(), workspace.len(), out.len(), lse.len())?;
         let rows = batch.rows() * cfg.heads;
         let lse_offset = cfg.max_splits(batch) * batch.next_n * cfg.heads * KV_LORA_RANK;
         let mut a = self.args();
@@ -58,22 +57,4 @@ impl DsaKernels {
         // split indices it reads come from a plan of this geometry (at most max_splits).
         unsafe { a.launch("mla_combine", "dsa_mla_combine", launch, &params) }
     }
-}
-
-/// Sizes of the buffers the combine reads and writes (the decode call checks them too,
-/// before its first launch).
-pub(super) fn check_combine_buffers(
-    cfg: &DenseMlaConfig,
-    batch: &PagedBatchShape,
-    plan: usize,
-    workspace: usize,
-    out: usize,
-    lse: usize,
-) -> Result<()> {
-    let (plan_len, ws_len) = (cfg.plan_len(batch), cfg.workspace_len(batch));
-    check::at_least("dense MLA plan", plan, plan_len, &[plan_len])?;
-    check::at_least("dense MLA workspace", workspace, ws_len, &[ws_len])?;
-    let (b, n, h) = (batch.batch, batch.next_n, cfg.heads);
-    check::holds("dense MLA out", out, &[b, n, h, KV_LORA_RANK])?;
-    check::holds("dense MLA lse", lse, &[b, n, h])
 }

@@ -3,8 +3,7 @@ use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 use half::bf16;
 
 use super::DenseMlaConfig;
-use crate::cache::{MlaCacheKind, PagedCache, KV_LORA_RANK, QK_DIM};
-use crate::check;
+use crate::cache::{MlaCacheKind, PagedCache, KV_LORA_RANK};
 use crate::error::{DsaError, Result};
 use crate::paged_batch::PagedBatch;
 use crate::runtime::DsaKernels;
@@ -56,16 +55,16 @@ impl DsaKernels {
                 ),
             });
         }
-        check::holds("dense MLA q", q.len(), &[b.batch, b.next_n, cfg.heads, QK_DIM])?;
-        super::combine::check_combine_buffers(
+        let num_pages = crate::validate::dense_mla_decode(
             cfg,
             &b,
+            q.len(),
+            cache.num_pages(),
             plan.len(),
             workspace.len(),
             out.len(),
             lse.len(),
         )?;
-        let num_pages = check::fits_i32("dense MLA cache pages", cache.num_pages())?;
         let lse_offset = cfg.max_splits(&b) * b.next_n * cfg.heads * KV_LORA_RANK;
         {
             let mut a = self.args();

@@ -2,7 +2,6 @@
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 
 use super::DenseMlaConfig;
-use crate::check;
 use crate::error::Result;
 use crate::paged_batch::PagedBatch;
 use crate::runtime::{linear, DsaKernels};
@@ -29,9 +28,7 @@ impl DsaKernels {
         P: DevicePtrMut<i32>,
     {
         let b = batch.shape();
-        cfg.validate(&b)?;
-        let plan_len = cfg.plan_len(&b);
-        check::at_least("dense MLA plan", plan.len(), plan_len, &[plan_len])?;
+        crate::validate::dense_mla_plan(cfg, &b, plan.len())?;
         let mut a = self.args();
         let params = DsaDenseMlaPlanParams {
             seq_lens: a.read("seq_lens", batch.seq_lens(), 4)?,

@@ -3,7 +3,7 @@
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 
 use super::{check_heads, MAX_NEXT_N};
-use crate::cache::{IndexerKCache, INDEXER_DIM};
+use crate::cache::IndexerKCache;
 use crate::check;
 use crate::error::{DsaError, Result};
 use crate::paged_batch::{PagedBatch, PagedBatchShape};
@@ -116,9 +116,7 @@ impl DsaKernels {
         plan: &mut P,
     ) -> Result<()> {
         let b = batch.shape();
-        shape.validate(&b)?;
-        let plan_len = decode_plan_len(b.batch);
-        check::at_least("decode plan", plan.len(), plan_len, &[plan_len])?;
+        crate::validate::indexer_decode_plan(&b, shape, plan.len())?;
         let mut a = self.args();
         let params = DsaIndexerPlanParams {
             context_lens: a.read("seq_lens", batch.seq_lens(), 4)?,
@@ -167,13 +165,8 @@ impl DsaKernels {
         out: &mut O,
     ) -> Result<()> {
         let b = batch.shape();
-        let out_need = shape.validate(&b)?;
-        let (rows, heads) = (b.rows(), shape.heads);
-        check::holds("q8", q8.len(), &[b.batch, b.next_n, heads, INDEXER_DIM])?;
-        check::holds("head weights", w.len(), &[rows, heads])?;
-        let plan_len = decode_plan_len(b.batch);
-        check::at_least("decode plan", plan.len(), plan_len, &[plan_len])?;
-        check::at_least("decode logits", out.len(), out_need, &[rows, shape.out_stride])?;
+        crate::validate::indexer_logits_decode(&b, shape, q8.len(), w.len(), plan.len(), out.len())?;
+        let heads = shape.heads;
         let num_pages = check::fits_i64("indexer cache pages", cache.num_pages())?;
         if shape.max_ctx == 0 {
             return Ok(());

@@ -2,7 +2,6 @@
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 
 use super::check_heads;
-use crate::cache::INDEXER_DIM;
 use crate::check;
 use crate::error::{DsaError, Result};
 use crate::runtime::DsaKernels;
@@ -100,14 +99,16 @@ impl DsaKernels {
         let PrefillLogitsShape {
             s_q, s_kv, heads, ..
         } = shape;
-        let out_need = shape.validate()?;
-        check::holds("q8", q8.len(), &[s_q, heads, INDEXER_DIM])?;
-        check::holds("head weights", w.len(), &[s_q, heads])?;
-        check::holds("k8", k8.len(), &[s_kv, INDEXER_DIM])?;
-        check::at_least("kscale", kscale.len(), s_kv, &[s_kv])?;
-        check::at_least("ks", ks.len(), s_q, &[s_q])?;
-        check::at_least("ke", ke.len(), s_q, &[s_q])?;
-        check::at_least("prefill logits", out.len(), out_need, &[s_q, shape.out_stride])?;
+        let lens = crate::validate::PrefillLogitsLens {
+            q8: q8.len(),
+            w: w.len(),
+            k8: k8.len(),
+            kscale: kscale.len(),
+            ks: ks.len(),
+            ke: ke.len(),
+            out: out.len(),
+        };
+        crate::validate::indexer_logits_prefill(shape, lens)?;
         if s_q == 0 {
             return Ok(());
         }

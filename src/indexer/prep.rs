@@ -76,19 +76,6 @@ impl IndexerPrepShape {
 }
 
 impl DsaKernels {
-    fn prep_common<X: DevicePtr<bf16>, P: DevicePtr<i32>, R: DevicePtr<f32>>(
-        &self,
-        shape: IndexerPrepShape,
-        x: &X,
-        positions: &P,
-        rope: &RopeTablesRef<'_, R>,
-    ) -> Result<usize> {
-        let rope_len = rope.cos.len().min(rope.sin.len());
-        let rows = shape.validate(x.len(), rope.max_pos, rope_len)?;
-        check::at_least("positions", positions.len(), shape.tokens, &[shape.tokens])?;
-        Ok(rows)
-    }
-
     /// Prepares indexer queries: RoPE (rotate-half, dims 0..63, at `positions[t]`),
     /// Hadamard over 128 scaled by `128^-0.5`, e4m3 with one power-of-two scale per head
     /// row. Writes `q8 [tokens, heads, 128]` (e4m3 codes) and `w_out [tokens, heads]` =
@@ -116,15 +103,15 @@ impl DsaKernels {
         q8: &mut Q,
         w_out: &mut O,
     ) -> Result<()> {
-        let rows = self.prep_common(shape, x, positions, &rope)?;
-        check::at_least("head weights", w.len(), rows, &[shape.tokens, shape.heads])?;
-        check::holds("q8", q8.len(), &[shape.tokens, shape.heads, INDEXER_DIM])?;
-        check::at_least(
-            "folded weights",
-            w_out.len(),
-            rows,
-            &[shape.tokens, shape.heads],
-        )?;
+        let lens = crate::validate::PrepQLens {
+            x: x.len(),
+            positions: positions.len(),
+            rope: rope.cos.len().min(rope.sin.len()),
+            w: w.len(),
+            q8: q8.len(),
+            w_out: w_out.len(),
+        };
+        let rows = crate::validate::indexer_prepare_q(shape, rope.max_pos, lens)?;
         if rows == 0 {
             return Ok(());
         }
@@ -167,9 +154,8 @@ impl DsaKernels {
         cache: &mut IndexerKCache,
         slots: &SlotMapping,
     ) -> Result<()> {
-        self.check_k_args(shape, x, positions, &rope)?;
         let slots = slots.checked_for(shape.tokens, cache.capacity_tokens())?;
-        self.launch_prepare_k(shape, x, positions, rope, cache, &slots)
+        self.indexer_prepare_k_device_slots(shape, x, positions, rope, cache, &slots)
     }
 
     /// As [`Self::indexer_prepare_k`], with the slots already on the device (an engine's
@@ -191,27 +177,15 @@ impl DsaKernels {
         cache: &mut IndexerKCache,
         slots: &S,
     ) -> Result<()> {
-        self.check_k_args(shape, x, positions, &rope)?;
-        check::at_least("slots", slots.len(), shape.tokens, &[shape.tokens])?;
+        crate::validate::indexer_prepare_k(
+            shape,
+            rope.max_pos,
+            x.len(),
+            positions.len(),
+            rope.cos.len().min(rope.sin.len()),
+            slots.len(),
+        )?;
         self.launch_prepare_k(shape, x, positions, rope, cache, slots)
-    }
-
-    /// The k-prep shape checks (one head per token, then those shared with q).
-    fn check_k_args<X: DevicePtr<bf16>, P: DevicePtr<i32>, R: DevicePtr<f32>>(
-        &self,
-        shape: IndexerPrepShape,
-        x: &X,
-        positions: &P,
-        rope: &RopeTablesRef<'_, R>,
-    ) -> Result<()> {
-        if shape.heads != 1 {
-            return Err(DsaError::Shape {
-                what: "indexer k heads",
-                expected: vec![1],
-                got: vec![shape.heads],
-            });
-        }
-        self.prep_common(shape, x, positions, rope).map(|_| ())
     }
 
     /// Launches the k prep once its arguments are checked; slots are bounds-checked in the

@@ -189,21 +189,17 @@ impl DsaKernels {
         W: DevicePtrMut<f32>,
     {
         let b = batch.shape();
-        cfg.validate(&b)?;
+        let lens = crate::validate::SparseDecodeLens {
+            q: q.len(),
+            indices: indices.len(),
+            out: out.len(),
+            lse: lse.len(),
+            topk_length: extras.topk_length.map(|t| t.len()),
+            attn_sink: extras.attn_sink.map(|s| s.len()),
+            workspace: workspace.len(),
+        };
+        let (splits, ws_len) = crate::validate::sparse_mla_decode(cfg, &b, self.sm_count(), lens)?;
         let (rows, heads, topk) = (b.rows(), cfg.heads, cfg.topk);
-        check::holds("sparse decode q", q.len(), &[b.batch, b.next_n, heads, QK_DIM])?;
-        check::holds("sparse decode indices", indices.len(), &[b.batch, b.next_n, topk])?;
-        check::holds("sparse decode out", out.len(), &[b.batch, b.next_n, heads, KV_LORA_RANK])?;
-        check::holds("sparse decode lse", lse.len(), &[b.batch, b.next_n, heads])?;
-        if let Some(t) = extras.topk_length {
-            check::at_least("topk_length", t.len(), b.batch, &[b.batch])?;
-        }
-        if let Some(s) = extras.attn_sink {
-            check::at_least("attn_sink", s.len(), heads, &[heads])?;
-        }
-        let splits = cfg.num_splits(rows, self.sm_count());
-        let ws_len = cfg.workspace_len_for(rows, splits);
-        check::at_least("sparse decode workspace", workspace.len(), ws_len, &[ws_len])?;
         let ctas = heads.div_ceil(HEADS_PER_CTA) * rows * splits;
         let lse_offset = splits * rows * heads * KV_LORA_RANK;
         let mut a = self.args();

@@ -3,9 +3,9 @@ use cudarc::driver::{DevicePtr, DevicePtrMut};
 use half::bf16;
 
 use super::{SparseExtras, HEADS_PER_CTA, SMEM_BYTES, THREADS};
-use crate::cache::{KV_LORA_RANK, QK_DIM};
+use crate::cache::QK_DIM;
 use crate::check;
-use crate::error::{DsaError, Result};
+use crate::error::Result;
 use crate::runtime::{linear, DsaKernels};
 use crate::sys::sparse_mla::DsaSparseMlaParams;
 
@@ -79,23 +79,17 @@ impl DsaKernels {
         M: DevicePtrMut<f32>,
         L: DevicePtrMut<f32>,
     {
-        cfg.validate()?;
+        let lens = crate::validate::SparsePrefillLens {
+            q: q.len(),
+            kv: kv.len(),
+            indices: indices.len(),
+            out: out.len(),
+            max_logits: max_logits.len(),
+            lse: lse.len(),
+            attn_sink: extras.attn_sink.map(|s| s.len()),
+        };
+        crate::validate::sparse_mla_prefill(cfg, extras.topk_length.is_some(), lens)?;
         let (s_q, heads, topk) = (cfg.s_q, cfg.heads, cfg.topk);
-        if extras.topk_length.is_some() {
-            return Err(DsaError::Unsupported {
-                what: "sparse prefill topk_length",
-                detail: "prefill has no batch dimension: mark unused indices with -1".into(),
-            });
-        }
-        check::holds("sparse prefill q", q.len(), &[s_q, heads, QK_DIM])?;
-        check::holds("sparse prefill kv", kv.len(), &[cfg.s_kv, QK_DIM])?;
-        check::holds("sparse prefill indices", indices.len(), &[s_q, topk])?;
-        check::holds("sparse prefill out", out.len(), &[s_q, heads, KV_LORA_RANK])?;
-        check::holds("sparse prefill max_logits", max_logits.len(), &[s_q, heads])?;
-        check::holds("sparse prefill lse", lse.len(), &[s_q, heads])?;
-        if let Some(s) = extras.attn_sink {
-            check::at_least("attn_sink", s.len(), heads, &[heads])?;
-        }
         if s_q == 0 {
             return Ok(());
         }

@@ -108,10 +108,16 @@ pub(crate) fn row_stride(
     width: usize,
     multiple: usize,
 ) -> Result<i64> {
-    if stride < width || stride % multiple != 0 {
+    if stride < width {
         return Err(DsaError::Unsupported {
             what,
-            detail: format!("row stride {stride} must be >= {width} and a multiple of {multiple}"),
+            detail: format!("row stride {stride} is below the row's {width} elements"),
+        });
+    }
+    if stride % multiple != 0 {
+        return Err(DsaError::Alignment {
+            what,
+            detail: format!("row stride {stride} is not a multiple of {multiple} elements"),
         });
     }
     fits_i64(what, stride)

@@ -154,6 +154,15 @@ impl DsaKernels {
         cache: &mut IndexerKCache,
         slots: &SlotMapping,
     ) -> Result<()> {
+        // The shape and table rules first, then the slots against this cache.
+        crate::validate::indexer_prepare_k(
+            shape,
+            rope.max_pos,
+            x.len(),
+            positions.len(),
+            rope.cos.len().min(rope.sin.len()),
+            slots.len(),
+        )?;
         let slots = slots.checked_for(shape.tokens, cache.capacity_tokens())?;
         self.indexer_prepare_k_device_slots(shape, x, positions, rope, cache, &slots)
     }

@@ -136,12 +136,12 @@ fn adversarial_indexer_k_slots_and_positions() {
     }
 }
 
-/// A paged batch whose table, lengths and plan lie: indexer logits, paged top-k, sparse
-/// and dense decode all run inside their buffers; top-k returns only -1 or slots of pages
-/// the table names inside the cache.
+/// A paged batch whose table and lengths lie: indexer logits, paged top-k, sparse and
+/// dense decode all run inside their buffers; top-k returns only -1 or slots of pages the
+/// table names.
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn adversarial_paged_batch_plans_and_indices() {
+fn adversarial_paged_batch_tables_and_indices() {
     let k = kernels();
     let s = k.stream().clone();
     let mut rng = StdRng::seed_from_u64(3);
@@ -168,17 +168,6 @@ fn adversarial_paged_batch_plans_and_indices() {
     let mut logits = upload(&s, &vec![f32::NAN; rows * max_ctx]);
     k.indexer_decode_plan(&pb, lshape, &mut plan).unwrap();
     k.indexer_logits_decode(&pb, lshape, &q8, &w, &icache, &plan, &mut logits).unwrap();
-    for lie in [
-        vec![0, 3, 1, 7, 2, 9],
-        vec![0, -5, 4, i32::MIN, 8, 30],
-        vec![i32::MAX, 0, i32::MAX, 1, 0, i32::MAX],
-        vec![0, 1000, 2000, 3000, 4000, 5000],
-    ] {
-        let bad_plan = upload(&s, &lie);
-        let mut out = upload(&s, &vec![f32::NAN; rows * max_ctx]);
-        k.indexer_logits_decode(&pb, lshape, &q8, &w, &icache, &bad_plan, &mut out).unwrap();
-        s.synchronize().unwrap();
-    }
 
     // Paged top-k over the real logits: every output is -1 or a slot of a table page
     // inside [0, pages).
@@ -237,16 +226,6 @@ fn adversarial_paged_batch_plans_and_indices() {
     let mut dws = upload(&s, &vec![f32::NAN; dcfg.workspace_len(&shape)]);
     k.dense_mla_plan(&dcfg, &pb, &mut dplan).unwrap();
     k.dense_mla_decode(&dcfg, &pb, &b16, &q, &dplan, &mut dws, &mut out, &mut lse).unwrap();
-    let n = dcfg.plan_len(&shape);
-    for lie in [
-        (0..n).map(|_| liar(&mut rng, 8)).collect::<Vec<i32>>(),
-        vec![i32::MAX; n],
-        vec![-1; n],
-    ] {
-        let bad = upload(&s, &lie);
-        k.dense_mla_decode(&dcfg, &pb, &fp8, &q, &bad, &mut dws, &mut out, &mut lse).unwrap();
-        s.synchronize().unwrap();
-    }
 }
 
 /// The library step on a batch that lies (table, lengths, slots, positions), and the
@@ -339,4 +318,78 @@ fn adversarial_decode_step() {
     .unwrap();
     assert!(step.plan(&k, &wide).is_err());
     s.synchronize().unwrap();
+}
+
+/// A lying batch (as above) with a small cache and queries, shared by the plan tests.
+fn lying_batch(rng: &mut StdRng) -> (PagedBatchShape, Vec<i32>, Vec<i32>, usize) {
+    let (batch, next_n, max_pages, pages) = (5usize, 2usize, 4usize, 6usize);
+    let shape = PagedBatchShape {
+        batch,
+        next_n,
+        max_pages,
+    };
+    let table = (0..batch * max_pages).map(|_| liar(rng, pages as i32)).collect();
+    let lens = (0..batch).map(|_| liar(rng, (max_pages * PAGE_SIZE) as i32 + 1)).collect();
+    (shape, table, lens, pages)
+}
+
+/// Indexer decode plans that lie (non-monotonic, negative, huge, from a larger batch):
+/// the logits kernel must stay inside `out` (the plan is device data; the kernel re-checks
+/// what it reads from it). Needs the kernel's guard on a non-monotonic plan in its `-inf`
+/// tail loop: without it this test writes before `out`, and the fault poisons the context
+/// of every test running beside it.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn adversarial_indexer_decode_lying_plans() {
+    let k = kernels();
+    let s = k.stream().clone();
+    let mut rng = StdRng::seed_from_u64(5);
+    let (shape, table, lens, pages) = lying_batch(&mut rng);
+    let (d_table, d_lens) = (upload(&s, &table), upload(&s, &lens));
+    let pb = PagedBatch::new(shape, &d_table, &d_lens).unwrap();
+    let (rows, max_ctx) = (shape.rows(), shape.max_tokens());
+    let icache = IndexerKCache::new(&s, pages).unwrap();
+    let q8 = upload(&s, &vec![0x38u8; rows * 64 * 128]);
+    let w = upload(&s, &vec![0.01f32; rows * 64]);
+    let lshape = DecodeLogitsShape::new(64, max_ctx);
+    for lie in [
+        vec![0, 3, 1, 7, 2, 9],
+        vec![0, -5, 4, i32::MIN, 8, 30],
+        vec![i32::MAX, 0, i32::MAX, 1, 0, i32::MAX],
+        vec![0, 1000, 2000, 3000, 4000, 5000],
+    ] {
+        let bad_plan = upload(&s, &lie);
+        let mut out = upload(&s, &vec![f32::NAN; rows * max_ctx]);
+        k.indexer_logits_decode(&pb, lshape, &q8, &w, &icache, &bad_plan, &mut out).unwrap();
+        s.synchronize().unwrap();
+    }
+}
+
+/// Dense decode plans that lie: the split and combine kernels clamp what they read.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn adversarial_dense_decode_lying_plans() {
+    let k = kernels();
+    let s = k.stream().clone();
+    let mut rng = StdRng::seed_from_u64(6);
+    let (shape, table, lens, pages) = lying_batch(&mut rng);
+    let (d_table, d_lens) = (upload(&s, &table), upload(&s, &lens));
+    let pb = PagedBatch::new(shape, &d_table, &d_lens).unwrap();
+    let (rows, heads) = (shape.rows(), 64);
+    let q = upload(&s, &bf16s(&mut rng, rows * heads * QK_DIM));
+    let fp8 = MlaFp8Cache::new(&s, pages).unwrap();
+    let mut out = upload(&s, &vec![bf16::NAN; rows * heads * 512]);
+    let mut lse = upload(&s, &vec![f32::NAN; rows * heads]);
+    let dcfg = k.dense_mla_config(&shape, heads, 0.1);
+    let mut dws = upload(&s, &vec![f32::NAN; dcfg.workspace_len(&shape)]);
+    let n = dcfg.plan_len(&shape);
+    for lie in [
+        (0..n).map(|_| liar(&mut rng, 8)).collect::<Vec<i32>>(),
+        vec![i32::MAX; n],
+        vec![-1; n],
+    ] {
+        let bad = upload(&s, &lie);
+        k.dense_mla_decode(&dcfg, &pb, &fp8, &q, &bad, &mut dws, &mut out, &mut lse).unwrap();
+        s.synchronize().unwrap();
+    }
 }

@@ -32,7 +32,7 @@ pub mod kernels {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
 
-pub use error::{DsaError, Result};
 pub use decode_step::{DsaDecodeStep, DsaDecodeStepConfig, DsaLayerInputs};
+pub use error::{DsaError, Result};
 pub use paged_batch::{PagedBatch, PagedBatchShape};
 pub use runtime::DsaKernels;

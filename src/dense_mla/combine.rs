@@ -34,7 +34,14 @@ impl DsaKernels {
         O: DevicePtrMut<bf16>,
         L: DevicePtrMut<f32>,
     {
-        crate::validate::dense_mla_combine(cfg, batch, plan.len(), workspace.len(), out.len(), lse.len())?;
+        crate::validate::dense_mla_combine(
+            cfg,
+            batch,
+            plan.len(),
+            workspace.len(),
+            out.len(),
+            lse.len(),
+        )?;
         let rows = batch.rows() * cfg.heads;
         let lse_offset = cfg.max_splits(batch) * batch.next_n * cfg.heads * KV_LORA_RANK;
         let mut a = self.args();
@@ -52,7 +59,11 @@ impl DsaKernels {
             num_parts: cfg.num_parts as i32,
         };
         const WARPS: usize = 8;
-        let launch = linear(check::grid("dense MLA combine grid", rows, WARPS)?, 32 * WARPS as u32, 0);
+        let launch = linear(
+            check::grid("dense MLA combine grid", rows, WARPS)?,
+            32 * WARPS as u32,
+            0,
+        );
         // SAFETY: every buffer was checked against the sizes the kernel indexes; the
         // split indices it reads come from a plan of this geometry (at most max_splits).
         unsafe { a.launch("mla_combine", "dsa_mla_combine", launch, &params) }

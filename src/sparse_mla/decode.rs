@@ -112,8 +112,11 @@ impl SparseDecodeConfig {
         if splits <= 1 {
             0
         } else {
-            check::product("sparse decode workspace", &[splits, rows, self.heads, KV_LORA_RANK + 1])
-                .unwrap_or(usize::MAX)
+            check::product(
+                "sparse decode workspace",
+                &[splits, rows, self.heads, KV_LORA_RANK + 1],
+            )
+            .unwrap_or(usize::MAX)
         }
     }
 
@@ -236,7 +239,14 @@ impl DsaKernels {
         };
         // SAFETY: buffers checked against the shape above; slots are bounds-checked
         // against the cache capacity in the kernel.
-        unsafe { self.launch("sparse_mla_decode", K::SPARSE_KERNEL, linear(ctas as u32, THREADS, SMEM_BYTES), &params)? };
+        unsafe {
+            self.launch(
+                "sparse_mla_decode",
+                K::SPARSE_KERNEL,
+                linear(ctas as u32, THREADS, SMEM_BYTES),
+                &params,
+            )?
+        };
         if splits > 1 {
             let cp = DsaSparseMlaCombineParams {
                 partial_out: part_out,

@@ -114,9 +114,23 @@ impl DsaStep {
             .unwrap();
     }
 
-    fn layer(&mut self, k: &DsaKernels, d: &DenseStep, icache: &IndexerKCache, cache: &MlaFp8Cache) {
+    fn layer(
+        &mut self,
+        k: &DsaKernels,
+        d: &DenseStep,
+        icache: &IndexerKCache,
+        cache: &MlaFp8Cache,
+    ) {
         self.step
-            .decode_prepared(k, &d.batch(), icache, cache, &d.q, &mut self.out, &mut self.lse)
+            .decode_prepared(
+                k,
+                &d.batch(),
+                icache,
+                cache,
+                &d.q,
+                &mut self.out,
+                &mut self.lse,
+            )
             .unwrap();
     }
 }

@@ -56,9 +56,7 @@
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use half::bf16;
 
-use crate::cache::{
-    CacheRows, IndexerKCache, MlaCacheKind, PagedCache, INDEXER_DIM, QK_DIM,
-};
+use crate::cache::{CacheRows, IndexerKCache, MlaCacheKind, PagedCache, INDEXER_DIM, QK_DIM};
 use crate::check;
 use crate::error::{DsaError, Result};
 use crate::indexer::{
@@ -117,7 +115,8 @@ impl DsaDecodeStepConfig {
             });
         }
         self.logits_shape(&largest).validate(&largest)?;
-        self.topk_shape(&largest).validate(largest.rows(), largest.max_pages)?;
+        self.topk_shape(&largest)
+            .validate(largest.rows(), largest.max_pages)?;
         self.sparse().validate(&largest)?;
         Ok(())
     }
@@ -223,13 +222,21 @@ impl DsaDecodeStep {
         cfg.validate()?;
         let largest = cfg.largest_batch();
         let rows = largest.rows();
-        let sparse_ws = cfg.sparse().workspace_len_up_to(cfg.max_batch, cfg.next_n, k.sm_count());
+        let sparse_ws = cfg
+            .sparse()
+            .workspace_len_up_to(cfg.max_batch, cfg.next_n, k.sm_count());
         let s = k.stream();
         Ok(Self {
             plan: s.alloc_zeros(decode_plan_len(cfg.max_batch))?,
-            q8: s.alloc_zeros(check::product("step q8", &[rows, cfg.index_heads, INDEXER_DIM])?)?,
+            q8: s.alloc_zeros(check::product(
+                "step q8",
+                &[rows, cfg.index_heads, INDEXER_DIM],
+            )?)?,
             weights: s.alloc_zeros(check::product("step weights", &[rows, cfg.index_heads])?)?,
-            logits: s.alloc_zeros(check::product("step logits", &[rows, largest.max_tokens()])?)?,
+            logits: s.alloc_zeros(check::product(
+                "step logits",
+                &[rows, largest.max_tokens()],
+            )?)?,
             indices: s.alloc_zeros(check::product("step indices", &[rows, cfg.topk])?)?,
             workspace: s.alloc_zeros(sparse_ws.max(1))?,
             planned: None,
@@ -405,7 +412,12 @@ impl DsaDecodeStep {
     ) -> Result<()> {
         let b = batch.shape();
         self.check_planned(&b)?;
-        k.topk_paged(batch, &self.logits, self.cfg.topk_shape(&b), &mut self.indices)
+        k.topk_paged(
+            batch,
+            &self.logits,
+            self.cfg.topk_shape(&b),
+            &mut self.indices,
+        )
     }
 
     /// Sparse MLA decode of `q` over the selected slots of `mla_cache`.
@@ -481,7 +493,13 @@ impl DsaDecodeStep {
     /// The plan, logits and indices buffers, writable: for tests that poison them to tell
     /// written values from stale ones.
     #[doc(hidden)]
-    pub fn buffers_mut(&mut self) -> (&mut CudaSlice<i32>, &mut CudaSlice<f32>, &mut CudaSlice<i32>) {
+    pub fn buffers_mut(
+        &mut self,
+    ) -> (
+        &mut CudaSlice<i32>,
+        &mut CudaSlice<f32>,
+        &mut CudaSlice<i32>,
+    ) {
         (&mut self.plan, &mut self.logits, &mut self.indices)
     }
 

@@ -6,7 +6,11 @@
 //! checked on the host before any launch and reported as [`DsaError`].
 //!
 //! Layouts (byte-compatible with FlashMLA, DeepGEMM and vLLM) are documented on each type;
-//! see [`cache`] for the paged caches.
+//! see [`cache`] for the paged caches. A decode step's batch (block table, sequence
+//! lengths, `next_n`) is one [`PagedBatch`], checked once and taken by every paged
+//! operation; [`DsaDecodeStep`] runs the whole DSA chain of a decode step (plan once, then
+//! per layer: q/k prep into the caches, indexer logits, top-k to physical slots, sparse MLA
+//! decode). The host rules of every operation are pure functions in [`validate`].
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub use cudarc;
@@ -32,7 +36,7 @@ pub mod kernels {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
 
-pub use error::{DsaError, Result};
 pub use decode_step::{DsaDecodeStep, DsaDecodeStepConfig, DsaLayerInputs};
+pub use error::{DsaError, Result};
 pub use paged_batch::{PagedBatch, PagedBatchShape};
 pub use runtime::DsaKernels;

@@ -249,10 +249,10 @@ impl DsaKernels {
 
     /// Top-k of a paged decode step: the rows of `logits` are the query rows of `batch`
     /// (as [`Self::indexer_logits_decode`] writes them), each row's range is derived on the
-    /// device from its sequence's length (row `b * next_n + j`: `[0, seq_lens[b] - next_n
-    /// + 1 + j)`), and the selected indices come out translated through the batch's block
-    /// table to physical cache slots, ready for [`Self::sparse_mla_decode`]. `out` is int32
-    /// `[batch * next_n, topk]`.
+    /// device from its sequence's length (row `b * next_n + j` ranges over
+    /// `[0, seq_lens[b] - next_n + 1 + j)`), and the selected indices come out translated
+    /// through the batch's block table to physical cache slots, ready for
+    /// [`Self::sparse_mla_decode`]. `out` is int32 `[batch * next_n, topk]`.
     pub fn topk_paged<B, S, L, O>(
         &self,
         batch: &PagedBatch<'_, B, S>,

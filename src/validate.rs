@@ -40,7 +40,11 @@ pub struct PrepQLens {
 }
 
 /// [`crate::DsaKernels::indexer_prepare_q`]. Returns the rows `tokens * heads`.
-pub fn indexer_prepare_q(shape: IndexerPrepShape, max_pos: usize, lens: PrepQLens) -> Result<usize> {
+pub fn indexer_prepare_q(
+    shape: IndexerPrepShape,
+    max_pos: usize,
+    lens: PrepQLens,
+) -> Result<usize> {
     let rows = shape.validate(lens.x, max_pos, lens.rope)?;
     let (t, h) = (shape.tokens, shape.heads);
     check::at_least("positions", lens.positions, t, &[t])?;
@@ -96,11 +100,20 @@ pub fn indexer_logits_decode(
 ) -> Result<usize> {
     let out_need = shape.validate(batch)?;
     let (rows, heads) = (batch.rows(), shape.heads);
-    check::holds("q8", q8_len, &[batch.batch, batch.next_n, heads, INDEXER_DIM])?;
+    check::holds(
+        "q8",
+        q8_len,
+        &[batch.batch, batch.next_n, heads, INDEXER_DIM],
+    )?;
     check::holds("head weights", w_len, &[rows, heads])?;
     let need = decode_plan_len(batch.batch);
     check::at_least("decode plan", plan_len, need, &[need])?;
-    check::at_least("decode logits", out_len, out_need, &[rows, shape.out_stride])?;
+    check::at_least(
+        "decode logits",
+        out_len,
+        out_need,
+        &[rows, shape.out_stride],
+    )?;
     Ok(out_need)
 }
 
@@ -128,7 +141,12 @@ pub fn indexer_logits_prefill(shape: PrefillLogitsShape, lens: PrefillLogitsLens
     check::at_least("kscale", lens.kscale, s_kv, &[s_kv])?;
     check::at_least("ks", lens.ks, s_q, &[s_q])?;
     check::at_least("ke", lens.ke, s_q, &[s_q])?;
-    check::at_least("prefill logits", lens.out, out_need, &[s_q, shape.out_stride])
+    check::at_least(
+        "prefill logits",
+        lens.out,
+        out_need,
+        &[s_q, shape.out_stride],
+    )
 }
 
 /// [`crate::DsaKernels::topk`]: `logits`, range `starts` (when given), `ends`, row
@@ -169,7 +187,11 @@ pub fn topk_paged(
 }
 
 /// [`crate::DsaKernels::dense_mla_plan`]: a plan of `plan_len` entries.
-pub fn dense_mla_plan(cfg: &DenseMlaConfig, batch: &PagedBatchShape, plan_len: usize) -> Result<()> {
+pub fn dense_mla_plan(
+    cfg: &DenseMlaConfig,
+    batch: &PagedBatchShape,
+    plan_len: usize,
+) -> Result<()> {
     cfg.validate(batch)?;
     let need = cfg.plan_len(batch);
     check::at_least("dense MLA plan", plan_len, need, &[need])
@@ -207,7 +229,11 @@ pub fn dense_mla_decode(
     lse_len: usize,
 ) -> Result<i32> {
     dense_mla_combine(cfg, batch, plan_len, workspace_len, out_len, lse_len)?;
-    check::holds("dense MLA q", q_len, &[batch.batch, batch.next_n, cfg.heads, QK_DIM])?;
+    check::holds(
+        "dense MLA q",
+        q_len,
+        &[batch.batch, batch.next_n, cfg.heads, QK_DIM],
+    )?;
     check::fits_i32("dense MLA cache pages", cache_pages)
 }
 

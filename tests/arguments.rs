@@ -9,12 +9,13 @@ use dsa_kernels::cache::{
 };
 use dsa_kernels::dense_mla::DenseMlaConfig;
 use dsa_kernels::indexer::{
-    decode_plan_len, rope_tables, DecodeLogitsShape, IndexerPrepShape, PrefillLogitsShape,
-    YarnRope,
+    decode_plan_len, rope_tables, DecodeLogitsShape, IndexerPrepShape, PrefillLogitsShape, YarnRope,
 };
 use dsa_kernels::sparse_mla::{SparseDecodeConfig, SparsePrefillConfig};
 use dsa_kernels::topk::{PagedTopkShape, TopkShape};
-use dsa_kernels::validate::{self, PrefillLogitsLens, PrepQLens, SparseDecodeLens, SparsePrefillLens};
+use dsa_kernels::validate::{
+    self, PrefillLogitsLens, PrepQLens, SparseDecodeLens, SparsePrefillLens,
+};
 use dsa_kernels::{DsaDecodeStepConfig, PagedBatchShape};
 use proptest::prelude::*;
 
@@ -341,7 +342,14 @@ fn known_holes_are_errors() {
         out: 128,
     };
     assert!(validate::indexer_logits_prefill(pre, l).is_err());
-    assert!(validate::indexer_logits_prefill(PrefillLogitsShape { out_stride: 1 << 63, ..pre }, l).is_err());
+    assert!(validate::indexer_logits_prefill(
+        PrefillLogitsShape {
+            out_stride: 1 << 63,
+            ..pre
+        },
+        l
+    )
+    .is_err());
     // Decode logits: the same.
     let b = PagedBatchShape {
         batch: 2,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use dsa_kernels::cache::{
-    encode_mla_fp8_token, MlaCacheKind, MlaBf16Cache, MlaFp8Cache, PagedCache,
+    encode_mla_fp8_token, MlaBf16Cache, MlaCacheKind, MlaFp8Cache, PagedCache,
     MLA_FP8_BYTES_PER_TOKEN, PAGE_SIZE, QK_DIM,
 };
 use dsa_kernels::cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};

@@ -16,8 +16,8 @@ mod write;
 
 pub use encode::{encode_indexer_k_token, encode_mla_fp8_token, write_host_token};
 pub use paged::{
-    CacheKind, CacheLayout, IndexerK, MlaCacheKind, IndexerKCache, MlaBf16, MlaBf16Cache, MlaFp8, MlaFp8Cache,
-    PagedCache,
+    CacheKind, CacheLayout, IndexerK, IndexerKCache, MlaBf16, MlaBf16Cache, MlaCacheKind, MlaFp8,
+    MlaFp8Cache, PagedCache,
 };
 pub use slots::SlotMapping;
 pub use write::{check_cache_rows, CacheRows};

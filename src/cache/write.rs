@@ -46,8 +46,12 @@ impl DsaKernels {
         slots: &I,
         pow2_scale: bool,
     ) -> Result<()> {
-        let (num_tokens, stride) =
-            crate::validate::write_cache::<K>(src.src.len(), src.rows, src.row_stride, slots.len())?;
+        let (num_tokens, stride) = crate::validate::write_cache::<K>(
+            src.src.len(),
+            src.rows,
+            src.row_stride,
+            slots.len(),
+        )?;
         if src.rows == 0 {
             return Ok(());
         }
@@ -63,7 +67,11 @@ impl DsaKernels {
             capacity_tokens,
         };
         const WARPS: usize = 4;
-        let cfg = linear(check::grid("cache write grid", src.rows, WARPS)?, 32 * WARPS as u32, 0);
+        let cfg = linear(
+            check::grid("cache write grid", src.rows, WARPS)?,
+            32 * WARPS as u32,
+            0,
+        );
         // SAFETY: the source holds every row the kernel reads (checked above, with checked
         // arithmetic and the stride bounded by the kernel's i64); slots holds `rows`
         // entries and each is bounds-checked against the capacity in the kernel.

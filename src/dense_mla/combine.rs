@@ -34,7 +34,14 @@ impl DsaKernels {
         O: DevicePtrMut<bf16>,
         L: DevicePtrMut<f32>,
     {
-        crate::validate::dense_mla_combine(cfg, batch, plan.len(), workspace.len(), out.len(), lse.len())?;
+        crate::validate::dense_mla_combine(
+            cfg,
+            batch,
+            plan.len(),
+            workspace.len(),
+            out.len(),
+            lse.len(),
+        )?;
         let rows = batch.rows() * cfg.heads;
         let lse_offset = cfg.max_splits(batch) * batch.next_n * cfg.heads * KV_LORA_RANK;
         let mut a = self.args();
@@ -55,7 +62,11 @@ impl DsaKernels {
             max_splits: cfg.max_splits(batch) as i32,
         };
         const WARPS: usize = DSA_MLA_COMBINE_WARPS as usize;
-        let launch = linear(check::grid("dense MLA combine grid", rows, WARPS)?, 32 * WARPS as u32, 0);
+        let launch = linear(
+            check::grid("dense MLA combine grid", rows, WARPS)?,
+            32 * WARPS as u32,
+            0,
+        );
         // SAFETY: every buffer was checked against the sizes the kernel indexes; the kernel
         // drops any split range of the plan outside [0, max_splits), whatever the plan holds.
         unsafe { a.launch("mla_combine", "dsa_mla_combine", launch, &params) }

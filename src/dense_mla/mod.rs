@@ -71,7 +71,9 @@ pub struct DenseMlaConfig {
 
 /// Parts that fill `sm_count` SMs with one wave of `next_n * ceil(heads / 64)` CTAs each.
 pub(crate) fn one_wave_parts(sm_count: usize, next_n: usize, heads: usize) -> usize {
-    let ctas_per_part = next_n.max(1).saturating_mul(heads.max(1).div_ceil(HEADS_PER_CTA));
+    let ctas_per_part = next_n
+        .max(1)
+        .saturating_mul(heads.max(1).div_ceil(HEADS_PER_CTA));
     (sm_count / ctas_per_part).max(1)
 }
 
@@ -162,8 +164,8 @@ impl DenseMlaConfig {
             );
         }
         // Cost units (blocks + overhead) are 32-bit on the device.
-        let cost = batch.batch as u128
-            * (batch.max_pages as u128 + sys::DSA_DENSE_PIECE_OVERHEAD as u128);
+        let cost =
+            batch.batch as u128 * (batch.max_pages as u128 + sys::DSA_DENSE_PIECE_OVERHEAD as u128);
         if cost > i32::MAX as u128 {
             return Err(DsaError::Capacity {
                 what: "dense MLA batch x max_pages",
@@ -176,7 +178,13 @@ impl DenseMlaConfig {
         check::fits_i32("dense MLA rows", rows)?;
         check::product(
             "dense MLA workspace",
-            &[self.max_splits(batch), batch.next_n, self.heads, crate::cache::KV_LORA_RANK + 1, 4],
+            &[
+                self.max_splits(batch),
+                batch.next_n,
+                self.heads,
+                crate::cache::KV_LORA_RANK + 1,
+                4,
+            ],
         )?;
         Ok(())
     }

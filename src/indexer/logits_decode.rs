@@ -165,7 +165,14 @@ impl DsaKernels {
         out: &mut O,
     ) -> Result<()> {
         let b = batch.shape();
-        crate::validate::indexer_logits_decode(&b, shape, q8.len(), w.len(), plan.len(), out.len())?;
+        crate::validate::indexer_logits_decode(
+            &b,
+            shape,
+            q8.len(),
+            w.len(),
+            plan.len(),
+            out.len(),
+        )?;
         let heads = shape.heads;
         let num_pages = check::fits_i64("indexer cache pages", cache.num_pages())?;
         if shape.max_ctx == 0 {

@@ -127,7 +127,11 @@ impl DsaKernels {
         };
         let queries_per_cta = GROUPS * COLUMNS / heads;
         let cfg = LaunchConfig {
-            grid_dim: (check::grid("prefill logits grid", s_q, queries_per_cta)?, KEY_SPLITS as u32, 1),
+            grid_dim: (
+                check::grid("prefill logits grid", s_q, queries_per_cta)?,
+                KEY_SPLITS as u32,
+                1,
+            ),
             block_dim: (128, 1, 1),
             shared_mem_bytes: smem_bytes(heads),
         };

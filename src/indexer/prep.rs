@@ -65,9 +65,19 @@ impl IndexerPrepShape {
         let width = check::product("indexer prep row", &[heads, INDEXER_DIM])?;
         check::row_stride("indexer prep token stride", token_stride, width, 8)?;
         let need = check::span("indexer prep input", tokens, token_stride, width)?;
-        check::at_least("indexer prep input", x_len, need, &[tokens, heads, INDEXER_DIM])?;
+        check::at_least(
+            "indexer prep input",
+            x_len,
+            need,
+            &[tokens, heads, INDEXER_DIM],
+        )?;
         let table = check::product("rope tables", &[max_pos, INDEXER_ROPE_PAIRS])?;
-        check::at_least("rope tables", rope_len, table, &[max_pos, INDEXER_ROPE_PAIRS])?;
+        check::at_least(
+            "rope tables",
+            rope_len,
+            table,
+            &[max_pos, INDEXER_ROPE_PAIRS],
+        )?;
         check::fits_i32("rope positions", max_pos)?;
         let rows = check::product("indexer prep rows", &[tokens, heads])?;
         check::fits_i32("indexer prep rows", rows)?;
@@ -135,7 +145,11 @@ impl DsaKernels {
             cache: std::ptr::null_mut(),
             capacity_tokens: 0,
         };
-        let cfg = linear(check::grid("indexer prep grid", rows, WARPS as usize)?, 32 * WARPS, 0);
+        let cfg = linear(
+            check::grid("indexer prep grid", rows, WARPS as usize)?,
+            32 * WARPS,
+            0,
+        );
         // SAFETY: every buffer was checked to hold the rows the kernel touches (checked
         // arithmetic, stride within i64); positions are bounds-checked in the kernel.
         unsafe { a.launch("indexer_prep", "dsa_indexer_prep_q", cfg, &params) }

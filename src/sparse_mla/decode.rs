@@ -113,8 +113,11 @@ impl SparseDecodeConfig {
         if splits <= 1 {
             0
         } else {
-            check::product("sparse decode workspace", &[splits, rows, self.heads, KV_LORA_RANK + 1])
-                .unwrap_or(usize::MAX)
+            check::product(
+                "sparse decode workspace",
+                &[splits, rows, self.heads, KV_LORA_RANK + 1],
+            )
+            .unwrap_or(usize::MAX)
         }
     }
 
@@ -237,7 +240,14 @@ impl DsaKernels {
         };
         // SAFETY: buffers checked against the shape above; slots are bounds-checked
         // against the cache capacity in the kernel.
-        unsafe { self.launch("sparse_mla_decode", K::SPARSE_KERNEL, linear(ctas as u32, THREADS, SMEM_BYTES), &params)? };
+        unsafe {
+            self.launch(
+                "sparse_mla_decode",
+                K::SPARSE_KERNEL,
+                linear(ctas as u32, THREADS, SMEM_BYTES),
+                &params,
+            )?
+        };
         if splits > 1 {
             let cp = DsaMlaCombineParams {
                 partial_out: part_out,
@@ -254,7 +264,11 @@ impl DsaKernels {
                 max_splits: splits as i32,
             };
             const WARPS: usize = DSA_MLA_COMBINE_WARPS as usize;
-            let lc = linear(check::grid("sparse combine grid", rows * heads, WARPS)?, 32 * WARPS as u32, 0);
+            let lc = linear(
+                check::grid("sparse combine grid", rows * heads, WARPS)?,
+                32 * WARPS as u32,
+                0,
+            );
             // SAFETY: the partials were written by the launch above on the same stream;
             // out and lse hold rows * heads rows (checked above).
             unsafe { a.launch("mla_combine", "dsa_mla_combine", lc, &cp)? };

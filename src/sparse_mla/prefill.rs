@@ -47,7 +47,10 @@ impl SparsePrefillConfig {
         check::product("sparse prefill q", &[rows, QK_DIM])?;
         check::fits_i32(
             "sparse prefill grid",
-            check::product("sparse prefill grid", &[self.heads.div_ceil(HEADS_PER_CTA), self.s_q])?,
+            check::product(
+                "sparse prefill grid",
+                &[self.heads.div_ceil(HEADS_PER_CTA), self.s_q],
+            )?,
         )?;
         Ok(())
     }

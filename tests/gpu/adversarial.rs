@@ -8,7 +8,9 @@ use dsa_kernels::cache::{
     INDEXER_PAGE_BYTES, MLA_FP8_BYTES_PER_TOKEN, PAGE_SIZE, QK_DIM,
 };
 use dsa_kernels::cudarc::driver::CudaSlice;
-use dsa_kernels::indexer::{decode_plan_len, rope_tables, DecodeLogitsShape, RopeTablesRef, YarnRope};
+use dsa_kernels::indexer::{
+    decode_plan_len, rope_tables, DecodeLogitsShape, RopeTablesRef, YarnRope,
+};
 use dsa_kernels::sparse_mla::{SparseDecodeConfig, SparseExtras};
 use dsa_kernels::topk::PagedTopkShape;
 use dsa_kernels::{
@@ -62,15 +64,32 @@ fn adversarial_cache_write_slots() {
     // Duplicated valid slots race by design (last writer wins): keep valid ones distinct.
     let mut seen = std::collections::HashSet::new();
     let slots: Vec<i32> = (0..rows)
-        .map(|i| if i % 3 == 0 { i as i32 } else { liar(&mut rng, cap) })
-        .map(|x| if (0..cap).contains(&x) && !seen.insert(x) { -1 } else { x })
+        .map(|i| {
+            if i % 3 == 0 {
+                i as i32
+            } else {
+                liar(&mut rng, cap)
+            }
+        })
+        .map(|x| {
+            if (0..cap).contains(&x) && !seen.insert(x) {
+                -1
+            } else {
+                x
+            }
+        })
         .collect();
     let src = bf16s(&mut rng, rows * QK_DIM);
     let mut want = vec![0u8; pages * PAGE_SIZE * MLA_FP8_BYTES_PER_TOKEN];
     for (r, &slot) in slots.iter().enumerate() {
         if (0..cap).contains(&slot) {
-            write_host_token::<MlaFp8>(&mut want, slot as usize, &src[r * QK_DIM..][..QK_DIM], false)
-                .unwrap();
+            write_host_token::<MlaFp8>(
+                &mut want,
+                slot as usize,
+                &src[r * QK_DIM..][..QK_DIM],
+                false,
+            )
+            .unwrap();
         }
     }
     let mut cache = MlaFp8Cache::new(&s, pages).unwrap();
@@ -81,8 +100,13 @@ fn adversarial_cache_write_slots() {
         rows,
         row_stride: QK_DIM,
     };
-    k.write_cache_device_slots(&mut cache, rows_in, &d_slots, false).unwrap();
-    assert_eq!(download(&s, cache.data()), want, "only in-cache slots are written");
+    k.write_cache_device_slots(&mut cache, rows_in, &d_slots, false)
+        .unwrap();
+    assert_eq!(
+        download(&s, cache.data()),
+        want,
+        "only in-cache slots are written"
+    );
 }
 
 /// Indexer k prep through device slots and positions that lie.
@@ -99,7 +123,9 @@ fn adversarial_indexer_k_slots_and_positions() {
     let (cos, sin) = (upload(&s, &cos), upload(&s, &sin));
     let tokens = 64;
     let slots: Vec<i32> = (0..tokens).map(|_| liar(&mut rng, cap)).collect();
-    let positions: Vec<i32> = (0..tokens).map(|_| liar(&mut rng, max_pos as i32)).collect();
+    let positions: Vec<i32> = (0..tokens)
+        .map(|_| liar(&mut rng, max_pos as i32))
+        .collect();
     let x = upload(&s, &bf16s(&mut rng, tokens * 128));
     let mut cache = IndexerKCache::new(&s, pages).unwrap();
     let before = download(&s, cache.data());
@@ -125,7 +151,9 @@ fn adversarial_indexer_k_slots_and_positions() {
     // A page no valid (slot, position) pair targets is untouched.
     for p in 0..pages {
         let written = slots.iter().zip(&positions).any(|(&sl, &pos)| {
-            (0..cap).contains(&sl) && sl as usize / PAGE_SIZE == p && (0..max_pos as i32).contains(&pos)
+            (0..cap).contains(&sl)
+                && sl as usize / PAGE_SIZE == p
+                && (0..max_pos as i32).contains(&pos)
         });
         if !written {
             assert_eq!(
@@ -151,8 +179,12 @@ fn adversarial_paged_batch_tables_and_indices() {
         next_n,
         max_pages,
     };
-    let table: Vec<i32> = (0..batch * max_pages).map(|_| liar(&mut rng, pages as i32)).collect();
-    let lens: Vec<i32> = (0..batch).map(|_| liar(&mut rng, (max_pages * PAGE_SIZE) as i32 + 1)).collect();
+    let table: Vec<i32> = (0..batch * max_pages)
+        .map(|_| liar(&mut rng, pages as i32))
+        .collect();
+    let lens: Vec<i32> = (0..batch)
+        .map(|_| liar(&mut rng, (max_pages * PAGE_SIZE) as i32 + 1))
+        .collect();
     let d_table = upload(&s, &table);
     let d_lens = upload(&s, &lens);
     let pb = PagedBatch::new(shape, &d_table, &d_lens).unwrap();
@@ -167,7 +199,8 @@ fn adversarial_paged_batch_tables_and_indices() {
     let mut plan = upload(&s, &vec![0i32; decode_plan_len(batch)]);
     let mut logits = upload(&s, &vec![f32::NAN; rows * max_ctx]);
     k.indexer_decode_plan(&pb, lshape, &mut plan).unwrap();
-    k.indexer_logits_decode(&pb, lshape, &q8, &w, &icache, &plan, &mut logits).unwrap();
+    k.indexer_logits_decode(&pb, lshape, &q8, &w, &icache, &plan, &mut logits)
+        .unwrap();
 
     // Paged top-k over the real logits: every output is -1 or a slot of a table page
     // inside [0, pages).
@@ -186,7 +219,10 @@ fn adversarial_paged_batch_tables_and_indices() {
         let row_pages = &table[b * max_pages..][..max_pages];
         assert!(
             slot == -1
-                || (slot >= 0 && row_pages.iter().any(|&p| p >= 0 && p == slot / PAGE_SIZE as i32)),
+                || (slot >= 0
+                    && row_pages
+                        .iter()
+                        .any(|&p| p >= 0 && p == slot / PAGE_SIZE as i32)),
             "index {i}: slot {slot} is not from sequence {b}'s table {row_pages:?}"
         );
     }
@@ -200,12 +236,17 @@ fn adversarial_paged_batch_tables_and_indices() {
     };
     let cap = (pages * PAGE_SIZE) as i32;
     let lying: Vec<i32> = (0..rows * topk).map(|_| liar(&mut rng, cap)).collect();
-    let tl: Vec<i32> = (0..batch).map(|_| liar(&mut rng, topk as i32 + 1)).collect();
+    let tl: Vec<i32> = (0..batch)
+        .map(|_| liar(&mut rng, topk as i32 + 1))
+        .collect();
     let (d_lying, d_tl) = (upload(&s, &lying), upload(&s, &tl));
     let q = upload(&s, &bf16s(&mut rng, rows * heads * QK_DIM));
     let fp8 = MlaFp8Cache::new(&s, pages).unwrap();
     let b16 = MlaBf16Cache::new(&s, pages).unwrap();
-    let mut ws = upload(&s, &vec![f32::NAN; k.sparse_mla_decode_workspace_len(&shape, &cfg).max(1)]);
+    let mut ws = upload(
+        &s,
+        &vec![f32::NAN; k.sparse_mla_decode_workspace_len(&shape, &cfg).max(1)],
+    );
     let mut out = upload(&s, &vec![bf16::NAN; rows * heads * 512]);
     let mut lse = upload(&s, &vec![f32::NAN; rows * heads]);
     for indices in [&d_lying, &idx] {
@@ -213,11 +254,20 @@ fn adversarial_paged_batch_tables_and_indices() {
             topk_length: Some(&d_tl),
             attn_sink: None,
         };
-        k.sparse_mla_decode(&cfg, &pb, &fp8, &q, indices, ex, &mut out, &mut lse, &mut ws).unwrap();
-        k.sparse_mla_decode(&cfg, &pb, &b16, &q, indices, ex, &mut out, &mut lse, &mut ws).unwrap();
+        k.sparse_mla_decode(
+            &cfg, &pb, &fp8, &q, indices, ex, &mut out, &mut lse, &mut ws,
+        )
+        .unwrap();
+        k.sparse_mla_decode(
+            &cfg, &pb, &b16, &q, indices, ex, &mut out, &mut lse, &mut ws,
+        )
+        .unwrap();
     }
     let o = download(&s, &out);
-    assert!(o.iter().all(|v| v.to_f32().is_finite()), "sparse decode output not finite");
+    assert!(
+        o.iter().all(|v| v.to_f32().is_finite()),
+        "sparse decode output not finite"
+    );
 
     // Dense decode over the lying table and lengths, with the real plan and with plans
     // that lie.
@@ -225,7 +275,8 @@ fn adversarial_paged_batch_tables_and_indices() {
     let mut dplan = upload(&s, &vec![0i32; dcfg.plan_len(&shape)]);
     let mut dws = upload(&s, &vec![f32::NAN; dcfg.workspace_len(&shape)]);
     k.dense_mla_plan(&dcfg, &pb, &mut dplan).unwrap();
-    k.dense_mla_decode(&dcfg, &pb, &b16, &q, &dplan, &mut dws, &mut out, &mut lse).unwrap();
+    k.dense_mla_decode(&dcfg, &pb, &b16, &q, &dplan, &mut dws, &mut out, &mut lse)
+        .unwrap();
 }
 
 /// The library step on a batch that lies (table, lengths, slots, positions), and the
@@ -255,16 +306,32 @@ fn adversarial_decode_step() {
             next_n: 1,
             max_pages,
         };
-        let table = upload(&s, &(0..batch * max_pages).map(|_| liar(&mut rng, pages as i32)).collect::<Vec<_>>());
-        let lens = upload(&s, &(0..batch).map(|_| liar(&mut rng, 200)).collect::<Vec<_>>());
+        let table = upload(
+            &s,
+            &(0..batch * max_pages)
+                .map(|_| liar(&mut rng, pages as i32))
+                .collect::<Vec<_>>(),
+        );
+        let lens = upload(
+            &s,
+            &(0..batch).map(|_| liar(&mut rng, 200)).collect::<Vec<_>>(),
+        );
         let pb = PagedBatch::new(shape, &table, &lens).unwrap();
         let rows = shape.rows();
         let index_q = upload(&s, &bf16s(&mut rng, rows * 64 * 128));
         let index_w = upload(&s, &vec![0.05f32; rows * 64]);
         let index_k = upload(&s, &bf16s(&mut rng, rows * 128));
         let kv = upload(&s, &bf16s(&mut rng, rows * QK_DIM));
-        let positions = upload(&s, &(0..rows).map(|_| liar(&mut rng, max_pos as i32)).collect::<Vec<_>>());
-        let slots = upload(&s, &(0..rows).map(|_| liar(&mut rng, cap)).collect::<Vec<_>>());
+        let positions = upload(
+            &s,
+            &(0..rows)
+                .map(|_| liar(&mut rng, max_pos as i32))
+                .collect::<Vec<_>>(),
+        );
+        let slots = upload(
+            &s,
+            &(0..rows).map(|_| liar(&mut rng, cap)).collect::<Vec<_>>(),
+        );
         let q = upload(&s, &bf16s(&mut rng, rows * 128 * QK_DIM));
         let mut out = upload(&s, &vec![bf16::NAN; rows * 128 * 512]);
         let mut lse = upload(&s, &vec![f32::NAN; rows * 128]);
@@ -283,14 +350,36 @@ fn adversarial_decode_step() {
         };
         // Before this batch's plan, the step refuses to run it (the plan is another
         // batch's, or none).
-        let e = step.layer(&k, &pb, &inputs, &mut icache, &mut mla, &q, &mut out, &mut lse);
+        let e = step.layer(
+            &k,
+            &pb,
+            &inputs,
+            &mut icache,
+            &mut mla,
+            &q,
+            &mut out,
+            &mut lse,
+        );
         assert!(matches!(e, Err(DsaError::Unsupported { .. })), "{e:?}");
         step.plan(&k, &pb).unwrap();
         for _layer in 0..2 {
-            step.layer(&k, &pb, &inputs, &mut icache, &mut mla, &q, &mut out, &mut lse).unwrap();
+            step.layer(
+                &k,
+                &pb,
+                &inputs,
+                &mut icache,
+                &mut mla,
+                &q,
+                &mut out,
+                &mut lse,
+            )
+            .unwrap();
         }
         let o = download(&s, &out);
-        assert!(o.iter().all(|v| v.to_f32().is_finite()), "batch {batch}: output not finite");
+        assert!(
+            o.iter().all(|v| v.to_f32().is_finite()),
+            "batch {batch}: output not finite"
+        );
     }
     // A batch past the configuration is refused before any launch.
     let table = upload(&s, &vec![0i32; (max_batch + 1) * max_pages]);
@@ -328,8 +417,12 @@ fn lying_batch(rng: &mut StdRng) -> (PagedBatchShape, Vec<i32>, Vec<i32>, usize)
         next_n,
         max_pages,
     };
-    let table = (0..batch * max_pages).map(|_| liar(rng, pages as i32)).collect();
-    let lens = (0..batch).map(|_| liar(rng, (max_pages * PAGE_SIZE) as i32 + 1)).collect();
+    let table = (0..batch * max_pages)
+        .map(|_| liar(rng, pages as i32))
+        .collect();
+    let lens = (0..batch)
+        .map(|_| liar(rng, (max_pages * PAGE_SIZE) as i32 + 1))
+        .collect();
     (shape, table, lens, pages)
 }
 
@@ -360,7 +453,8 @@ fn adversarial_indexer_decode_lying_plans() {
     ] {
         let bad_plan = upload(&s, &lie);
         let mut out = upload(&s, &vec![f32::NAN; rows * max_ctx]);
-        k.indexer_logits_decode(&pb, lshape, &q8, &w, &icache, &bad_plan, &mut out).unwrap();
+        k.indexer_logits_decode(&pb, lshape, &q8, &w, &icache, &bad_plan, &mut out)
+            .unwrap();
         s.synchronize().unwrap();
     }
 }
@@ -389,7 +483,8 @@ fn adversarial_dense_decode_lying_plans() {
         vec![-1; n],
     ] {
         let bad = upload(&s, &lie);
-        k.dense_mla_decode(&dcfg, &pb, &fp8, &q, &bad, &mut dws, &mut out, &mut lse).unwrap();
+        k.dense_mla_decode(&dcfg, &pb, &fp8, &q, &bad, &mut dws, &mut out, &mut lse)
+            .unwrap();
         s.synchronize().unwrap();
     }
 }

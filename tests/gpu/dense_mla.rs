@@ -14,8 +14,8 @@
 use dsa_kernels::cache::{MlaBf16Cache, MlaFp8Cache, PAGE_SIZE};
 use dsa_kernels::cudarc::driver::{sys as cu, CudaSlice, CudaStream};
 use dsa_kernels::dense_mla::DenseMlaConfig;
-use dsa_kernels::{PagedBatch, PagedBatchShape};
 use dsa_kernels::{device, DsaError, DsaKernels};
+use dsa_kernels::{PagedBatch, PagedBatchShape};
 use dsa_reference::attention;
 use dsa_reference::cache as rcache;
 use half::bf16;

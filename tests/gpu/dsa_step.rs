@@ -144,7 +144,8 @@ impl Step {
         // The test starts from prepared indexer queries (the prep kernels have their own
         // tests): write them where the step's prep would.
         let (q8, w) = step.prepared_queries_mut();
-        s.memcpy_htod(&p.q8, &mut q8.slice_mut(..p.q8.len())).unwrap();
+        s.memcpy_htod(&p.q8, &mut q8.slice_mut(..p.q8.len()))
+            .unwrap();
         s.memcpy_htod(&p.w, &mut w.slice_mut(..p.w.len())).unwrap();
         let mut st = Self {
             shape: p.shape(),
@@ -164,8 +165,10 @@ impl Step {
     fn poison(&mut self, s: &Arc<CudaStream>) {
         let (plan, logits, indices) = self.step.buffers_mut();
         s.memcpy_htod(&vec![-7i32; plan.len()], plan).unwrap();
-        s.memcpy_htod(&vec![f32::NAN; logits.len()], logits).unwrap();
-        s.memcpy_htod(&vec![i32::MIN; indices.len()], indices).unwrap();
+        s.memcpy_htod(&vec![f32::NAN; logits.len()], logits)
+            .unwrap();
+        s.memcpy_htod(&vec![i32::MIN; indices.len()], indices)
+            .unwrap();
         s.memcpy_htod(&vec![bf16::NAN; self.out.len()], &mut self.out)
             .unwrap();
         s.memcpy_htod(&vec![f32::NAN; self.lse.len()], &mut self.lse)
@@ -189,7 +192,11 @@ impl Step {
             .unwrap();
     }
 
-    fn results(&self, p: &Problem, s: &Arc<CudaStream>) -> (Vec<f32>, Vec<i32>, Vec<f32>, Vec<f32>) {
+    fn results(
+        &self,
+        p: &Problem,
+        s: &Arc<CudaStream>,
+    ) -> (Vec<f32>, Vec<i32>, Vec<f32>, Vec<f32>) {
         let out = download(s, &self.out).iter().map(|v| v.to_f32()).collect();
         let logits = download(s, self.step.logits());
         let indices = download(s, self.step.indices());

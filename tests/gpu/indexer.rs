@@ -15,12 +15,12 @@
 //!   wrong key, head, scale or weight fails), `-inf` exactly where the reference has it,
 //!   and every untouched padding column still poisoned.
 use dsa_kernels::cache::{IndexerKCache, SlotMapping, INDEXER_PAGE_BYTES, PAGE_SIZE};
-use dsa_kernels::{PagedBatch, PagedBatchShape};
 use dsa_kernels::indexer::{
     decode_plan_len, rope_tables, DecodeLogitsShape, IndexerPrepShape, PrefillLogitsShape,
     RopeTablesRef, YarnRope,
 };
 use dsa_kernels::DsaError;
+use dsa_kernels::{PagedBatch, PagedBatchShape};
 use dsa_reference as reference;
 use half::bf16;
 use proptest::prelude::*;

@@ -85,7 +85,11 @@ fn dummy_batch(
         next_n,
         max_pages: 1,
     };
-    (shape, upload(stream, &vec![0i32; batch]), upload(stream, &vec![0i32; batch]))
+    (
+        shape,
+        upload(stream, &vec![0i32; batch]),
+        upload(stream, &vec![0i32; batch]),
+    )
 }
 
 /// Host images of both caches holding the same random tokens in every slot.
@@ -168,15 +172,7 @@ fn run_decode(k: &DsaKernels, c: &DecodeCase, caches: &Caches) {
         let mut lse = nan_f32(&stream, rows * c.h_q);
         let r = if fmt == "fp8" {
             k.sparse_mla_decode(
-                &cfg,
-                &pb,
-                &fp8_cache,
-                &d_q,
-                &d_idx,
-                extras,
-                &mut out,
-                &mut lse,
-                &mut ws,
+                &cfg, &pb, &fp8_cache, &d_q, &d_idx, extras, &mut out, &mut lse, &mut ws,
             )
         } else {
             k.sparse_mla_decode(
@@ -466,15 +462,7 @@ fn sparse_decode_graph_capture_replay() {
     let mut out = nan_bf16(&stream, 128 * DV);
     let mut lse = nan_f32(&stream, 128);
     k.sparse_mla_decode(
-        &cfg,
-        &pb,
-        &cache,
-        &d_q,
-        &d_idx,
-        extras,
-        &mut out,
-        &mut lse,
-        &mut ws,
+        &cfg, &pb, &cache, &d_q, &d_idx, extras, &mut out, &mut lse, &mut ws,
     )
     .unwrap();
     let eager = (download(&stream, &out), download(&stream, &lse));
@@ -485,15 +473,7 @@ fn sparse_decode_graph_capture_replay() {
         .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         .unwrap();
     k.sparse_mla_decode(
-        &cfg,
-        &pb,
-        &cache,
-        &d_q,
-        &d_idx,
-        extras,
-        &mut out2,
-        &mut lse2,
-        &mut ws,
+        &cfg, &pb, &cache, &d_q, &d_idx, extras, &mut out2, &mut lse2, &mut ws,
     )
     .unwrap();
     let graph = stream
@@ -535,17 +515,39 @@ fn sparse_mla_argument_errors() {
     let mut lse = upload(&stream, &vec![0f32; 2 * 64]);
     let mut no_ws = upload(&stream, &[0f32; 1]);
     let none = SparseExtras::default;
-    let e = k.sparse_mla_decode(&cfg, &pb, &cache, &short_q, &idx, none(), &mut out, &mut lse, &mut no_ws);
+    let e = k.sparse_mla_decode(
+        &cfg,
+        &pb,
+        &cache,
+        &short_q,
+        &idx,
+        none(),
+        &mut out,
+        &mut lse,
+        &mut no_ws,
+    );
     assert!(matches!(e, Err(DsaError::Shape { .. })), "{e:?}");
     let bad = SparseDecodeConfig { topk: 0, ..cfg };
-    let e = k.sparse_mla_decode(&bad, &pb, &cache, &q, &idx, none(), &mut out, &mut lse, &mut no_ws);
+    let e = k.sparse_mla_decode(
+        &bad,
+        &pb,
+        &cache,
+        &q,
+        &idx,
+        none(),
+        &mut out,
+        &mut lse,
+        &mut no_ws,
+    );
     assert!(matches!(e, Err(DsaError::Unsupported { .. })), "{e:?}");
     let short_len = upload(&stream, &[5i32]);
     let ex = SparseExtras::<_, CudaSlice<f32>> {
         topk_length: Some(&short_len),
         attn_sink: None,
     };
-    let e = k.sparse_mla_decode(&cfg, &pb, &cache, &q, &idx, ex, &mut out, &mut lse, &mut no_ws);
+    let e = k.sparse_mla_decode(
+        &cfg, &pb, &cache, &q, &idx, ex, &mut out, &mut lse, &mut no_ws,
+    );
     assert!(matches!(e, Err(DsaError::Shape { .. })), "{e:?}");
     // (The indexer K cache is not an MLA cache: passing it does not compile.)
     let small = SparseDecodeConfig { topk: 4096, ..cfg };
@@ -553,7 +555,17 @@ fn sparse_mla_argument_errors() {
     let pb1 = PagedBatch::new(one, &bt1, &lens1).unwrap();
     if k.sparse_mla_decode_workspace_len(&one, &small) > 0 {
         let idx = upload(&stream, &vec![0i32; 4096]);
-        let e = k.sparse_mla_decode(&small, &pb1, &cache, &q, &idx, none(), &mut out, &mut lse, &mut no_ws);
+        let e = k.sparse_mla_decode(
+            &small,
+            &pb1,
+            &cache,
+            &q,
+            &idx,
+            none(),
+            &mut out,
+            &mut lse,
+            &mut no_ws,
+        );
         assert!(matches!(e, Err(DsaError::Shape { .. })), "{e:?}");
     }
     let pcfg = SparsePrefillConfig {

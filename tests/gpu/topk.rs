@@ -6,8 +6,8 @@
 //! involved: selection moves no arithmetic, only comparisons of the same fp32 values.
 use dsa_kernels::cudarc::driver::CudaSlice;
 use dsa_kernels::topk::{PagedTopkShape, TopkOptions, TopkRanges, TopkShape};
-use dsa_kernels::{PagedBatch, PagedBatchShape};
 use dsa_kernels::DsaError;
+use dsa_kernels::{PagedBatch, PagedBatchShape};
 use dsa_reference::topk::{topk_rows, translate_rows_to_slots};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
@@ -515,7 +515,15 @@ fn topk_rejects_bad_arguments() {
         Err(DsaError::Unsupported { .. })
     ));
     assert!(matches!(
-        call(TopkShape { topk: 4097, ..shape }, lens, d(), &mut out),
+        call(
+            TopkShape {
+                topk: 4097,
+                ..shape
+            },
+            lens,
+            d(),
+            &mut out
+        ),
         Err(DsaError::Unsupported { .. })
     ));
     assert!(matches!(

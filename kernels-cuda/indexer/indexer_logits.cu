@@ -20,10 +20,12 @@
 
 namespace {
 
-constexpr int kKeys = 64;            // keys per tile = tokens per page
-constexpr int kRow = 128;            // bytes per key / head row
-constexpr int kTile = kKeys * kRow;  // 8192
-constexpr int kThreads = 128;
+constexpr int kKeys = DSA_PAGE_SIZE;     // keys per tile = tokens per page
+constexpr int kRow = DSA_INDEXER_DIM;    // bytes per key / head row
+constexpr int kTile = kKeys * kRow;      // 8192
+constexpr int kThreads = DSA_INDEXER_LOGITS_THREADS;
+static_assert(kKeys == 64 && kRow == 128 && kThreads == 128, "one warpgroup, m64 tiles of 128-byte rows");
+static_assert(kTile + kKeys * 4 == DSA_INDEXER_PAGE_BYTES, "a cache page is one key tile and its scales");
 
 // acc[64 keys x N] = keys(a_tile) . rows(b_tile)^T over the 128 bytes of K.
 template <int N>
@@ -91,20 +93,21 @@ extern __shared__ uint8_t dyn_smem[];
 // key tile feeds two MMAs). G = 1 (three CTAs per SM, one more warpgroup to hide another's
 // MMA) measured 2-6% slower at S_kv >= 32K, 1% faster at 8K (BENCHMARKS.md, indexer v3).
 constexpr int kPrefillStages = 4;
-constexpr int kPrefillGroups = 2;
+constexpr int kPrefillGroups = DSA_INDEXER_PREFILL_GROUPS;
 
 template <int H, int G>
 struct PrefillCfg {
     static constexpr int NQ = 256 / H;
-    static constexpr int N = 256;
+    static constexpr int N = DSA_INDEXER_PREFILL_COLUMNS;
     static constexpr int QPC = NQ * G;  // queries per CTA
     static constexpr int kQBytes = G * N * kRow;
     static constexpr int kKBytes = kPrefillStages * kTile;
     static constexpr int kCtas = G == 1 ? 3 : 2;
-    // + 1024 alignment slack, kscale stages, weights, row ranges; mirrored in
-    // src/indexer/logits_prefill.rs.
+    // + 1024 alignment slack, kscale stages, weights, row ranges.
     static constexpr int kSmem = 1024 + kQBytes + kKBytes + kPrefillStages * kKeys * 4 + G * N * 4 + 2 * QPC * 4;
-    static_assert(kCtas * (kSmem + 1024) <= 228 * 1024, "CTAs per SM must fit");
+    static_assert(kSmem == DSA_INDEXER_PREFILL_SMEM_BASE + DSA_INDEXER_PREFILL_SMEM_PER_QUERY * QPC,
+                  "indexer_params.h prefill shared memory is stale");
+    static_assert(kCtas * (kSmem + DSA_SM90_SMEM_RESERVED_PER_CTA) <= DSA_SM90_SMEM_PER_SM, "CTAs per SM must fit");
 };
 
 template <int H, int G>
@@ -287,12 +290,14 @@ constexpr int kDecodeStages = 6;
 
 template <int H, int NQ>
 struct DecodeCfg {
+    static_assert(NQ >= 1 && NQ <= DSA_INDEXER_MAX_NEXT_N, "queries per CTA");
     static constexpr int N = H * NQ;
     static constexpr int kQBytes = N * kRow;
     static constexpr int kKBytes = kDecodeStages * kTile;
-    // mirrored in src/indexer/logits_decode.rs
     static constexpr int kSmem = 1024 + kQBytes + kKBytes + kDecodeStages * kKeys * 4 + N * 4 + kDecodeStages * 16;
-    static_assert(2 * (kSmem + 1024) <= 228 * 1024, "two CTAs per SM");
+    static_assert(kSmem == DSA_INDEXER_DECODE_SMEM_BASE + DSA_INDEXER_DECODE_SMEM_PER_COLUMN * N,
+                  "indexer_params.h decode shared memory is stale");
+    static_assert(2 * (kSmem + DSA_SM90_SMEM_RESERVED_PER_CTA) <= DSA_SM90_SMEM_PER_SM, "two CTAs per SM");
 };
 
 __device__ __forceinline__ int batch_of(const int32_t *plan, int batch, int64_t gp) {
@@ -427,17 +432,17 @@ DSA_PREFILL(64)
         dsa_indexer_logits_decode_h##H##_q##NQ(const __grid_constant__ DsaIndexerDecodeParams p) {  \
         decode_body<H, NQ>(p);                                                                      \
     }
-DSA_DECODE(16, 1)
-DSA_DECODE(16, 2)
-DSA_DECODE(16, 4)
-DSA_DECODE(32, 1)
-DSA_DECODE(32, 2)
-DSA_DECODE(32, 3)
-DSA_DECODE(32, 4)
-DSA_DECODE(64, 1)
-DSA_DECODE(64, 2)
-DSA_DECODE(64, 3)
-DSA_DECODE(64, 4)
+DSA_INDEXER_DECODE_VARIANTS(DSA_DECODE)
+
+// The per-head masks the host reads must name exactly the kernels built above.
+#define DSA_DECODE_BIT(H, NQ) | (H == kMaskHeads ? 1 << (NQ - 1) : 0)
+template <int kMaskHeads>
+constexpr int decode_mask() {
+    return 0 DSA_INDEXER_DECODE_VARIANTS(DSA_DECODE_BIT);
+}
+static_assert(decode_mask<16>() == DSA_INDEXER_DECODE_QUERIES_H16 && decode_mask<32>() == DSA_INDEXER_DECODE_QUERIES_H32 &&
+                  decode_mask<64>() == DSA_INDEXER_DECODE_QUERIES_H64,
+              "DSA_INDEXER_DECODE_QUERIES_H* disagree with DSA_INDEXER_DECODE_VARIANTS");
 
 // Plan: plan[0] = 0, plan[b + 1] = plan[b] + pages of batch b. One CTA of 1024 threads,
 // a block scan per 1024 batches.

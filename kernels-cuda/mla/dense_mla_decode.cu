@@ -23,7 +23,7 @@
 
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = DSA_DENSE_THREADS;
 constexpr int kTileBytes = 64 * 64 * 2;            // [64 rows x 64 dims] bf16, swizzled
 constexpr int kRowTiles = DSA_QK_DIM / 64;         // 9 tiles per 576-wide row block
 constexpr int kBlockBytes = kRowTiles * kTileBytes;  // 73728: 64 rows x 576 bf16
@@ -42,7 +42,9 @@ constexpr int kRedBytes = 4 * 64 * 4;  // row max [2][64] and row sum [2][64], f
 constexpr int kStageOffFp8 = kPOffFp8 + kTileBytes + kRedBytes;
 constexpr int kSmemBf16 = kPOffBf16 + kTileBytes + kRedBytes + 1024;
 constexpr int kSmemFp8 = kStageOffFp8 + kFp8PageBytes + 1024;
-static_assert(kSmemBf16 <= 232448, "bf16 split kernel exceeds the shared-memory limit");
+static_assert(kSmemBf16 <= DSA_SM90_SMEM_PER_CTA_MAX, "bf16 split kernel exceeds the shared-memory limit");
+static_assert(DSA_DENSE_HEADS_PER_CTA == 64 && kThreads == 2 * 128, "64 heads (wgmma M) on two warpgroups");
+static_assert(DSA_DENSE_BLOCK_N == DSA_PAGE_SIZE, "a KV block is one cache page");
 static_assert(kSmemBf16 == DSA_DENSE_SMEM_BF16 && kSmemFp8 == DSA_DENSE_SMEM_FP8, "host smem sizes are stale");
 static_assert(kStageOffFp8 % 16 == 0, "staging page must be 16-byte aligned");
 
@@ -447,10 +449,10 @@ extern "C" __global__ void __launch_bounds__(1024) dsa_dense_mla_plan(const DsaD
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256, 1) dsa_dense_mla_decode_bf16(const DsaDenseMlaDecodeParams p) {
+extern "C" __global__ void __launch_bounds__(kThreads, 1) dsa_dense_mla_decode_bf16(const DsaDenseMlaDecodeParams p) {
     split_kernel<false>(p);
 }
 
-extern "C" __global__ void __launch_bounds__(256, 1) dsa_dense_mla_decode_fp8(const DsaDenseMlaDecodeParams p) {
+extern "C" __global__ void __launch_bounds__(kThreads, 1) dsa_dense_mla_decode_fp8(const DsaDenseMlaDecodeParams p) {
     split_kernel<true>(p);
 }

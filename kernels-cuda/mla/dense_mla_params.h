@@ -6,8 +6,10 @@
 #define DSA_DENSE_MLA_PARAMS_H
 #include "common_params.h"
 
-/* Heads handled by one CTA of the split kernel (the wgmma M dimension). */
+/* Heads handled by one CTA of the split kernel (the wgmma M dimension), and its threads
+ * (two warpgroups). */
 #define DSA_DENSE_HEADS_PER_CTA 64
+#define DSA_DENSE_THREADS 256
 /* Tokens per KV block: one cache page. */
 #define DSA_DENSE_BLOCK_N 64
 /* Fixed cost, in KV blocks, charged by the plan for every piece of work a CTA starts

@@ -330,7 +330,14 @@ __device__ __forceinline__ void decode_body(const DsaIndexerDecodeParams &p) {
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int batch = p.batch, next_n = p.next_n;
-    const int64_t total = p.plan[batch];
+    // The plan is device data of unchecked provenance (stale, of another geometry, not
+    // monotonic): everything read from it is clamped so that no access leaves a buffer,
+    // whatever it holds. A batch has at most `cap` pages (the plan kernel's own clamp), so
+    // the total is at most batch * cap; a page's batch stays in [0, batch), and a page
+    // whose local index falls outside [0, cap) is skipped (lp = -1: nothing of it is read
+    // or written). A bad plan gives wrong logits, never an out-of-bounds access.
+    const int cap = min(p.max_pages, (int)(((int64_t)p.max_ctx + kKeys - 1) / kKeys));
+    const int64_t total = min(max((int64_t)p.plan[batch], (int64_t)0), (int64_t)batch * cap);
     const int64_t lo = total * blockIdx.x / gridDim.x, hi = total * (blockIdx.x + 1) / gridDim.x;
     const int64_t ntiles = hi - lo;
 
@@ -338,8 +345,9 @@ __device__ __forceinline__ void decode_body(const DsaIndexerDecodeParams &p) {
     auto issue = [&](int64_t i) {
         if (i < ntiles) {
             const int64_t gp = lo + i;
-            while (p.plan[pf_b + 1] <= gp) ++pf_b;
-            const int lp = (int)(gp - p.plan[pf_b]);
+            while (pf_b + 1 < batch && p.plan[pf_b + 1] <= gp) ++pf_b;
+            const int64_t lp64 = gp - p.plan[pf_b];
+            const int lp = lp64 >= 0 && lp64 < cap ? (int)lp64 : -1;
             const int64_t id = page_id(p, pf_b, lp);
             const uint8_t *page = p.cache + (id < 0 ? 0 : id) * DSA_INDEXER_PAGE_BYTES;
             const int bytes = id < 0 ? 0 : 16;
@@ -398,7 +406,8 @@ __device__ __forceinline__ void decode_body(const DsaIndexerDecodeParams &p) {
             if ((idx & 3) != (lane & 3)) continue;
             const int j = idx >> 1, rr = idx & 1;
             const int key = lp * kKeys + r0 + 8 * rr;
-            if (j >= next_n || key >= p.max_ctx) continue;
+            // Unsigned: a skipped page (lp = -1) has negative keys.
+            if (j >= next_n || (unsigned)key >= (unsigned)p.max_ctx) continue;
             const int64_t end = (int64_t)len - next_n + j + 1;
             float v = -INFINITY;
             if (page_ok && key < end) v = (rr ? s1[j] : s0[j]) * (rr ? ks1 : ks0);
@@ -410,7 +419,8 @@ __device__ __forceinline__ void decode_body(const DsaIndexerDecodeParams &p) {
     const int64_t rows = (int64_t)batch * next_n;
     for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
         const int b = (int)(row / next_n);
-        const int64_t start = (int64_t)(p.plan[b + 1] - p.plan[b]) * kKeys;
+        const int64_t pages = min(max((int64_t)p.plan[b + 1] - p.plan[b], (int64_t)0), (int64_t)cap);
+        const int64_t start = pages * kKeys;
         float *o = p.out + row * p.out_stride;
         for (int64_t c = start + tid; c < p.max_ctx; c += kThreads) o[c] = -INFINITY;
     }
@@ -461,8 +471,8 @@ extern "C" __global__ void __launch_bounds__(1024) dsa_indexer_decode_plan(const
         const int b = base + tid;
         int v = 0;
         if (b < p.batch) {
-            const int len = max(p.context_lens[b], 0);
-            v = min((len + kKeys - 1) / kKeys, cap);
+            const int64_t len = max(p.context_lens[b], 0);
+            v = (int)min((len + kKeys - 1) / kKeys, (int64_t)cap);
         }
         const int incl = dsa::block_inclusive_scan(v, warp_sums) + carry;
         if (b < p.batch) p.plan[b + 1] = incl;

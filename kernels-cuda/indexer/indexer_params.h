@@ -90,7 +90,10 @@ typedef struct DsaIndexerDecodeParams {
     const uint8_t *cache;        /* indexer K cache, 8448 B per page */
     const int32_t *context_lens; /* [batch] */
     const int32_t *block_table;  /* [batch, max_pages] */
-    const int32_t *plan;         /* [batch + 1], from the plan kernel */
+    /* [batch + 1], from the plan kernel. Untrusted: any content (stale, another batch's,
+     * not monotonic) yields wrong logits but no access outside q8, w, context_lens,
+     * block_table, cache or out's rows [0, batch * next_n) x columns [0, max_ctx). */
+    const int32_t *plan;
     float *out;                  /* [batch * next_n, out_stride] */
     int64_t out_stride;
     int64_t num_pages;           /* pages in the cache; other ids read as -inf keys */

@@ -171,17 +171,20 @@ __device__ __forceinline__ void split_kernel(const DsaDenseMlaDecodeParams &p) {
     for (int b = b_begin; b < b_end; ++b) {
         const int cost_start = seqs[4 * b], nblk = seqs[4 * b + 1], split_base = seqs[4 * b + 2];
         if (nblk <= 0 || nblk > p.max_pages) continue;
-        const int cost = nblk + kOverhead;
-        const int u0 = max(part * L, cost_start) - cost_start;
-        const int u1 = min((part + 1) * L, cost_start + cost) - cost_start;
+        // 64-bit: a plan of another geometry may hold any values.
+        const int64_t cost = nblk + kOverhead;
+        const int64_t u0 = max((int64_t)part * L, (int64_t)cost_start) - cost_start;
+        const int64_t u1 = min((int64_t)(part + 1) * L, (int64_t)cost_start + cost) - cost_start;
         if (u0 >= u1) continue;
+        const int64_t split = (int64_t)split_base + part - cost_start / L;
+        if (split < 0 || split >= p.batch + p.num_parts) continue;
         Piece pc;
-        pc.split = split_base + part - cost_start / L;
-        if (pc.split < 0 || pc.split >= p.batch + p.num_parts) continue;
-        pc.blk0 = min(max(u0 - kOverhead, 0), nblk);
+        pc.split = (int)split;
+        pc.blk0 = (int)min(max(u0 - kOverhead, (int64_t)0), (int64_t)nblk);
         const int len = min(max(p.seq_lens[b], 0), nblk * DSA_DENSE_BLOCK_N);
         pc.n_vis = min(max(len - p.s_q + j + 1, 0), len);
-        pc.blk1 = min(min(max(u1 - kOverhead, 0), nblk), (pc.n_vis + DSA_DENSE_BLOCK_N - 1) / DSA_DENSE_BLOCK_N);
+        pc.blk1 = (int)min(min(max(u1 - kOverhead, (int64_t)0), (int64_t)nblk),
+                           (int64_t)(pc.n_vis + DSA_DENSE_BLOCK_N - 1) / DSA_DENSE_BLOCK_N);
 
         float o[128];
 #pragma unroll
@@ -379,8 +382,8 @@ extern "C" __global__ void __launch_bounds__(1024) dsa_dense_mla_plan(const DsaD
         const int b = base + tid;
         int nb = 0;
         if (b < p.batch) {
-            const int len = max(p.seq_lens[b], 0);
-            nb = min((len + DSA_DENSE_BLOCK_N - 1) / DSA_DENSE_BLOCK_N, p.max_pages);
+            const int64_t len = max(p.seq_lens[b], 0);
+            nb = (int)min((len + DSA_DENSE_BLOCK_N - 1) / DSA_DENSE_BLOCK_N, (int64_t)p.max_pages);
         }
         const int cost = nb > 0 ? nb + DSA_DENSE_PIECE_OVERHEAD : 0;
         const int incl = dsa::block_inclusive_scan(cost, warp_tot) + carry;

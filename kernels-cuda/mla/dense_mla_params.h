@@ -54,6 +54,8 @@ typedef struct DsaDenseMlaDecodeParams {
     const void *kv;            /* MLA cache: bf16 [pages, 64, 576] or FP8 656 B/token */
     const int32_t *block_table;/* [batch, max_pages] */
     const int32_t *seq_lens;   /* [batch] */
+    /* Untrusted: any content yields wrong numbers but no access outside the buffers (every
+     * value read from it is clamped, split indices to [0, batch + num_parts)). */
     const int32_t *plan;
     float *partial_out;
     float *partial_lse;

@@ -658,11 +658,13 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) dsa_topk_f32(const Dsa
         int v = -1;
         if (j < count) {
             const u64 c = sm.out[j];
-            v = s + (int)(lo_mask - (c & lo_mask)) + off;
+            // 64-bit: offsets and table entries are caller data and may hold any value.
+            const int64_t col = (int64_t)s + (int64_t)(lo_mask - (c & lo_mask)) + off;
+            v = (int)col;
             if (bt) {
-                const int page = v >> 6;
-                const int entry = (v >= 0 && page < p.max_pages) ? bt[page] : -1;
-                v = entry >= 0 ? entry * DSA_PAGE_SIZE + (v & (DSA_PAGE_SIZE - 1)) : -1;
+                const int64_t page = col >> 6;
+                const int entry = (col >= 0 && page < p.max_pages) ? bt[page] : -1;
+                v = entry >= 0 ? (int)((int64_t)entry * DSA_PAGE_SIZE + (col & (DSA_PAGE_SIZE - 1))) : -1;
             }
         }
         out[j] = v;

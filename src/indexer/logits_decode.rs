@@ -282,7 +282,10 @@ mod tests {
     fn decode_smem_matches_the_kernel_layout() {
         // 6 stages of (8 KB keys + 256 B scales + 16 B meta), 1 KB slack, then per column a
         // 128-byte q row and a 4-byte weight.
-        assert_eq!(smem_bytes(256), 1024 + 256 * 128 + 6 * 8192 + 6 * 256 + 256 * 4 + 6 * 16);
+        assert_eq!(
+            smem_bytes(256),
+            1024 + 256 * 128 + 6 * 8192 + 6 * 256 + 256 * 4 + 6 * 16
+        );
         assert_eq!(ctas_per_sm(smem_bytes(64)), 3);
         assert_eq!(ctas_per_sm(smem_bytes(256)), 2);
     }

@@ -42,7 +42,8 @@ fn queries_per_cta(heads: usize) -> usize {
 
 /// Dynamic shared memory of the prefill kernel.
 fn smem_bytes(heads: usize) -> u32 {
-    isys::DSA_INDEXER_PREFILL_SMEM_BASE + isys::DSA_INDEXER_PREFILL_SMEM_PER_QUERY * queries_per_cta(heads) as u32
+    isys::DSA_INDEXER_PREFILL_SMEM_BASE
+        + isys::DSA_INDEXER_PREFILL_SMEM_PER_QUERY * queries_per_cta(heads) as u32
 }
 
 impl DsaKernels {

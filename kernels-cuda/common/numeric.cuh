@@ -7,6 +7,8 @@
 #include <cuda_fp8.h>
 #include <stdint.h>
 
+#include "common_params.h"
+
 namespace dsa {
 
 // 2^x with the hardware approximation (flush-to-zero), the softmax's exponential.
@@ -39,9 +41,8 @@ __device__ __forceinline__ float warp_max_xor(float v, int width_mask) {
 }
 
 // ----------------------------------------------------------------------- FP8 e4m3
-// Smallest amax a block is scaled by, so an all-zero block gets a finite scale.
-constexpr float kAmaxFloor = 1e-4f;
-constexpr float kFp8Max = 448.0f;
+constexpr float kAmaxFloor = DSA_FP8_AMAX_FLOOR;
+constexpr float kFp8Max = DSA_FP8_E4M3_MAX;
 
 // amax/448, optionally rounded up to a power of two (UE8M0). Bit manipulation rather
 // than exp2f(ceilf(log2f())) so the host can reproduce it exactly.

@@ -20,10 +20,12 @@
 
 namespace {
 
-constexpr int kKeys = 64;            // keys per tile = tokens per page
-constexpr int kRow = 128;            // bytes per key / head row
-constexpr int kTile = kKeys * kRow;  // 8192
-constexpr int kThreads = 128;
+constexpr int kKeys = DSA_PAGE_SIZE;     // keys per tile = tokens per page
+constexpr int kRow = DSA_INDEXER_DIM;    // bytes per key / head row
+constexpr int kTile = kKeys * kRow;      // 8192
+constexpr int kThreads = DSA_INDEXER_LOGITS_THREADS;
+static_assert(kKeys == 64 && kRow == 128 && kThreads == 128, "one warpgroup, m64 tiles of 128-byte rows");
+static_assert(kTile + kKeys * 4 == DSA_INDEXER_PAGE_BYTES, "a cache page is one key tile and its scales");
 
 // acc[64 keys x N] = keys(a_tile) . rows(b_tile)^T over the 128 bytes of K.
 template <int N>
@@ -91,20 +93,21 @@ extern __shared__ uint8_t dyn_smem[];
 // key tile feeds two MMAs). G = 1 (three CTAs per SM, one more warpgroup to hide another's
 // MMA) measured 2-6% slower at S_kv >= 32K, 1% faster at 8K (BENCHMARKS.md, indexer v3).
 constexpr int kPrefillStages = 4;
-constexpr int kPrefillGroups = 2;
+constexpr int kPrefillGroups = DSA_INDEXER_PREFILL_GROUPS;
 
 template <int H, int G>
 struct PrefillCfg {
     static constexpr int NQ = 256 / H;
-    static constexpr int N = 256;
+    static constexpr int N = DSA_INDEXER_PREFILL_COLUMNS;
     static constexpr int QPC = NQ * G;  // queries per CTA
     static constexpr int kQBytes = G * N * kRow;
     static constexpr int kKBytes = kPrefillStages * kTile;
     static constexpr int kCtas = G == 1 ? 3 : 2;
-    // + 1024 alignment slack, kscale stages, weights, row ranges; mirrored in
-    // src/indexer/logits_prefill.rs.
+    // + 1024 alignment slack, kscale stages, weights, row ranges.
     static constexpr int kSmem = 1024 + kQBytes + kKBytes + kPrefillStages * kKeys * 4 + G * N * 4 + 2 * QPC * 4;
-    static_assert(kCtas * (kSmem + 1024) <= 228 * 1024, "CTAs per SM must fit");
+    static_assert(kSmem == DSA_INDEXER_PREFILL_SMEM_BASE + DSA_INDEXER_PREFILL_SMEM_PER_QUERY * QPC,
+                  "indexer_params.h prefill shared memory is stale");
+    static_assert(kCtas * (kSmem + DSA_SM90_SMEM_RESERVED_PER_CTA) <= DSA_SM90_SMEM_PER_SM, "CTAs per SM must fit");
 };
 
 template <int H, int G>
@@ -287,12 +290,14 @@ constexpr int kDecodeStages = 6;
 
 template <int H, int NQ>
 struct DecodeCfg {
+    static_assert(NQ >= 1 && NQ <= DSA_INDEXER_MAX_NEXT_N, "queries per CTA");
     static constexpr int N = H * NQ;
     static constexpr int kQBytes = N * kRow;
     static constexpr int kKBytes = kDecodeStages * kTile;
-    // mirrored in src/indexer/logits_decode.rs
     static constexpr int kSmem = 1024 + kQBytes + kKBytes + kDecodeStages * kKeys * 4 + N * 4 + kDecodeStages * 16;
-    static_assert(2 * (kSmem + 1024) <= 228 * 1024, "two CTAs per SM");
+    static_assert(kSmem == DSA_INDEXER_DECODE_SMEM_BASE + DSA_INDEXER_DECODE_SMEM_PER_COLUMN * N,
+                  "indexer_params.h decode shared memory is stale");
+    static_assert(2 * (kSmem + DSA_SM90_SMEM_RESERVED_PER_CTA) <= DSA_SM90_SMEM_PER_SM, "two CTAs per SM");
 };
 
 __device__ __forceinline__ int batch_of(const int32_t *plan, int batch, int64_t gp) {
@@ -325,7 +330,14 @@ __device__ __forceinline__ void decode_body(const DsaIndexerDecodeParams &p) {
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int batch = p.batch, next_n = p.next_n;
-    const int64_t total = p.plan[batch];
+    // The plan is device data of unchecked provenance (stale, of another geometry, not
+    // monotonic): everything read from it is clamped so that no access leaves a buffer,
+    // whatever it holds. A batch has at most `cap` pages (the plan kernel's own clamp), so
+    // the total is at most batch * cap; a page's batch stays in [0, batch), and a page
+    // whose local index falls outside [0, cap) is skipped (lp = -1: nothing of it is read
+    // or written). A bad plan gives wrong logits, never an out-of-bounds access.
+    const int cap = min(p.max_pages, (int)(((int64_t)p.max_ctx + kKeys - 1) / kKeys));
+    const int64_t total = min(max((int64_t)p.plan[batch], (int64_t)0), (int64_t)batch * cap);
     const int64_t lo = total * blockIdx.x / gridDim.x, hi = total * (blockIdx.x + 1) / gridDim.x;
     const int64_t ntiles = hi - lo;
 
@@ -333,8 +345,9 @@ __device__ __forceinline__ void decode_body(const DsaIndexerDecodeParams &p) {
     auto issue = [&](int64_t i) {
         if (i < ntiles) {
             const int64_t gp = lo + i;
-            while (p.plan[pf_b + 1] <= gp) ++pf_b;
-            const int lp = (int)(gp - p.plan[pf_b]);
+            while (pf_b + 1 < batch && p.plan[pf_b + 1] <= gp) ++pf_b;
+            const int64_t lp64 = gp - p.plan[pf_b];
+            const int lp = lp64 >= 0 && lp64 < cap ? (int)lp64 : -1;
             const int64_t id = page_id(p, pf_b, lp);
             const uint8_t *page = p.cache + (id < 0 ? 0 : id) * DSA_INDEXER_PAGE_BYTES;
             const int bytes = id < 0 ? 0 : 16;
@@ -393,7 +406,8 @@ __device__ __forceinline__ void decode_body(const DsaIndexerDecodeParams &p) {
             if ((idx & 3) != (lane & 3)) continue;
             const int j = idx >> 1, rr = idx & 1;
             const int key = lp * kKeys + r0 + 8 * rr;
-            if (j >= next_n || key >= p.max_ctx) continue;
+            // Unsigned: a skipped page (lp = -1) has negative keys.
+            if (j >= next_n || (unsigned)key >= (unsigned)p.max_ctx) continue;
             const int64_t end = (int64_t)len - next_n + j + 1;
             float v = -INFINITY;
             if (page_ok && key < end) v = (rr ? s1[j] : s0[j]) * (rr ? ks1 : ks0);
@@ -405,7 +419,8 @@ __device__ __forceinline__ void decode_body(const DsaIndexerDecodeParams &p) {
     const int64_t rows = (int64_t)batch * next_n;
     for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
         const int b = (int)(row / next_n);
-        const int64_t start = (int64_t)(p.plan[b + 1] - p.plan[b]) * kKeys;
+        const int64_t pages = min(max((int64_t)p.plan[b + 1] - p.plan[b], (int64_t)0), (int64_t)cap);
+        const int64_t start = pages * kKeys;
         float *o = p.out + row * p.out_stride;
         for (int64_t c = start + tid; c < p.max_ctx; c += kThreads) o[c] = -INFINITY;
     }
@@ -427,17 +442,17 @@ DSA_PREFILL(64)
         dsa_indexer_logits_decode_h##H##_q##NQ(const __grid_constant__ DsaIndexerDecodeParams p) {  \
         decode_body<H, NQ>(p);                                                                      \
     }
-DSA_DECODE(16, 1)
-DSA_DECODE(16, 2)
-DSA_DECODE(16, 4)
-DSA_DECODE(32, 1)
-DSA_DECODE(32, 2)
-DSA_DECODE(32, 3)
-DSA_DECODE(32, 4)
-DSA_DECODE(64, 1)
-DSA_DECODE(64, 2)
-DSA_DECODE(64, 3)
-DSA_DECODE(64, 4)
+DSA_INDEXER_DECODE_VARIANTS(DSA_DECODE)
+
+// The per-head masks the host reads must name exactly the kernels built above.
+#define DSA_DECODE_BIT(H, NQ) | (H == kMaskHeads ? 1 << (NQ - 1) : 0)
+template <int kMaskHeads>
+constexpr int decode_mask() {
+    return 0 DSA_INDEXER_DECODE_VARIANTS(DSA_DECODE_BIT);
+}
+static_assert(decode_mask<16>() == DSA_INDEXER_DECODE_QUERIES_H16 && decode_mask<32>() == DSA_INDEXER_DECODE_QUERIES_H32 &&
+                  decode_mask<64>() == DSA_INDEXER_DECODE_QUERIES_H64,
+              "DSA_INDEXER_DECODE_QUERIES_H* disagree with DSA_INDEXER_DECODE_VARIANTS");
 
 // Plan: plan[0] = 0, plan[b + 1] = plan[b] + pages of batch b. One CTA of 1024 threads,
 // a block scan per 1024 batches.
@@ -456,8 +471,8 @@ extern "C" __global__ void __launch_bounds__(1024) dsa_indexer_decode_plan(const
         const int b = base + tid;
         int v = 0;
         if (b < p.batch) {
-            const int len = max(p.context_lens[b], 0);
-            v = min((len + kKeys - 1) / kKeys, cap);
+            const int64_t len = max(p.context_lens[b], 0);
+            v = (int)min((len + kKeys - 1) / kKeys, (int64_t)cap);
         }
         const int incl = dsa::block_inclusive_scan(v, warp_sums) + carry;
         if (b < p.batch) p.plan[b + 1] = incl;

@@ -23,7 +23,7 @@
 
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = DSA_DENSE_THREADS;
 constexpr int kTileBytes = 64 * 64 * 2;            // [64 rows x 64 dims] bf16, swizzled
 constexpr int kRowTiles = DSA_QK_DIM / 64;         // 9 tiles per 576-wide row block
 constexpr int kBlockBytes = kRowTiles * kTileBytes;  // 73728: 64 rows x 576 bf16
@@ -42,7 +42,9 @@ constexpr int kRedBytes = 4 * 64 * 4;  // row max [2][64] and row sum [2][64], f
 constexpr int kStageOffFp8 = kPOffFp8 + kTileBytes + kRedBytes;
 constexpr int kSmemBf16 = kPOffBf16 + kTileBytes + kRedBytes + 1024;
 constexpr int kSmemFp8 = kStageOffFp8 + kFp8PageBytes + 1024;
-static_assert(kSmemBf16 <= 232448, "bf16 split kernel exceeds the shared-memory limit");
+static_assert(kSmemBf16 <= DSA_SM90_SMEM_PER_CTA_MAX, "bf16 split kernel exceeds the shared-memory limit");
+static_assert(DSA_DENSE_HEADS_PER_CTA == 64 && kThreads == 2 * 128, "64 heads (wgmma M) on two warpgroups");
+static_assert(DSA_DENSE_BLOCK_N == DSA_PAGE_SIZE, "a KV block is one cache page");
 static_assert(kSmemBf16 == DSA_DENSE_SMEM_BF16 && kSmemFp8 == DSA_DENSE_SMEM_FP8, "host smem sizes are stale");
 static_assert(kStageOffFp8 % 16 == 0, "staging page must be 16-byte aligned");
 
@@ -169,17 +171,20 @@ __device__ __forceinline__ void split_kernel(const DsaDenseMlaDecodeParams &p) {
     for (int b = b_begin; b < b_end; ++b) {
         const int cost_start = seqs[4 * b], nblk = seqs[4 * b + 1], split_base = seqs[4 * b + 2];
         if (nblk <= 0 || nblk > p.max_pages) continue;
-        const int cost = nblk + kOverhead;
-        const int u0 = max(part * L, cost_start) - cost_start;
-        const int u1 = min((part + 1) * L, cost_start + cost) - cost_start;
+        // 64-bit: a plan of another geometry may hold any values.
+        const int64_t cost = nblk + kOverhead;
+        const int64_t u0 = max((int64_t)part * L, (int64_t)cost_start) - cost_start;
+        const int64_t u1 = min((int64_t)(part + 1) * L, (int64_t)cost_start + cost) - cost_start;
         if (u0 >= u1) continue;
+        const int64_t split = (int64_t)split_base + part - cost_start / L;
+        if (split < 0 || split >= p.batch + p.num_parts) continue;
         Piece pc;
-        pc.split = split_base + part - cost_start / L;
-        if (pc.split < 0 || pc.split >= p.batch + p.num_parts) continue;
-        pc.blk0 = min(max(u0 - kOverhead, 0), nblk);
+        pc.split = (int)split;
+        pc.blk0 = (int)min(max(u0 - kOverhead, (int64_t)0), (int64_t)nblk);
         const int len = min(max(p.seq_lens[b], 0), nblk * DSA_DENSE_BLOCK_N);
         pc.n_vis = min(max(len - p.s_q + j + 1, 0), len);
-        pc.blk1 = min(min(max(u1 - kOverhead, 0), nblk), (pc.n_vis + DSA_DENSE_BLOCK_N - 1) / DSA_DENSE_BLOCK_N);
+        pc.blk1 = (int)min(min(max(u1 - kOverhead, (int64_t)0), (int64_t)nblk),
+                           (int64_t)(pc.n_vis + DSA_DENSE_BLOCK_N - 1) / DSA_DENSE_BLOCK_N);
 
         float o[128];
 #pragma unroll
@@ -377,8 +382,8 @@ extern "C" __global__ void __launch_bounds__(1024) dsa_dense_mla_plan(const DsaD
         const int b = base + tid;
         int nb = 0;
         if (b < p.batch) {
-            const int len = max(p.seq_lens[b], 0);
-            nb = min((len + DSA_DENSE_BLOCK_N - 1) / DSA_DENSE_BLOCK_N, p.max_pages);
+            const int64_t len = max(p.seq_lens[b], 0);
+            nb = (int)min((len + DSA_DENSE_BLOCK_N - 1) / DSA_DENSE_BLOCK_N, (int64_t)p.max_pages);
         }
         const int cost = nb > 0 ? nb + DSA_DENSE_PIECE_OVERHEAD : 0;
         const int incl = dsa::block_inclusive_scan(cost, warp_tot) + carry;
@@ -447,10 +452,10 @@ extern "C" __global__ void __launch_bounds__(1024) dsa_dense_mla_plan(const DsaD
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256, 1) dsa_dense_mla_decode_bf16(const DsaDenseMlaDecodeParams p) {
+extern "C" __global__ void __launch_bounds__(kThreads, 1) dsa_dense_mla_decode_bf16(const DsaDenseMlaDecodeParams p) {
     split_kernel<false>(p);
 }
 
-extern "C" __global__ void __launch_bounds__(256, 1) dsa_dense_mla_decode_fp8(const DsaDenseMlaDecodeParams p) {
+extern "C" __global__ void __launch_bounds__(kThreads, 1) dsa_dense_mla_decode_fp8(const DsaDenseMlaDecodeParams p) {
     split_kernel<true>(p);
 }

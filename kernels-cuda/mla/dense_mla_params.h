@@ -6,8 +6,10 @@
 #define DSA_DENSE_MLA_PARAMS_H
 #include "common_params.h"
 
-/* Heads handled by one CTA of the split kernel (the wgmma M dimension). */
+/* Heads handled by one CTA of the split kernel (the wgmma M dimension), and its threads
+ * (two warpgroups). */
 #define DSA_DENSE_HEADS_PER_CTA 64
+#define DSA_DENSE_THREADS 256
 /* Tokens per KV block: one cache page. */
 #define DSA_DENSE_BLOCK_N 64
 /* Fixed cost, in KV blocks, charged by the plan for every piece of work a CTA starts
@@ -52,6 +54,8 @@ typedef struct DsaDenseMlaDecodeParams {
     const void *kv;            /* MLA cache: bf16 [pages, 64, 576] or FP8 656 B/token */
     const int32_t *block_table;/* [batch, max_pages] */
     const int32_t *seq_lens;   /* [batch] */
+    /* Untrusted: any content yields wrong numbers but no access outside the buffers (every
+     * value read from it is clamped, split indices to [0, batch + num_parts)). */
     const int32_t *plan;
     float *partial_out;
     float *partial_lse;

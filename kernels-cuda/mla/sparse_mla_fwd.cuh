@@ -40,12 +40,12 @@
 
 namespace dsa_sparse {
 
-constexpr int kHeads = 64;     // heads per CTA (wgmma M)
-constexpr int kBlock = 64;     // indices per block
+constexpr int kHeads = DSA_SPARSE_HEADS_PER_CTA;  // wgmma M
+constexpr int kBlock = DSA_SPARSE_BLOCK;          // indices per block
 constexpr int kChunks = 9;     // 576 / 64 columns
 constexpr int kChunkBytes = 64 * 128;  // 64 rows x 128 B
 constexpr int kTileBytes = kChunks * kChunkBytes;  // 73728
-constexpr int kThreads = 384;
+constexpr int kThreads = DSA_SPARSE_THREADS;
 // Register split of the 64K-entry file: 2 x 128 consumer threads and 128 producer threads.
 constexpr int kProducerRegs = DSA_SPARSE_PRODUCER_REGS;
 constexpr int kConsumerRegs = (65536 / 128 - kProducerRegs) / 2 / 8 * 8;
@@ -63,7 +63,9 @@ constexpr int kSmemValid = kSmemMax + 2 * 64 * 4;     // i32 [2 stages][64]: slo
 constexpr int kSmemBar = kSmemValid + 2 * 64 * 4;     // full[2], empty[2]
 constexpr int kSmemUsed = kSmemBar + 4 * 8;
 constexpr int kSmemBytes = kSmemUsed + 1024;          // slack for aligning the base
-static_assert(kSmemBytes <= 232448, "exceeds the 227 KB opt-in shared memory of sm_90");
+static_assert(kSmemBytes <= DSA_SM90_SMEM_PER_CTA_MAX, "exceeds the opt-in shared memory of sm_90");
+static_assert(kSmemBytes == DSA_SPARSE_SMEM_BYTES, "DSA_SPARSE_SMEM_BYTES is stale");
+static_assert(kThreads == 3 * 128, "two consumer warpgroups and one producer");
 
 template <bool kFp8>
 __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {

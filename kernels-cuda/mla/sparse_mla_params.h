@@ -4,6 +4,17 @@
 #define DSA_SPARSE_MLA_PARAMS_H
 #include "common_params.h"
 
+/* Heads per CTA (the wgmma M dimension), indices per pipeline block, threads per CTA
+ * (two consumer warpgroups and one producer warpgroup). */
+#define DSA_SPARSE_HEADS_PER_CTA 64
+#define DSA_SPARSE_BLOCK 64
+#define DSA_SPARSE_THREADS 384
+/* Dynamic shared memory of the attention kernels (bytes, including 1 KB of alignment
+ * slack; the layout is in sparse_mla_fwd.cuh). */
+#define DSA_SPARSE_SMEM_BYTES 231456
+/* Most splits the decode makes of one query's index list. */
+#define DSA_SPARSE_MAX_SPLITS 32
+
 /* One launch attends `rows` query tokens (decode: batch * s_q, row = b * s_q + j;
  * prefill: s_q), each with h_q heads, over the key rows named by its own `topk` indices.
  *

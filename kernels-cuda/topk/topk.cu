@@ -665,13 +665,15 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) dsa_topk_f32(const Dsa
         int v = -1;
         if (j < count) {
             const u64 c = sm.out[j];
-            v = s + (int)(lo_mask - (c & lo_mask)) + off;
+            // 64-bit: offsets and table entries are caller data and may hold any value.
+            const int64_t col = (int64_t)s + (int64_t)(lo_mask - (c & lo_mask)) + off;
+            v = (int)col;
             if (bt) {
-                const int page = v >> 6;
-                const int entry = (v >= 0 && page < p.max_pages) ? bt[page] : -1;
+                const int64_t page = col >> 6;
+                const int entry = (col >= 0 && page < p.max_pages) ? bt[page] : -1;
                 // An entry whose slot would not fit an int32 is as unusable as a negative one.
                 v = (entry >= 0 && entry <= INT32_MAX / DSA_PAGE_SIZE - 1)
-                        ? entry * DSA_PAGE_SIZE + (v & (DSA_PAGE_SIZE - 1)) : -1;
+                        ? entry * DSA_PAGE_SIZE + (int)(col & (DSA_PAGE_SIZE - 1)) : -1;
             }
         }
         out[j] = v;

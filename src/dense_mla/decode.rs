@@ -7,7 +7,7 @@ use crate::cache::{MlaCacheKind, PagedCache, KV_LORA_RANK};
 use crate::error::{DsaError, Result};
 use crate::paged_batch::PagedBatch;
 use crate::runtime::DsaKernels;
-use crate::sys::dense_mla::DsaDenseMlaDecodeParams;
+use crate::sys::dense_mla::{self as sys, DsaDenseMlaDecodeParams};
 
 impl DsaKernels {
     /// Dense paged MLA decode of one layer: the split kernel writes per-piece partials into
@@ -93,7 +93,7 @@ impl DsaKernels {
                     (b.next_n * cfg.head_groups()) as u32,
                     1,
                 ),
-                block_dim: (256, 1, 1),
+                block_dim: (sys::DSA_DENSE_THREADS, 1, 1),
                 shared_mem_bytes: smem,
             };
             // SAFETY: every buffer was checked against the extents the kernel indexes with

@@ -13,6 +13,7 @@ pub mod cache;
 pub mod common;
 pub mod dense_mla;
 pub mod indexer;
+pub mod moe;
 pub mod sparse_mla;
 pub mod topk;
 
@@ -28,3 +29,7 @@ unsafe impl cudarc::driver::DeviceRepr for dense_mla::DsaDenseMlaDecodeParams {}
 unsafe impl cudarc::driver::DeviceRepr for dense_mla::DsaMlaCombineParams {}
 unsafe impl cudarc::driver::DeviceRepr for sparse_mla::DsaSparseMlaParams {}
 unsafe impl cudarc::driver::DeviceRepr for sparse_mla::DsaSparseMlaCombineParams {}
+unsafe impl cudarc::driver::DeviceRepr for moe::DsaMoeRouteParams {}
+unsafe impl cudarc::driver::DeviceRepr for moe::DsaMoePlanParams {}
+unsafe impl cudarc::driver::DeviceRepr for moe::DsaMoeQuantParams {}
+unsafe impl cudarc::driver::DeviceRepr for moe::DsaMoeCombineParams {}

@@ -8,5 +8,6 @@ mod cache;
 mod dense_mla;
 mod dsa_step;
 mod indexer;
+mod moe;
 mod sparse_mla;
 mod topk;

@@ -12,6 +12,7 @@
 pub mod cache;
 pub mod common;
 pub mod dense_mla;
+pub mod grouped_gemm;
 pub mod indexer;
 pub mod sparse_mla;
 pub mod topk;
@@ -28,3 +29,4 @@ unsafe impl cudarc::driver::DeviceRepr for dense_mla::DsaDenseMlaDecodeParams {}
 unsafe impl cudarc::driver::DeviceRepr for dense_mla::DsaMlaCombineParams {}
 unsafe impl cudarc::driver::DeviceRepr for sparse_mla::DsaSparseMlaParams {}
 unsafe impl cudarc::driver::DeviceRepr for sparse_mla::DsaSparseMlaCombineParams {}
+unsafe impl cudarc::driver::DeviceRepr for grouped_gemm::DsaGroupedGemmParams {}

@@ -12,6 +12,7 @@
 pub mod cache;
 pub mod common;
 pub mod dense_mla;
+pub mod grouped_gemm;
 pub mod indexer;
 pub mod moe;
 pub mod sparse_mla;
@@ -33,3 +34,4 @@ unsafe impl cudarc::driver::DeviceRepr for moe::DsaMoeRouteParams {}
 unsafe impl cudarc::driver::DeviceRepr for moe::DsaMoePlanParams {}
 unsafe impl cudarc::driver::DeviceRepr for moe::DsaMoeQuantParams {}
 unsafe impl cudarc::driver::DeviceRepr for moe::DsaMoeCombineParams {}
+unsafe impl cudarc::driver::DeviceRepr for grouped_gemm::DsaGroupedGemmParams {}

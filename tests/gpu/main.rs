@@ -7,6 +7,7 @@ mod common;
 mod cache;
 mod dense_mla;
 mod dsa_step;
+mod grouped_gemm;
 mod indexer;
 mod moe;
 mod sparse_mla;

@@ -1,0 +1,361 @@
+// FP8 block-scaled grouped GEMM for the MoE experts (and, with one group, the dense FP8
+// linear): e4m3 activations with one fp32 scale per row per 128 of K, e4m3 weights with
+// one fp32 scale per 128x128 block, bf16 out. Layouts and the math: grouped_gemm_params.h.
+//
+// Design (the DeepGEMM sm90 "1D2D" scheme, written from its published description):
+// * persistent: one CTA per SM walks the tile list blockIdx.x, + gridDim.x, ...; tiles are
+//   ordered in bands of kBand M-blocks (M fastest inside a band) so the CTAs running at
+//   the same time share A rows and weight tiles in L2;
+// * warp specialised: warpgroup 0 is the producer (one thread issues TMA loads of A and B
+//   and a bulk copy of the tile's activation scales per 128-K block into a ring of
+//   stages guarded by full/empty mbarriers; registers given back with setmaxnreg);
+//   warpgroups 1 and 2 are the math (setmaxnreg up): 64 rows x WN columns each;
+// * per 128-K block four wgmma m64nWNk32 go into a fresh fp32 fragment, which CUDA cores
+//   promote into the accumulator with sa[row] * sb[n-block, k-block]: the two-level
+//   accumulation of the spec (the MMA's fp32 accumulation is not exact over long K);
+// * tiles with no group (first row -1, or past masked_m) load nothing and store zeros; a
+//   64-row slice whose first row is not the tile's group loads no A and issues no MMA.
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+#include "grouped_gemm_params.h"
+
+namespace {
+
+constexpr int kBK = DSA_GG_BLOCK_K;
+constexpr int kBand = 8;  // M-blocks per swizzle band
+
+// ---- mbarrier / TMA / wgmma primitives (PTX ISA 8.0, sm_90a) ----
+
+__device__ __forceinline__ uint32_t smem_u32(const void *p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void mbar_init(uint64_t *bar, uint32_t count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(uint64_t *bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t *bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity) {
+    asm volatile(
+        "{\n.reg .pred done;\n"
+        "WAIT_%=:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+        "@!done bra WAIT_%=;\n}\n" ::"r"(smem_u32(bar)),
+        "r"(parity)
+        : "memory");
+}
+__device__ __forceinline__ void tma_prefetch(const DsaTmaDesc *d) {
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(d)) : "memory");
+}
+// 2-D tiled TMA load (coordinates: c0 along the contiguous dimension) completing on `bar`.
+__device__ __forceinline__ void tma_load_2d(void *dst, const DsaTmaDesc *d, int c0, int c1, uint64_t *bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+            smem_u32(dst)),
+        "l"(reinterpret_cast<uint64_t>(d)), "r"(c0), "r"(c1), "r"(smem_u32(bar))
+        : "memory");
+}
+// Contiguous bulk copy global -> shared (16-byte aligned, size a multiple of 16).
+__device__ __forceinline__ void bulk_load(void *dst, const void *src, uint32_t bytes, uint64_t *bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+                     smem_u32(dst)),
+                 "l"(src), "r"(bytes), "r"(smem_u32(bar))
+                 : "memory");
+}
+template <uint32_t R>
+__device__ __forceinline__ void setmaxnreg_inc() {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R));
+}
+template <uint32_t R>
+__device__ __forceinline__ void setmaxnreg_dec() {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R));
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void fence_regs(float (&d)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+// Shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row groups 1024 bytes
+// apart (the layout TMA writes with CU_TENSOR_MAP_SWIZZLE_128B and a 128-byte box row).
+__device__ __forceinline__ uint64_t sw128_desc(uint32_t addr) {
+    return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) | (1ull << 62);
+}
+
+// D[64 x 128] (+)= A[64 x 32] . B[128 x 32]^T, e4m3 inputs from shared memory (both K-major,
+// 128-byte swizzle), fp32 accumulate; scale_d = 0 starts a fresh fragment.
+__device__ __forceinline__ void wgmma_m64n128k32_e4m3(float (&d)[64], uint64_t da, uint64_t db, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(da), "l"(db), "r"(scale_d));
+}
+
+// D[64 x 64] (+)= A[64 x 32] . B[64 x 32]^T, e4m3 inputs from shared memory (both K-major,
+// 128-byte swizzle), fp32 accumulate; scale_d = 0 starts a fresh fragment.
+__device__ __forceinline__ void wgmma_m64n64k32_e4m3(float (&d)[32], uint64_t da, uint64_t db, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(da), "l"(db), "r"(scale_d));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+// ---- tile list ----
+
+struct Tile {
+    int g;        // group (expert) whose weights the tile uses
+    int row0;     // first row of the tile in A / D (global row index)
+    int nb;       // N-block
+    int row_end;  // rows >= row_end are outside this layout's part (never stored)
+    int row_lim;  // rows >= row_lim are zeros (masked: group start + masked_m)
+    int sfa_off;  // offset of (first row, k-block 0) in sfa
+    int sfa_kstride;
+    int sfa_rows; // scales copied per stage
+    bool compute; // false: store zeros, load nothing
+    bool upper;   // BLOCK_M 128: the second 64-row slice holds rows of the group
+};
+
+template <int BM, int BN>
+__device__ __forceinline__ Tile tile_at(const DsaGroupedGemmParams &p, int t) {
+    const int nbs = p.n / BN;
+    const int mbs = p.masked ? p.m_rows / BM : (p.m_rows + BM - 1) / BM;
+    int g = 0, local = t;
+    if (p.masked) {
+        g = t / (mbs * nbs);
+        local = t - g * mbs * nbs;
+    }
+    const int band = local / (kBand * nbs);
+    const int rem = local - band * kBand * nbs;
+    const int rows = min(kBand, mbs - band * kBand);
+    const int mb = band * kBand + rem % rows;
+    Tile tl;
+    tl.nb = rem / rows;
+    const int kbs = p.k / kBK;
+    if (p.masked) {
+        const int mm = min(max(p.masked_m[g], 0), p.m_rows);
+        tl.g = g;
+        tl.row0 = g * p.m_rows + mb * BM;
+        tl.row_end = (g + 1) * p.m_rows;
+        tl.row_lim = g * p.m_rows + mm;
+        tl.sfa_off = g * kbs * p.m_rows + mb * BM;
+        tl.sfa_kstride = p.m_rows;
+        tl.sfa_rows = BM;
+        tl.compute = mb * BM < mm;
+        tl.upper = mb * BM + 64 < mm;
+    } else {
+        tl.row0 = mb * BM;
+        tl.row_end = p.m_rows;
+        tl.row_lim = p.m_rows;
+        tl.sfa_off = tl.row0;
+        tl.sfa_kstride = p.sfa_ld;
+        tl.sfa_rows = min(BM, p.sfa_ld - tl.row0);
+        if (p.m_indices) {
+            const int e = __ldg(p.m_indices + tl.row0);
+            tl.g = e;
+            tl.compute = e >= 0 && e < p.groups;
+            tl.upper = tl.row0 + 64 < p.m_rows && __ldg(p.m_indices + tl.row0 + 64) == e;
+        } else {
+            tl.g = 0;
+            tl.compute = true;
+            tl.upper = tl.row0 + 64 < p.m_rows;
+        }
+    }
+    return tl;
+}
+
+template <int BM, int BN>
+__device__ __forceinline__ int tile_count(const DsaGroupedGemmParams &p) {
+    const int nbs = p.n / BN;
+    return p.masked ? p.groups * (p.m_rows / BM) * nbs : ((p.m_rows + BM - 1) / BM) * nbs;
+}
+
+// Whether row `row` of tile `tl` holds a result (else it is written as zero).
+__device__ __forceinline__ bool row_valid(const DsaGroupedGemmParams &p, const Tile &tl, int row) {
+    if (row >= tl.row_lim) return false;
+    if (!p.masked && p.m_indices) return __ldg(p.m_indices + row) == tl.g;
+    return true;
+}
+
+template <int BM, int BN>
+struct Config {
+    static constexpr int kWN = BN * BM / 128;  // columns per math warpgroup
+    static constexpr int kABytes = BM * kBK;
+    static constexpr int kBBytes = BN * kBK;
+    static constexpr int kStageBytes = kABytes + kBBytes + BM * 4;
+    static constexpr int kStages = (232448 - 1024 - 256) / kStageBytes > 8 ? 8 : (232448 - 1024 - 256) / kStageBytes;
+    static constexpr int kSmem = 1024 + kStages * kStageBytes + kStages * 16;
+};
+
+template <int BM, int BN>
+__device__ __forceinline__ void gemm_body(const DsaGroupedGemmParams &p) {
+    using C = Config<BM, BN>;
+    constexpr int S = C::kStages;
+    constexpr int WN = C::kWN;
+    extern __shared__ __align__(1024) uint8_t smem_raw[];
+    uint8_t *smem = reinterpret_cast<uint8_t *>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+    uint8_t *sa_base = smem;
+    uint8_t *sb_base = smem + S * C::kABytes;
+    float *ssfa = reinterpret_cast<float *>(sb_base + S * C::kBBytes);
+    uint64_t *full = reinterpret_cast<uint64_t *>(ssfa + S * BM);
+    uint64_t *empty = full + S;
+
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < S; ++s) {
+            mbar_init(full + s, 1);
+            mbar_init(empty + s, 8);  // one arrival per math warp
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    const int tiles = tile_count<BM, BN>(p);
+    const int kbs = p.k / kBK;
+    const int wg = threadIdx.x / 128;
+
+    if (wg == 0) {
+        setmaxnreg_dec<40>();
+        if (threadIdx.x == 0) {
+            tma_prefetch(&p.a_desc);
+            tma_prefetch(&p.b_desc);
+            int stage = 0;
+            uint32_t phase = 0;
+            for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+                const Tile tl = tile_at<BM, BN>(p, t);
+                if (!tl.compute) continue;
+                const bool two_a = BM == 128 && tl.upper;
+                const uint32_t a_bytes = (BM == 128 && !tl.upper) ? 64 * kBK : BM * kBK;
+                const uint32_t sfa_bytes = (uint32_t)tl.sfa_rows * 4;
+                const int b_row = tl.g * p.n + tl.nb * BN;
+                for (int kb = 0; kb < kbs; ++kb) {
+                    mbar_wait(empty + stage, phase ^ 1);
+                    mbar_expect_tx(full + stage, a_bytes + C::kBBytes + sfa_bytes);
+                    uint8_t *sa = sa_base + stage * C::kABytes;
+                    tma_load_2d(sa, &p.a_desc, kb * kBK, tl.row0, full + stage);
+                    if (two_a) tma_load_2d(sa + 64 * kBK, &p.a_desc, kb * kBK, tl.row0 + 64, full + stage);
+                    tma_load_2d(sb_base + stage * C::kBBytes, &p.b_desc, kb * kBK, b_row, full + stage);
+                    bulk_load(ssfa + stage * BM, p.sfa + (int64_t)tl.sfa_off + (int64_t)kb * tl.sfa_kstride, sfa_bytes,
+                              full + stage);
+                    if (++stage == S) {
+                        stage = 0;
+                        phase ^= 1;
+                    }
+                }
+            }
+        }
+        return;
+    }
+
+    setmaxnreg_inc<232>();
+    const int mw = wg - 1;
+    const int wm = BM == 128 ? mw : 0;  // 64-row slice of this warpgroup
+    const int wn = BM == 128 ? 0 : mw;  // WN-column slice of this warpgroup
+    const int tid = threadIdx.x % 128;
+    const int warp = tid / 32, lane = tid % 32;
+    const int r_in = warp * 16 + lane / 4;  // fragment rows r_in and r_in + 8 of the slice
+    const int nsb = p.n / 128;
+    int stage = 0;
+    uint32_t phase = 0;
+    float acc[WN / 2], frag[WN / 2];
+
+    for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+        const Tile tl = tile_at<BM, BN>(p, t);
+        const int slice_row0 = tl.row0 + wm * 64;
+        const int col0 = tl.nb * BN + wn * WN;
+        if (!tl.compute) {
+            // No group: zeros, 16-byte stores, coalesced along the row.
+            constexpr int kChunks = WN / 8;
+            for (int i = tid; i < 64 * kChunks; i += 128) {
+                const int r = slice_row0 + i / kChunks;
+                if (r < tl.row_end)
+                    *reinterpret_cast<uint4 *>(p.d + (int64_t)r * p.n + col0 + (i % kChunks) * 8) =
+                        make_uint4(0, 0, 0, 0);
+            }
+            continue;
+        }
+        const bool active = BM != 128 || wm == 0 || tl.upper;
+#pragma unroll
+        for (int i = 0; i < WN / 2; ++i) acc[i] = 0.f;
+        const float *sfb_row = p.sfb + ((int64_t)tl.g * nsb + col0 / 128) * kbs;
+        float sb = active ? __ldg(sfb_row) : 0.f;
+        for (int kb = 0; kb < kbs; ++kb) {
+            mbar_wait(full + stage, phase);
+            if (active) {
+                const float sb_next = kb + 1 < kbs ? __ldg(sfb_row + kb + 1) : 0.f;
+                const uint64_t da = sw128_desc(smem_u32(sa_base + stage * C::kABytes + wm * 64 * kBK));
+                const uint64_t db = sw128_desc(smem_u32(sb_base + stage * C::kBBytes + wn * WN * kBK));
+                wgmma_fence();
+#pragma unroll
+                for (int k4 = 0; k4 < kBK / 32; ++k4) {
+                    if constexpr (WN == 128)
+                        wgmma_m64n128k32_e4m3(frag, da + 2 * k4, db + 2 * k4, k4);
+                    else
+                        wgmma_m64n64k32_e4m3(frag, da + 2 * k4, db + 2 * k4, k4);
+                }
+                wgmma_commit();
+                wgmma_wait0();
+                fence_regs(frag);
+                const float *sa = ssfa + stage * BM + wm * 64;
+                const float s0 = sa[r_in] * sb, s1 = sa[r_in + 8] * sb;
+                __syncwarp();
+                if (lane == 0) mbar_arrive(empty + stage);
+#pragma unroll
+                for (int j = 0; j < WN / 8; ++j) {
+                    acc[4 * j + 0] = fmaf(frag[4 * j + 0], s0, acc[4 * j + 0]);
+                    acc[4 * j + 1] = fmaf(frag[4 * j + 1], s0, acc[4 * j + 1]);
+                    acc[4 * j + 2] = fmaf(frag[4 * j + 2], s1, acc[4 * j + 2]);
+                    acc[4 * j + 3] = fmaf(frag[4 * j + 3], s1, acc[4 * j + 3]);
+                }
+                sb = sb_next;
+            } else {
+                __syncwarp();
+                if (lane == 0) mbar_arrive(empty + stage);
+            }
+            if (++stage == S) {
+                stage = 0;
+                phase ^= 1;
+            }
+        }
+        // Epilogue: bf16 pairs straight from the fragment; rows outside the group are zeros.
+        const int ra = slice_row0 + r_in, rb = ra + 8;
+        const bool va = active && row_valid(p, tl, ra), vb = active && row_valid(p, tl, rb);
+        const int c = col0 + 2 * (lane % 4);
+#pragma unroll
+        for (int j = 0; j < WN / 8; ++j) {
+            if (ra < tl.row_end)
+                *reinterpret_cast<uint32_t *>(p.d + (int64_t)ra * p.n + c + 8 * j) =
+                    va ? pack_bf16x2(acc[4 * j], acc[4 * j + 1]) : 0u;
+            if (rb < tl.row_end)
+                *reinterpret_cast<uint32_t *>(p.d + (int64_t)rb * p.n + c + 8 * j) =
+                    vb ? pack_bf16x2(acc[4 * j + 2], acc[4 * j + 3]) : 0u;
+        }
+    }
+}
+
+}  // namespace
+
+#define DSA_GG_KERNEL(BM, BN)                                                                              \
+    extern "C" __global__ void __launch_bounds__(DSA_GG_THREADS, 1)                                         \
+        dsa_grouped_gemm_##BM##x##BN(const __grid_constant__ DsaGroupedGemmParams p) {                        \
+        gemm_body<BM, BN>(p);                                                                               \
+    }                                                                                                       \
+    static_assert(Config<BM, BN>::kSmem == DSA_GG_SMEM_##BM##x##BN, "smem size mirror out of date");
+
+DSA_GG_KERNEL(128, 128)
+DSA_GG_KERNEL(64, 128)
+DSA_GG_KERNEL(64, 256)

@@ -43,7 +43,9 @@ impl Filler {
                 (c & 0x80) | (0x20 + (c & 0x7f) % 0x40)
             })
             .collect();
-        Self { seed: stream.clone_htod(&host).unwrap() }
+        Self {
+            seed: stream.clone_htod(&host).unwrap(),
+        }
     }
     fn codes(&self, stream: &Arc<CudaStream>, n: usize) -> CudaSlice<u8> {
         let mut out = stream.alloc_zeros::<u8>(n.max(16)).unwrap();
@@ -60,7 +62,9 @@ impl Filler {
 }
 
 fn scales(stream: &Arc<CudaStream>, rng: &mut StdRng, n: usize) -> CudaSlice<f32> {
-    let v: Vec<f32> = (0..n.max(4)).map(|_| 2f32.powi(rng.random_range(-12..-6))).collect();
+    let v: Vec<f32> = (0..n.max(4))
+        .map(|_| 2f32.powi(rng.random_range(-12..-6)))
+        .collect();
     stream.clone_htod(&v).unwrap()
 }
 
@@ -70,8 +74,18 @@ struct Weights {
     sfb: CudaSlice<f32>,
 }
 
-fn weights(stream: &Arc<CudaStream>, f: &Filler, rng: &mut StdRng, g: usize, n: usize, k: usize) -> Weights {
-    Weights { b: f.codes(stream, g * n * k), sfb: scales(stream, rng, g * (n / 128) * (k / 128)) }
+fn weights(
+    stream: &Arc<CudaStream>,
+    f: &Filler,
+    rng: &mut StdRng,
+    g: usize,
+    n: usize,
+    k: usize,
+) -> Weights {
+    Weights {
+        b: f.codes(stream, g * n * k),
+        sfb: scales(stream, rng, g * (n / 128) * (k / 128)),
+    }
 }
 
 fn weight_bytes(n: usize, k: usize) -> f64 {
@@ -88,11 +102,25 @@ struct Contiguous {
 }
 
 impl Contiguous {
-    fn new(stream: &Arc<CudaStream>, f: &Filler, rng: &mut StdRng, ids: &[i32], groups: usize, nk: (usize, usize), align: usize) -> Self {
+    fn new(
+        stream: &Arc<CudaStream>,
+        f: &Filler,
+        rng: &mut StdRng,
+        ids: &[i32],
+        groups: usize,
+        nk: (usize, usize),
+        align: usize,
+    ) -> Self {
         let rows = ids.len();
         let (n, k) = nk;
         Self {
-            shape: ContiguousShape { rows, groups, n, k, align },
+            shape: ContiguousShape {
+                rows,
+                groups,
+                n,
+                k,
+                align,
+            },
             a: f.codes(stream, rows * k),
             sfa: scales(stream, rng, (k / 128) * sfa_row_stride(rows)),
             ids: stream.clone_htod(ids).unwrap(),
@@ -100,7 +128,17 @@ impl Contiguous {
         }
     }
     fn run(&mut self, k: &DsaKernels, w: &Weights) {
-        grouped_gemm_contiguous(k, self.shape, &self.a, &self.sfa, &w.b, &w.sfb, &self.ids, &mut self.d).unwrap();
+        grouped_gemm_contiguous(
+            k,
+            self.shape,
+            &self.a,
+            &self.sfa,
+            &w.b,
+            &w.sfb,
+            &self.ids,
+            &mut self.d,
+        )
+        .unwrap();
     }
 }
 
@@ -117,7 +155,15 @@ fn layout(counts: &[usize], align: usize, capacity: usize) -> Vec<i32> {
     ids
 }
 
-fn contiguous(c: &mut Criterion, k: &DsaKernels, f: &Filler, groups: usize, m: usize, nk: (usize, usize), anchor: (&'static str, f64)) {
+fn contiguous(
+    c: &mut Criterion,
+    k: &DsaKernels,
+    f: &Filler,
+    groups: usize,
+    m: usize,
+    nk: (usize, usize),
+    anchor: (&'static str, f64),
+) {
     let stream = k.stream().clone();
     let mut rng = StdRng::seed_from_u64((groups * m + nk.0) as u64);
     let w = weights(&stream, f, &mut rng, groups, nk.0, nk.1);
@@ -130,12 +176,24 @@ fn contiguous(c: &mut Criterion, k: &DsaKernels, f: &Filler, groups: usize, m: u
         anchor_unit: "TFLOP/s",
     };
     let case = format!("{groups}x{m}_n{}_k{}", nk.0, nk.1);
-    bench_case(c, "moe_gemm_contiguous", &case, &stream, work, true, || x.run(k, &w));
+    bench_case(c, "moe_gemm_contiguous", &case, &stream, work, true, || {
+        x.run(k, &w)
+    });
 }
 
 /// Masked: `groups` experts with `max_m` slots, `valid[g]` rows each. Rates count valid
 /// rows only; GB/s counts weight bytes.
-fn masked(c: &mut Criterion, k: &DsaKernels, f: &Filler, case: &str, max_m: usize, valid: &[i32], nk: (usize, usize), anchor: Option<(&'static str, f64)>, unit: &'static str) {
+fn masked(
+    c: &mut Criterion,
+    k: &DsaKernels,
+    f: &Filler,
+    case: &str,
+    max_m: usize,
+    valid: &[i32],
+    nk: (usize, usize),
+    anchor: Option<(&'static str, f64)>,
+    unit: &'static str,
+) {
     let stream = k.stream().clone();
     let groups = valid.len();
     let (n, kk) = nk;
@@ -145,7 +203,12 @@ fn masked(c: &mut Criterion, k: &DsaKernels, f: &Filler, case: &str, max_m: usiz
     let sfa = scales(&stream, &mut rng, groups * (kk / 128) * max_m);
     let mm = stream.clone_htod(valid).unwrap();
     let mut d = stream.alloc_zeros::<bf16>(groups * max_m * n).unwrap();
-    let shape = MaskedShape { groups, max_m, n, k: kk };
+    let shape = MaskedShape {
+        groups,
+        max_m,
+        n,
+        k: kk,
+    };
     let rows: usize = valid.iter().map(|&v| v as usize).sum();
     let work = Work {
         flops: 2.0 * (rows * n * kk) as f64,
@@ -173,7 +236,15 @@ fn route_counts(t: usize, seed: u64) -> Vec<usize> {
 /// Both expert GEMMs of one MoE layer (w13 then w2) over the contiguous layout of a
 /// uniform routing of `t` tokens, capacity from the worst-case formula. Decode: GB/s of
 /// the touched experts' weights against the copy bandwidth; prefill: TFLOP/s.
-fn routed(c: &mut Criterion, k: &DsaKernels, f: &Filler, w13: &Weights, w2: &Weights, t: usize, align: usize) {
+fn routed(
+    c: &mut Criterion,
+    k: &DsaKernels,
+    f: &Filler,
+    w13: &Weights,
+    w2: &Weights,
+    t: usize,
+    align: usize,
+) {
     let stream = k.stream().clone();
     let counts = route_counts(t, t as u64);
     let touched = counts.iter().filter(|&&c| c > 0).count();
@@ -203,7 +274,10 @@ fn benches(c: &mut Criterion) {
     let f = Filler::new(&stream, &mut rng);
     for (g, m) in [(8, 4096), (4, 8192)] {
         let anchors = if g == 8 {
-            [("torch grouped H200", 1133.0), ("torch grouped H200", 818.0)]
+            [
+                ("torch grouped H200", 1133.0),
+                ("torch grouped H200", 818.0),
+            ]
         } else {
             [("DeepGEMM H800", 1346.0), ("DeepGEMM H800", 1214.0)]
         };
@@ -212,12 +286,32 @@ fn benches(c: &mut Criterion) {
     }
     for (g, m, anchor) in [(1, 1024, 1233.0), (2, 512, 1040.0), (4, 256, 932.0)] {
         let case = format!("{g}x{m}_n4096_k7168");
-        masked(c, &k, &f, &case, m, &vec![m as i32; g], W13, Some(("DeepGEMM H800", anchor)), "TFLOP/s");
+        masked(
+            c,
+            &k,
+            &f,
+            &case,
+            m,
+            &vec![m as i32; g],
+            W13,
+            Some(("DeepGEMM H800", anchor)),
+            "TFLOP/s",
+        );
     }
     // Expert-parallel decode: 32 local experts, 128 slots, 16-64 valid rows each.
     let mut r = StdRng::seed_from_u64(32);
     let valid: Vec<i32> = (0..32).map(|_| r.random_range(16..=64)).collect();
-    masked(c, &k, &f, "ep_decode_32x128_n4096_k7168", 128, &valid, W13, Some(("device copy", COPY_GBS)), "GB/s");
+    masked(
+        c,
+        &k,
+        &f,
+        "ep_decode_32x128_n4096_k7168",
+        128,
+        &valid,
+        W13,
+        Some(("device copy", COPY_GBS)),
+        "GB/s",
+    );
 
     // Routed decode / prefill over 256 experts: 11.3 GB of weights, allocated once.
     let w13 = weights(&stream, &f, &mut rng, 256, W13.0, W13.1);
@@ -229,6 +323,165 @@ fn benches(c: &mut Criterion) {
     for t in [4096, 16384] {
         routed(c, &k, &f, &w13, &w2, t, 128);
     }
+    for t in [128, 4096] {
+        moe_layer_and_ops(c, &k, &w13, &w2, t);
+    }
+}
+
+// ---- MoE ops and the whole layer (routing to combine), DeepSeek-V3 shapes ----
+
+/// Each op of the layer at `t` tokens (route, plan, permute + quant, SwiGLU + quant,
+/// combine; GB/s of the bytes each must move) and the whole [`MoeLayer`] (routed experts
+/// with a shared expert of width 2048, TFLOP/s on valid rows, and GB/s of the touched
+/// experts' weights at decode sizes). The routed weights are the GEMM benches' w13 / w2.
+fn moe_layer_and_ops(c: &mut Criterion, k: &DsaKernels, w13: &Weights, w2: &Weights, t: usize) {
+    use dsa_kernels::moe::{
+        Fp8Weights, MoeLayer, MoePlan, MoeShape, MoeWeights, RouteConfig, SharedExpert,
+    };
+    let stream = k.stream().clone();
+    let mut rng = StdRng::seed_from_u64(t as u64 + 7);
+    let shape = MoeShape::deepseek_v3(t);
+    let cfg = RouteConfig::DEEPSEEK_V3;
+    let (h, e, top_k, inter) = (shape.hidden, shape.experts, shape.top_k, shape.inter);
+    let logits: Vec<f32> = (0..t * e).map(|_| rng.random_range(-4.0f32..4.0)).collect();
+    let x: Vec<bf16> = (0..t * h)
+        .map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0)))
+        .collect();
+    let logits = stream.clone_htod(&logits).unwrap();
+    let x = stream.clone_htod(&x).unwrap();
+    let bias = stream.alloc_zeros::<f32>(e).unwrap();
+    let mut ids = stream.alloc_zeros::<i32>(t * top_k).unwrap();
+    let mut rw = stream.alloc_zeros::<f32>(t * top_k).unwrap();
+    let mut plan = MoePlan::new(&stream, &shape).unwrap();
+    let mut a1 = stream.alloc_zeros::<u8>(shape.a1_len().unwrap()).unwrap();
+    let mut s1 = stream
+        .alloc_zeros::<f32>(shape.sfa1_len().unwrap())
+        .unwrap();
+    let hbuf = stream.alloc_zeros::<bf16>(shape.h_len().unwrap()).unwrap();
+    let mut a2 = stream.alloc_zeros::<u8>(shape.a2_len().unwrap()).unwrap();
+    let mut s2 = stream
+        .alloc_zeros::<f32>(shape.sfa2_len().unwrap())
+        .unwrap();
+    let y = stream.alloc_zeros::<bf16>(shape.y_len().unwrap()).unwrap();
+    let mut out = stream.alloc_zeros::<bf16>(t * h).unwrap();
+    k.moe_route(&shape, &cfg, &logits, &bias, &mut ids, &mut rw)
+        .unwrap();
+    k.moe_plan(&shape, &ids, &mut plan).unwrap();
+    let ops_work = |bytes: f64| Work {
+        flops: 0.0,
+        bytes,
+        anchor: Some(("device copy", COPY_GBS)),
+        anchor_unit: "GB/s",
+    };
+    let slots = (t * top_k) as f64;
+    bench_case(
+        c,
+        "moe_ops",
+        &format!("route_t{t}"),
+        &stream,
+        ops_work((t * e * 4) as f64 + slots * 8.0),
+        true,
+        || {
+            k.moe_route(&shape, &cfg, &logits, &bias, &mut ids, &mut rw)
+                .unwrap()
+        },
+    );
+    bench_case(
+        c,
+        "moe_ops",
+        &format!("plan_t{t}"),
+        &stream,
+        ops_work(slots * 12.0),
+        true,
+        || k.moe_plan(&shape, &ids, &mut plan).unwrap(),
+    );
+    // Valid rows only: a row read as bf16 and written as e4m3 codes (+ scales).
+    let row_bytes = |cols: usize, read: usize| slots * (cols * read + cols + cols / 32) as f64;
+    bench_case(
+        c,
+        "moe_ops",
+        &format!("permute_quant_t{t}"),
+        &stream,
+        ops_work(row_bytes(h, 2)),
+        true,
+        || {
+            k.moe_permute_quant(&shape, &plan, &x, &mut a1, &mut s1)
+                .unwrap()
+        },
+    );
+    bench_case(
+        c,
+        "moe_ops",
+        &format!("swiglu_quant_t{t}"),
+        &stream,
+        ops_work(row_bytes(inter, 4)),
+        true,
+        || {
+            k.moe_swiglu_quant(&shape, &plan, &hbuf, &mut a2, &mut s2)
+                .unwrap()
+        },
+    );
+    bench_case(
+        c,
+        "moe_ops",
+        &format!("combine_t{t}"),
+        &stream,
+        ops_work(slots * (h * 2) as f64 + (t * h * 2) as f64),
+        true,
+        || {
+            k.moe_combine(&shape, &plan, &y, &rw, None, &mut out)
+                .unwrap()
+        },
+    );
+
+    // The whole layer; the shared expert reuses expert 0's weights (same shapes).
+    let mut layer = MoeLayer::new(&stream, &shape, &cfg, Some(inter)).unwrap();
+    let one13 = 2 * inter * h;
+    let one13s = (2 * inter / 128) * (h / 128);
+    let one2 = h * inter;
+    let one2s = (h / 128) * (inter / 128);
+    let weights = MoeWeights {
+        bias: bias.as_view(),
+        w13: Fp8Weights {
+            codes: w13.b.as_view(),
+            scales: w13.sfb.as_view(),
+        },
+        w2: Fp8Weights {
+            codes: w2.b.as_view(),
+            scales: w2.sfb.as_view(),
+        },
+        shared: Some(SharedExpert {
+            inter,
+            w13: Fp8Weights {
+                codes: w13.b.slice(..one13),
+                scales: w13.sfb.slice(..one13s),
+            },
+            w2: Fp8Weights {
+                codes: w2.b.slice(..one2),
+                scales: w2.sfb.slice(..one2s),
+            },
+        }),
+    };
+    layer.forward(k, &weights, &logits, &x, &mut out).unwrap();
+    let counts: Vec<i32> = stream.clone_dtoh(&layer.plan().counts()).unwrap();
+    let touched = counts.iter().filter(|&&c| c > 0).count();
+    let per_token_flops = 2.0 * (top_k + 1) as f64 * (W13.0 * W13.1 + W2.0 * W2.1) as f64;
+    let decode = t <= 512;
+    let work = Work {
+        flops: t as f64 * per_token_flops,
+        bytes: (touched + 1) as f64 * (weight_bytes(W13.0, W13.1) + weight_bytes(W2.0, W2.1)),
+        anchor: decode.then_some(("device copy", COPY_GBS)),
+        anchor_unit: if decode { "GB/s" } else { "TFLOP/s" },
+    };
+    bench_case(
+        c,
+        "moe_layer",
+        &format!("t{t}_experts{touched}_shared"),
+        &stream,
+        work,
+        true,
+        || layer.forward(k, &weights, &logits, &x, &mut out).unwrap(),
+    );
 }
 
 criterion_group!(moe, benches);

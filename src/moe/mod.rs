@@ -19,11 +19,13 @@
 pub mod gemm;
 
 mod combine;
+mod layer;
 mod plan;
 mod quant;
 mod route;
 mod shape;
 
+pub use layer::{Fp8Weights, MoeLayer, MoeWeights, SharedExpert};
 pub use plan::MoePlan;
 pub use route::RouteConfig;
 pub use shape::{

@@ -10,5 +10,6 @@ mod dsa_step;
 mod grouped_gemm;
 mod indexer;
 mod moe;
+mod moe_layer;
 mod sparse_mla;
 mod topk;

@@ -360,8 +360,16 @@ fn params(seed: u64) -> Params {
     }
 }
 
+/// Cases per property (`DSA_MOE_CASES` overrides, e.g. fewer under compute-sanitizer).
+fn cases(default: u32) -> u32 {
+    std::env::var("DSA_MOE_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(ProptestConfig::with_cases(cases(24)))]
 
     /// Plan and permutation + quantization: every plan array equals the reference layout
     /// (`permute_contiguous` / the capped `permute_masked`), codes and scales equal
@@ -517,7 +525,7 @@ fn gate_inputs(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(32))]
+    #![proptest_config(ProptestConfig::with_cases(cases(32)))]
 
     /// Routing equals `dsa_reference::moe::route` exactly: ids, and weights bit for bit
     /// (same f32 steps, same exponential), including exact ties (logits from {-1, 0, 1},

@@ -195,6 +195,11 @@ __device__ __forceinline__ bool row_valid(const DsaGroupedGemmParams &p, const T
 template <int BM, int BN>
 struct Config {
     static constexpr int kWN = BN * BM / 128;  // columns per math warpgroup
+    // A warpgroup's columns go through the MMA in chunks of at most 128 (one weight-scale
+    // block each): a chunk's fresh fragment is promoted before the next chunk reuses its
+    // registers, so a 256-wide warpgroup needs 128 + 64 accumulator registers, not 256.
+    static constexpr int kChunkN = kWN < 128 ? kWN : 128;
+    static constexpr int kChunks = kWN / kChunkN;
     static constexpr int kABytes = BM * kBK;
     static constexpr int kBBytes = BN * kBK;
     static constexpr int kStageBytes = kABytes + kBBytes + BM * 4;
@@ -271,7 +276,7 @@ __device__ __forceinline__ void gemm_body(const DsaGroupedGemmParams &p) {
     const int nsb = p.n / 128;
     int stage = 0;
     uint32_t phase = 0;
-    float acc[WN / 2], frag[WN / 2];
+    float acc[WN / 2], frag[C::kChunkN / 2];
 
     for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
         const Tile tl = tile_at<BM, BN>(p, t);
@@ -291,37 +296,52 @@ __device__ __forceinline__ void gemm_body(const DsaGroupedGemmParams &p) {
         const bool active = BM != 128 || wm == 0 || tl.upper;
 #pragma unroll
         for (int i = 0; i < WN / 2; ++i) acc[i] = 0.f;
+        // Weight scales of this warpgroup's chunks (128 columns each share one), prefetched
+        // one k-block ahead.
         const float *sfb_row = p.sfb + ((int64_t)tl.g * nsb + col0 / 128) * kbs;
-        float sb = active ? __ldg(sfb_row) : 0.f;
+        float sb[C::kChunks];
+#pragma unroll
+        for (int c = 0; c < C::kChunks; ++c) sb[c] = active ? __ldg(sfb_row + c * kbs) : 0.f;
         for (int kb = 0; kb < kbs; ++kb) {
             mbar_wait(full + stage, phase);
             if (active) {
-                const float sb_next = kb + 1 < kbs ? __ldg(sfb_row + kb + 1) : 0.f;
-                const uint64_t da = sw128_desc(smem_u32(sa_base + stage * C::kABytes + wm * 64 * kBK));
-                const uint64_t db = sw128_desc(smem_u32(sb_base + stage * C::kBBytes + wn * WN * kBK));
-                wgmma_fence();
+                float sb_next[C::kChunks];
 #pragma unroll
-                for (int k4 = 0; k4 < kBK / 32; ++k4) {
-                    if constexpr (WN == 128)
-                        wgmma_m64n128k32_e4m3(frag, da + 2 * k4, db + 2 * k4, k4);
-                    else
-                        wgmma_m64n64k32_e4m3(frag, da + 2 * k4, db + 2 * k4, k4);
-                }
-                wgmma_commit();
-                wgmma_wait0();
-                fence_regs(frag);
+                for (int c = 0; c < C::kChunks; ++c) sb_next[c] = kb + 1 < kbs ? __ldg(sfb_row + c * kbs + kb + 1) : 0.f;
                 const float *sa = ssfa + stage * BM + wm * 64;
-                const float s0 = sa[r_in] * sb, s1 = sa[r_in + 8] * sb;
-                __syncwarp();
-                if (lane == 0) mbar_arrive(empty + stage);
+                const float sa0 = sa[r_in], sa1 = sa[r_in + 8];
+                const uint64_t da = sw128_desc(smem_u32(sa_base + stage * C::kABytes + wm * 64 * kBK));
 #pragma unroll
-                for (int j = 0; j < WN / 8; ++j) {
-                    acc[4 * j + 0] = fmaf(frag[4 * j + 0], s0, acc[4 * j + 0]);
-                    acc[4 * j + 1] = fmaf(frag[4 * j + 1], s0, acc[4 * j + 1]);
-                    acc[4 * j + 2] = fmaf(frag[4 * j + 2], s1, acc[4 * j + 2]);
-                    acc[4 * j + 3] = fmaf(frag[4 * j + 3], s1, acc[4 * j + 3]);
+                for (int c = 0; c < C::kChunks; ++c) {
+                    const uint64_t db =
+                        sw128_desc(smem_u32(sb_base + stage * C::kBBytes + (wn * WN + c * C::kChunkN) * kBK));
+                    wgmma_fence();
+#pragma unroll
+                    for (int k4 = 0; k4 < kBK / 32; ++k4) {
+                        if constexpr (C::kChunkN == 128)
+                            wgmma_m64n128k32_e4m3(frag, da + 2 * k4, db + 2 * k4, k4);
+                        else
+                            wgmma_m64n64k32_e4m3(frag, da + 2 * k4, db + 2 * k4, k4);
+                    }
+                    wgmma_commit();
+                    wgmma_wait0();
+                    fence_regs(frag);
+                    if (c == C::kChunks - 1) {
+                        __syncwarp();
+                        if (lane == 0) mbar_arrive(empty + stage);
+                    }
+                    const float s0 = sa0 * sb[c], s1 = sa1 * sb[c];
+                    float *ac = acc + c * (C::kChunkN / 2);
+#pragma unroll
+                    for (int j = 0; j < C::kChunkN / 8; ++j) {
+                        ac[4 * j + 0] = fmaf(frag[4 * j + 0], s0, ac[4 * j + 0]);
+                        ac[4 * j + 1] = fmaf(frag[4 * j + 1], s0, ac[4 * j + 1]);
+                        ac[4 * j + 2] = fmaf(frag[4 * j + 2], s1, ac[4 * j + 2]);
+                        ac[4 * j + 3] = fmaf(frag[4 * j + 3], s1, ac[4 * j + 3]);
+                    }
                 }
-                sb = sb_next;
+#pragma unroll
+                for (int c = 0; c < C::kChunks; ++c) sb[c] = sb_next[c];
             } else {
                 __syncwarp();
                 if (lane == 0) mbar_arrive(empty + stage);
@@ -357,5 +377,6 @@ __device__ __forceinline__ void gemm_body(const DsaGroupedGemmParams &p) {
     static_assert(Config<BM, BN>::kSmem == DSA_GG_SMEM_##BM##x##BN, "smem size mirror out of date");
 
 DSA_GG_KERNEL(128, 128)
+DSA_GG_KERNEL(128, 256)
 DSA_GG_KERNEL(64, 128)
 DSA_GG_KERNEL(64, 256)

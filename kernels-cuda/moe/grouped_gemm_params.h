@@ -13,6 +13,7 @@
 /* Dynamic shared memory of each kernel instance dsa_grouped_gemm_<BLOCK_M>x<BLOCK_N>
  * (1 KB alignment slack + stages x (A + B + activation-scale tiles) + mbarriers). */
 #define DSA_GG_SMEM_128x128 200800
+#define DSA_GG_SMEM_128x256 199744
 #define DSA_GG_SMEM_64x128 199808
 #define DSA_GG_SMEM_64x256 207184
 

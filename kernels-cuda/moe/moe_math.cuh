@@ -16,7 +16,9 @@
 namespace dsa {
 namespace moe {
 
-__device__ __constant__ uint64_t kExp2Table[32] = {
+// Global memory read through L1 (not __constant__): lanes index it divergently, which the
+// constant cache would serialize 32 ways.
+__device__ const uint64_t kExp2Table[32] = {
     0x3ff0000000000000ULL, 0x3fefd9b0d3158574ULL, 0x3fefb5586cf9890fULL, 0x3fef9301d0125b51ULL,
     0x3fef72b83c7d517bULL, 0x3fef54873168b9aaULL, 0x3fef387a6e756238ULL, 0x3fef1e9df51fdee1ULL,
     0x3fef06fe0a31b715ULL, 0x3feef1a7373aa9cbULL, 0x3feedea64c123422ULL, 0x3feece086061892dULL,
@@ -45,7 +47,7 @@ __device__ __forceinline__ float exp_f32(float x) {
     const double r = __fma_rn(kInvLn2N, xd, -kd);
     // e^x = 2^(k/32) * 2^(r/32): the table gives 2^((k mod 32)/32), k / 32 goes into the
     // exponent field, and the cubic approximates 2^(r/32).
-    const uint64_t t = kExp2Table[ki & 31] + (ki << 47);
+    const uint64_t t = __ldg(&kExp2Table[ki & 31]) + (ki << 47);
     const double s = __longlong_as_double((long long)t);
     const double z = __fma_rn(kC0, r, kC1);
     const double r2 = __dmul_rn(r, r);

@@ -8,6 +8,8 @@
 //! `code = e4m3(value / scale)` (round to nearest even, saturating): bit-equal to
 //! `dsa_reference::linear::quantize_act_1x128`.
 //!
+//! Inputs and codes must be 16-byte aligned (vector loads and stores).
+//!
 //! Rows written: contiguous `[0, offsets[E])`, i.e. every segment including its padding
 //! rows (codes 0 and the scale of a zero block, so a padding row is finite and reads no
 //! input); the tail past the last segment is not written (the GEMM skips rows whose
@@ -234,7 +236,7 @@ impl DsaKernels {
         let (ap, _g1) = a.device_ptr_mut(&stream);
         let (sp, _g2) = sfa.device_ptr_mut(&stream);
         check::aligned("MoE quantize input", xp, 16)?;
-        check::aligned("MoE quantize codes", ap, 8)?;
+        check::aligned("MoE quantize codes", ap, 16)?;
         check::aligned("MoE quantize scales", sp, 4)?;
         let null = std::ptr::null::<i32>();
         let (mut src, mut offsets, mut masked_m) = (null, null, null);

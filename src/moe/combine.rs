@@ -2,6 +2,7 @@
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 use half::bf16;
 
+use super::shape::mul;
 use super::{MoePlan, MoeShape};
 use crate::check;
 use crate::error::{DsaError, Result};
@@ -37,11 +38,7 @@ impl DsaKernels {
         let (t, h) = (shape.tokens, shape.hidden);
         let slots = shape.slots()?;
         let rows = shape.rows()?;
-        let th = t.checked_mul(h).ok_or(DsaError::Capacity {
-            what: "MoE combine output",
-            needed: usize::MAX,
-            capacity: usize::MAX,
-        })?;
+        let th = mul("MoE combine output", t, h)?;
         check::at_least("MoE y", y.len(), shape.y_len()?, &[rows, h])?;
         check::at_least("MoE weights", weights.len(), slots, &[t, shape.top_k])?;
         if let Some(s) = shared {

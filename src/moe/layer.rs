@@ -6,6 +6,7 @@ use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut};
 use half::bf16;
 
 use super::gemm::{self, ContiguousShape, LinearShape, MaskedShape};
+use super::shape::mul;
 use super::{MoeLayout, MoePlan, MoeShape, RouteConfig, MOE_BLOCK};
 use crate::check;
 use crate::error::{DsaError, Result};
@@ -106,13 +107,7 @@ impl MoeLayer {
                 }
                 let t = shape.tokens;
                 let stride = t.next_multiple_of(4);
-                let size = |a: usize, b: usize| {
-                    a.checked_mul(b).ok_or(DsaError::Capacity {
-                        what: "shared expert workspace",
-                        needed: usize::MAX,
-                        capacity: usize::MAX,
-                    })
-                };
+                let size = |a: usize, b: usize| mul("shared expert workspace", a, b);
                 Some(SharedWork {
                     inter,
                     xq: stream.alloc_zeros(size(t, shape.hidden)?.max(1))?,

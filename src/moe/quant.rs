@@ -18,6 +18,7 @@
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 use half::bf16;
 
+use super::shape::mul;
 use super::{MoeLayout, MoePlan, MoeShape, MOE_BLOCK};
 use crate::check;
 use crate::error::{DsaError, Result};
@@ -57,14 +58,7 @@ impl DsaKernels {
     {
         shape.validate()?;
         plan.check_for(shape)?;
-        let need = shape
-            .tokens
-            .checked_mul(shape.hidden)
-            .ok_or(DsaError::Capacity {
-                what: "MoE x",
-                needed: usize::MAX,
-                capacity: usize::MAX,
-            })?;
+        let need = mul("MoE x", shape.tokens, shape.hidden)?;
         check::at_least("MoE x", x.len(), need, &[shape.tokens, shape.hidden])?;
         check::at_least(
             "MoE a1",
@@ -154,11 +148,7 @@ impl DsaKernels {
         S: DevicePtrMut<f32>,
     {
         let (stride, sl) = plain_sizes("FP8 SwiGLU rows", m, n)?;
-        let two_n = n.checked_mul(2).ok_or(DsaError::Capacity {
-            what: "FP8 SwiGLU rows",
-            needed: usize::MAX,
-            capacity: usize::MAX,
-        })?;
+        let two_n = mul("FP8 SwiGLU rows", n, 2)?;
         check::at_least("FP8 SwiGLU input", h.len(), m * two_n, &[m, two_n])?;
         check::at_least("FP8 SwiGLU codes", codes.len(), m * n, &[m, n])?;
         check::at_least(

@@ -103,11 +103,7 @@ impl DsaKernels {
         cfg.validate(shape)?;
         let slots = shape.slots()?;
         let (t, e) = (shape.tokens, shape.experts);
-        let n_logits = t.checked_mul(e).ok_or(DsaError::Capacity {
-            what: "MoE logits",
-            needed: usize::MAX,
-            capacity: usize::MAX,
-        })?;
+        let n_logits = super::shape::mul("MoE logits", t, e)?;
         check::at_least("MoE logits", logits.len(), n_logits, &[t, e])?;
         check::at_least("MoE bias", bias.len(), e, &[e])?;
         check::at_least("MoE ids", ids.len(), slots, &[t, shape.top_k])?;

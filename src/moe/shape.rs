@@ -87,7 +87,8 @@ fn mul_i32(what: &'static str, a: usize, b: usize) -> Result<usize> {
     Ok(v)
 }
 
-fn mul(what: &'static str, a: usize, b: usize) -> Result<usize> {
+/// `a * b`, or a capacity error naming `what` when it overflows usize.
+pub(crate) fn mul(what: &'static str, a: usize, b: usize) -> Result<usize> {
     a.checked_mul(b).ok_or_else(|| overflow(what))
 }
 

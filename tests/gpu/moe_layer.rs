@@ -67,6 +67,7 @@ fn device_mlps(s: &Arc<CudaStream>, mlps: &[&rm::Mlp]) -> DeviceMlps {
 }
 
 /// `Moe::forward` with the gate logits given (the layer takes logits).
+#[allow(clippy::too_many_arguments)]
 fn reference_layer(
     experts: &[rm::Mlp],
     shared: Option<&rm::Mlp>,

@@ -75,6 +75,10 @@ template <uint32_t R>
 __device__ __forceinline__ void setmaxnreg_dec() {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R));
 }
+// Barrier over the 128 threads of one math warpgroup (ids 1, 2; 0 is __syncthreads).
+__device__ __forceinline__ void named_bar_sync(int id) {
+    asm volatile("bar.sync %0, 128;\n" ::"r"(id) : "memory");
+}
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
@@ -203,8 +207,11 @@ struct Config {
     static constexpr int kABytes = BM * kBK;
     static constexpr int kBBytes = BN * kBK;
     static constexpr int kStageBytes = kABytes + kBBytes + BM * 4;
-    static constexpr int kStages = (232448 - 1024 - 256) / kStageBytes > 8 ? 8 : (232448 - 1024 - 256) / kStageBytes;
-    static constexpr int kSmem = 1024 + kStages * kStageBytes + kStages * 16;
+    // Epilogue staging: per math warpgroup 64 rows x 64 columns of bf16 (one pass).
+    static constexpr int kEpiBytes = 64 * 64 * 2;
+    static constexpr int kRoom = 232448 - 1024 - 256 - 2 * kEpiBytes;
+    static constexpr int kStages = kRoom / kStageBytes > 8 ? 8 : kRoom / kStageBytes;
+    static constexpr int kSmem = 1024 + kStages * kStageBytes + 2 * kEpiBytes + kStages * 16;
 };
 
 template <int BM, int BN>
@@ -217,7 +224,8 @@ __device__ __forceinline__ void gemm_body(const DsaGroupedGemmParams &p) {
     uint8_t *sa_base = smem;
     uint8_t *sb_base = smem + S * C::kABytes;
     float *ssfa = reinterpret_cast<float *>(sb_base + S * C::kBBytes);
-    uint64_t *full = reinterpret_cast<uint64_t *>(ssfa + S * BM);
+    uint8_t *sepi = reinterpret_cast<uint8_t *>(ssfa + S * BM);
+    uint64_t *full = reinterpret_cast<uint64_t *>(sepi + 2 * C::kEpiBytes);
     uint64_t *empty = full + S;
 
     if (threadIdx.x == 0) {
@@ -278,8 +286,11 @@ __device__ __forceinline__ void gemm_body(const DsaGroupedGemmParams &p) {
     uint32_t phase = 0;
     float acc[WN / 2], frag[C::kChunkN / 2];
 
+    // The next tile's description is loaded before the current epilogue and the epilogue's
+    // row ids before the mainloop, so no global-load latency sits between two tiles' MMAs.
+    Tile next = tile_at<BM, BN>(p, blockIdx.x);
     for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
-        const Tile tl = tile_at<BM, BN>(p, t);
+        const Tile tl = next;
         const int slice_row0 = tl.row0 + wm * 64;
         const int col0 = tl.nb * BN + wn * WN;
         if (!tl.compute) {
@@ -291,9 +302,12 @@ __device__ __forceinline__ void gemm_body(const DsaGroupedGemmParams &p) {
                     *reinterpret_cast<uint4 *>(p.d + (int64_t)r * p.n + col0 + (i % kChunks) * 8) =
                         make_uint4(0, 0, 0, 0);
             }
+            if (t + (int)gridDim.x < tiles) next = tile_at<BM, BN>(p, t + gridDim.x);
             continue;
         }
         const bool active = BM != 128 || wm == 0 || tl.upper;
+        const int ra = slice_row0 + r_in, rb = ra + 8;
+        const bool va = active && row_valid(p, tl, ra), vb = active && row_valid(p, tl, rb);
 #pragma unroll
         for (int i = 0; i < WN / 2; ++i) acc[i] = 0.f;
         // Weight scales of this warpgroup's chunks (128 columns each share one), prefetched
@@ -351,18 +365,35 @@ __device__ __forceinline__ void gemm_body(const DsaGroupedGemmParams &p) {
                 phase ^= 1;
             }
         }
-        // Epilogue: bf16 pairs straight from the fragment; rows outside the group are zeros.
-        const int ra = slice_row0 + r_in, rb = ra + 8;
-        const bool va = active && row_valid(p, tl, ra), vb = active && row_valid(p, tl, rb);
-        const int c = col0 + 2 * (lane % 4);
+        if (t + (int)gridDim.x < tiles) next = tile_at<BM, BN>(p, t + gridDim.x);
+        // Epilogue, in passes of 64 columns through a swizzled shared-memory tile (16-byte
+        // chunk c of row r stored at chunk c ^ (r & 7): conflict-free both ways), so global
+        // stores are whole 128-byte rows rather than 4-byte pieces. Rows outside the group
+        // are zeros.
+        uint8_t *epi = sepi + mw * C::kEpiBytes;
+        const int q = lane % 4;
 #pragma unroll
-        for (int j = 0; j < WN / 8; ++j) {
-            if (ra < tl.row_end)
-                *reinterpret_cast<uint32_t *>(p.d + (int64_t)ra * p.n + c + 8 * j) =
+        for (int ps = 0; ps < WN / 64; ++ps) {
+            named_bar_sync(1 + mw);  // the previous pass has been read
+#pragma unroll
+            for (int cj = 0; cj < 8; ++cj) {
+                const int j = ps * 8 + cj;
+                const int ia = r_in, ib = r_in + 8;
+                *reinterpret_cast<uint32_t *>(epi + ia * 128 + ((cj ^ (ia & 7)) << 4) + 4 * q) =
                     va ? pack_bf16x2(acc[4 * j], acc[4 * j + 1]) : 0u;
-            if (rb < tl.row_end)
-                *reinterpret_cast<uint32_t *>(p.d + (int64_t)rb * p.n + c + 8 * j) =
+                *reinterpret_cast<uint32_t *>(epi + ib * 128 + ((cj ^ (ib & 7)) << 4) + 4 * q) =
                     vb ? pack_bf16x2(acc[4 * j + 2], acc[4 * j + 3]) : 0u;
+            }
+            named_bar_sync(1 + mw);
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                const int idx = tid + 128 * u;
+                const int row = idx / 8, ch = idx % 8;
+                const int grow = slice_row0 + row;
+                const uint4 v = *reinterpret_cast<const uint4 *>(epi + row * 128 + ((ch ^ (row & 7)) << 4));
+                if (grow < tl.row_end)
+                    *reinterpret_cast<uint4 *>(p.d + (int64_t)grow * p.n + col0 + ps * 64 + ch * 8) = v;
+            }
         }
     }
 }

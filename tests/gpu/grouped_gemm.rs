@@ -1,17 +1,18 @@
 //! FP8 block-scaled grouped GEMM (contiguous, masked) and the dense FP8 linear against
 //! `dsa_reference::moe::grouped_gemm_{contiguous,masked}`.
 //!
-//! Tolerance: `max |out - ref| / max |ref| <= 2^-8` over the rows that hold results, where
-//! `ref` is the oracle's f64-accumulated sum of exact per-128-K-block products. The kernel
-//! rounds its output to bf16 (relative error <= 2^-9 of each element) and its FP8 MMA
-//! adds a 128-wide block in fp32 with products aligned to the largest one and truncated
-//! (Hopper keeps about 13-14 bits there), then promotes in fp32. With codes drawn as the
-//! quantizer makes them, the truncation stays well below 2^-10 of `max |ref|`; 2^-8
-//! leaves a factor 2 over bf16 rounding, and a wrong scale, row or block fails it by
-//! orders of magnitude. (With adversarial codes, uniform over the whole e4m3 range, we
-//! measured up to 3.7e-3 at K = 128: the truncation is relative to the largest product, not
-//! to the sum.) Rows that must be zero (padding, `-1`, past `masked_m`) are compared bit
-//! for bit with +0, the output having been poisoned with NaN first.
+//! Tolerance: `max |out - ref| / max |ref| <= 2^-7` over the rows that hold results, where
+//! `ref` is the oracle's f64-accumulated sum of exact per-128-K-block products. Two errors
+//! add up: the bf16 output rounding (up to 2^-9 of an element, so up to 2^-9 of `max
+//! |ref|`), and Hopper's FP8 MMA, which adds a 128-wide block in fp32 with the products
+//! aligned to the largest and truncated (about 13-14 bits kept), so its error is relative
+//! to the largest product rather than to the sum; the kernel promotes each block in fp32,
+//! which keeps that error from growing with K. Measured on the H200 with codes drawn as
+//! the 1x128 quantizer makes them: at most 3.5e-3 (a bit under 2^-8) over every case of
+//! these tests. 2^-7 leaves a factor 2 over that, while a wrong scale, row, group or block
+//! fails it by orders of magnitude. Rows that must be zero (padding, `-1`, past
+//! `masked_m`) are compared bit for bit with +0, the output having been poisoned with NaN
+//! first.
 use dsa_kernels::cudarc::driver::CudaSlice;
 use dsa_kernels::moe::gemm::{
     fp8_linear, grouped_gemm_contiguous, grouped_gemm_masked, sfa_row_stride, ContiguousShape,
@@ -26,7 +27,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::common::{download, kernels, upload};
 
-const TOL: f64 = 1.0 / 256.0;
+const TOL: f64 = 1.0 / 128.0;
 /// bf16 NaN: an unwritten output element shows.
 const POISON: u16 = 0xffff;
 

@@ -265,7 +265,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(16))]
 
     #[test]
-    #[ignore = "needs a GPU"]
+    #[ignore = "needs a CUDA GPU"]
     fn contiguous_matches_reference(
         seed in any::<u64>(),
         counts in proptest::collection::vec(group_rows(), 1..6),
@@ -280,7 +280,7 @@ proptest! {
     }
 
     #[test]
-    #[ignore = "needs a GPU"]
+    #[ignore = "needs a CUDA GPU"]
     fn masked_matches_reference(
         seed in any::<u64>(),
         groups in 1usize..5,
@@ -305,7 +305,7 @@ proptest! {
     }
 
     #[test]
-    #[ignore = "needs a GPU"]
+    #[ignore = "needs a CUDA GPU"]
     fn linear_matches_reference(
         seed in any::<u64>(),
         m in prop_oneof![Just(1usize), 1usize..70, 1usize..300],
@@ -320,7 +320,7 @@ proptest! {
 /// More tiles than SMs (every CTA walks several, the stage ring wraps across tiles) and a
 /// long K (two-level accumulation over 16 blocks), both alignments.
 #[test]
-#[ignore = "needs a GPU"]
+#[ignore = "needs a CUDA GPU"]
 fn contiguous_persistent_long_k() {
     for align in [128, 64] {
         let err = run_contiguous(7, &[700, 0, 1, 333], align, 1, 1024, 2048, false);
@@ -332,7 +332,7 @@ fn contiguous_persistent_long_k() {
 
 /// Shapes, capacities and alignments the kernel cannot serve are errors before any launch.
 #[test]
-#[ignore = "needs a GPU"]
+#[ignore = "needs a CUDA GPU"]
 fn bad_arguments_are_errors_before_launch() {
     let kern = kernels();
     let stream = kern.stream().clone();

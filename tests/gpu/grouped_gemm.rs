@@ -14,11 +14,11 @@
 //! `masked_m`) are compared bit for bit with +0, the output having been poisoned with NaN
 //! first.
 use dsa_kernels::cudarc::driver::CudaSlice;
+use dsa_kernels::fp8::f32_to_e4m3;
 use dsa_kernels::moe::gemm::{
     fp8_linear, grouped_gemm_contiguous, grouped_gemm_masked, sfa_row_stride, ContiguousShape,
     LinearShape, MaskedShape,
 };
-use dsa_kernels::fp8::f32_to_e4m3;
 use dsa_kernels::DsaError;
 use half::bf16;
 use proptest::prelude::*;
@@ -106,10 +106,10 @@ fn contiguous_layout(counts: &[usize], align: usize, tail_blocks: usize) -> Vec<
     let mut ids = Vec::new();
     for (g, &c) in counts.iter().enumerate() {
         let padded = c.div_ceil(align) * align;
-        ids.extend(std::iter::repeat_n(g as i32, c));
-        ids.extend(std::iter::repeat_n(-1, padded - c));
+        ids.extend(std::iter::repeat(g as i32).take(c));
+        ids.extend(std::iter::repeat(-1).take(padded - c));
     }
-    ids.extend(std::iter::repeat_n(-1, tail_blocks * align));
+    ids.extend(std::iter::repeat(-1).take(tail_blocks * align));
     ids
 }
 
@@ -132,7 +132,11 @@ fn run_contiguous(
         // Ids that are not groups (a stray 7 or a huge value) must give zero rows, never an
         // out-of-bounds weight read.
         let r = rng.random_range(0..ids.len());
-        ids[r] = if rng.random_bool(0.5) { groups as i32 + 7 } else { i32::MAX };
+        ids[r] = if rng.random_bool(0.5) {
+            groups as i32 + 7
+        } else {
+            i32::MAX
+        };
     }
     let rows = ids.len();
     let kb = k / 128;
@@ -143,7 +147,13 @@ fn run_contiguous(
         let (db, dsfb) = (upload(&stream, &w.b), upload(&stream, &w.sfb));
         let mut dd: CudaSlice<bf16> = upload(&stream, &[bf16::ZERO; 8]);
         let ids0 = upload(&stream, &[0i32; 1]);
-        let shape = ContiguousShape { rows, groups, n, k, align };
+        let shape = ContiguousShape {
+            rows,
+            groups,
+            n,
+            k,
+            align,
+        };
         grouped_gemm_contiguous(&kern, shape, &a8, &f, &db, &dsfb, &ids0, &mut dd).unwrap();
         return 0.0;
     }
@@ -152,7 +162,11 @@ fn run_contiguous(
     let effective: Vec<i32> = (0..rows)
         .map(|r| {
             let (e, first) = (ids[r], ids[r / align * align]);
-            if e >= 0 && (e as usize) < groups && e == first { e } else { -1 }
+            if e >= 0 && (e as usize) < groups && e == first {
+                e
+            } else {
+                -1
+            }
         })
         .collect();
     // Padding rows hold garbage codes and scales, as a reused buffer would.
@@ -160,19 +174,29 @@ fn run_contiguous(
     let sa = scales(&mut rng, rows * kb);
     let m_pad = sfa_row_stride(rows);
     let sfa = to_mn_major(&sa, rows, kb, m_pad);
-    let reference =
-        dsa_reference::moe::grouped_gemm_contiguous(&a, &sa, &w.b, &w.sfb, &effective, groups, n, k);
+    let reference = dsa_reference::moe::grouped_gemm_contiguous(
+        &a, &sa, &w.b, &w.sfb, &effective, groups, n, k,
+    );
     let da = upload(&stream, &a);
     let dsfa = upload(&stream, &sfa);
     let db = upload(&stream, &w.b);
     let dsfb = upload(&stream, &w.sfb);
     let dids = upload(&stream, &ids);
     let mut dd: CudaSlice<bf16> = upload(&stream, &vec![bf16::from_bits(POISON); rows * n]);
-    let shape = ContiguousShape { rows, groups, n, k, align };
+    let shape = ContiguousShape {
+        rows,
+        groups,
+        n,
+        k,
+        align,
+    };
     grouped_gemm_contiguous(&kern, shape, &da, &dsfa, &db, &dsfb, &dids, &mut dd).unwrap();
     let out: Vec<u16> = download(&stream, &dd).iter().map(|v| v.to_bits()).collect();
     let err = compare(&out, &reference, n, |r| effective[r] < 0);
-    assert!(err <= TOL, "contiguous {counts:?} align {align} n {n} k {k}: error {err:e}");
+    assert!(
+        err <= TOL,
+        "contiguous {counts:?} align {align} n {n} k {k}: error {err:e}"
+    );
     err
 }
 
@@ -204,13 +228,21 @@ fn run_masked(seed: u64, masked_m: &[i32], max_m: usize, n: usize, k: usize) -> 
     let dsfb = upload(&stream, &w.sfb);
     let dmm = upload(&stream, masked_m);
     let mut dd: CudaSlice<bf16> = upload(&stream, &vec![bf16::from_bits(POISON); rows * n]);
-    let shape = MaskedShape { groups, max_m, n, k };
+    let shape = MaskedShape {
+        groups,
+        max_m,
+        n,
+        k,
+    };
     grouped_gemm_masked(&kern, shape, &da, &dsfa, &db, &dsfb, &dmm, &mut dd).unwrap();
     let out: Vec<u16> = download(&stream, &dd).iter().map(|v| v.to_bits()).collect();
     let err = compare(&out, &reference, n, |r| {
         (r % max_m) as i32 >= clamped[r / max_m]
     });
-    assert!(err <= TOL, "masked {masked_m:?} max_m {max_m} n {n} k {k}: error {err:e}");
+    assert!(
+        err <= TOL,
+        "masked {masked_m:?} max_m {max_m} n {n} k {k}: error {err:e}"
+    );
     err
 }
 
@@ -224,25 +256,29 @@ fn run_linear(seed: u64, m: usize, n: usize, k: usize) -> f64 {
     let sa = scales(&mut rng, m * kb);
     let m_pad = sfa_row_stride(m);
     let sfa = to_mn_major(&sa, m, kb, m_pad);
-    let reference = dsa_reference::moe::grouped_gemm_contiguous(
-        &a,
-        &sa,
-        &w.b,
-        &w.sfb,
-        &vec![0; m],
-        1,
-        n,
-        k,
-    );
+    let reference =
+        dsa_reference::moe::grouped_gemm_contiguous(&a, &sa, &w.b, &w.sfb, &vec![0; m], 1, n, k);
     let da = upload(&stream, &a);
     let dsfa = upload(&stream, &sfa);
     let db = upload(&stream, &w.b);
     let dsfb = upload(&stream, &w.sfb);
     // One row of poison past the end: the kernel must not write it.
     let mut dd: CudaSlice<bf16> = upload(&stream, &vec![bf16::from_bits(POISON); (m + 1) * n]);
-    fp8_linear(&kern, LinearShape { m, n, k }, &da, &dsfa, &db, &dsfb, &mut dd).unwrap();
+    fp8_linear(
+        &kern,
+        LinearShape { m, n, k },
+        &da,
+        &dsfa,
+        &db,
+        &dsfb,
+        &mut dd,
+    )
+    .unwrap();
     let out: Vec<u16> = download(&stream, &dd).iter().map(|v| v.to_bits()).collect();
-    assert!(out[m * n..].iter().all(|&v| v == POISON), "fp8_linear wrote past row {m}");
+    assert!(
+        out[m * n..].iter().all(|&v| v == POISON),
+        "fp8_linear wrote past row {m}"
+    );
     let err = compare(&out[..m * n], &reference, n, |_| false);
     assert!(err <= TOL, "linear m {m} n {n} k {k}: error {err:e}");
     err
@@ -339,10 +375,16 @@ fn bad_arguments_are_errors_before_launch() {
     let a = upload(&stream, &vec![0u8; 256 * 256]);
     let sfa = upload(&stream, &vec![1f32; 2 * 256]);
     let b = upload(&stream, &vec![0u8; 2 * 256 * 256]);
-    let sfb = upload(&stream, &vec![1f32; 2 * 2 * 2]);
+    let sfb = upload(&stream, &[1f32; 2 * 2 * 2]);
     let ids = upload(&stream, &vec![0i32; 256]);
     let mut d: CudaSlice<bf16> = upload(&stream, &vec![bf16::ZERO; 256 * 256]);
-    let ok = ContiguousShape { rows: 256, groups: 2, n: 256, k: 256, align: 128 };
+    let ok = ContiguousShape {
+        rows: 256,
+        groups: 2,
+        n: 256,
+        k: 256,
+        align: 128,
+    };
     grouped_gemm_contiguous(&kern, ok, &a, &sfa, &b, &sfb, &ids, &mut d).unwrap();
     for bad in [
         ContiguousShape { align: 96, ..ok },
@@ -351,7 +393,13 @@ fn bad_arguments_are_errors_before_launch() {
         ContiguousShape { groups: 3, ..ok },
     ] {
         let e = grouped_gemm_contiguous(&kern, bad, &a, &sfa, &b, &sfb, &ids, &mut d);
-        assert!(matches!(e, Err(DsaError::Unsupported { .. }) | Err(DsaError::Shape { .. })), "{bad:?}: {e:?}");
+        assert!(
+            matches!(
+                e,
+                Err(DsaError::Unsupported { .. }) | Err(DsaError::Shape { .. })
+            ),
+            "{bad:?}: {e:?}"
+        );
     }
     // A misaligned view of `a` is refused (TMA needs 16-byte aligned tensors).
     let a_view = a.slice(1..);

@@ -43,7 +43,9 @@ impl Filler {
                 (c & 0x80) | (0x20 + (c & 0x7f) % 0x40)
             })
             .collect();
-        Self { seed: stream.clone_htod(&host).unwrap() }
+        Self {
+            seed: stream.clone_htod(&host).unwrap(),
+        }
     }
     fn codes(&self, stream: &Arc<CudaStream>, n: usize) -> CudaSlice<u8> {
         let mut out = stream.alloc_zeros::<u8>(n.max(16)).unwrap();
@@ -60,7 +62,9 @@ impl Filler {
 }
 
 fn scales(stream: &Arc<CudaStream>, rng: &mut StdRng, n: usize) -> CudaSlice<f32> {
-    let v: Vec<f32> = (0..n.max(4)).map(|_| 2f32.powi(rng.random_range(-12..-6))).collect();
+    let v: Vec<f32> = (0..n.max(4))
+        .map(|_| 2f32.powi(rng.random_range(-12..-6)))
+        .collect();
     stream.clone_htod(&v).unwrap()
 }
 
@@ -70,8 +74,18 @@ struct Weights {
     sfb: CudaSlice<f32>,
 }
 
-fn weights(stream: &Arc<CudaStream>, f: &Filler, rng: &mut StdRng, g: usize, n: usize, k: usize) -> Weights {
-    Weights { b: f.codes(stream, g * n * k), sfb: scales(stream, rng, g * (n / 128) * (k / 128)) }
+fn weights(
+    stream: &Arc<CudaStream>,
+    f: &Filler,
+    rng: &mut StdRng,
+    g: usize,
+    n: usize,
+    k: usize,
+) -> Weights {
+    Weights {
+        b: f.codes(stream, g * n * k),
+        sfb: scales(stream, rng, g * (n / 128) * (k / 128)),
+    }
 }
 
 fn weight_bytes(n: usize, k: usize) -> f64 {
@@ -88,11 +102,25 @@ struct Contiguous {
 }
 
 impl Contiguous {
-    fn new(stream: &Arc<CudaStream>, f: &Filler, rng: &mut StdRng, ids: &[i32], groups: usize, nk: (usize, usize), align: usize) -> Self {
+    fn new(
+        stream: &Arc<CudaStream>,
+        f: &Filler,
+        rng: &mut StdRng,
+        ids: &[i32],
+        groups: usize,
+        nk: (usize, usize),
+        align: usize,
+    ) -> Self {
         let rows = ids.len();
         let (n, k) = nk;
         Self {
-            shape: ContiguousShape { rows, groups, n, k, align },
+            shape: ContiguousShape {
+                rows,
+                groups,
+                n,
+                k,
+                align,
+            },
             a: f.codes(stream, rows * k),
             sfa: scales(stream, rng, (k / 128) * sfa_row_stride(rows)),
             ids: stream.clone_htod(ids).unwrap(),
@@ -100,7 +128,17 @@ impl Contiguous {
         }
     }
     fn run(&mut self, k: &DsaKernels, w: &Weights) {
-        grouped_gemm_contiguous(k, self.shape, &self.a, &self.sfa, &w.b, &w.sfb, &self.ids, &mut self.d).unwrap();
+        grouped_gemm_contiguous(
+            k,
+            self.shape,
+            &self.a,
+            &self.sfa,
+            &w.b,
+            &w.sfb,
+            &self.ids,
+            &mut self.d,
+        )
+        .unwrap();
     }
 }
 
@@ -109,15 +147,23 @@ impl Contiguous {
 fn layout(counts: &[usize], align: usize, capacity: usize) -> Vec<i32> {
     let mut ids = Vec::with_capacity(capacity);
     for (e, &c) in counts.iter().enumerate() {
-        ids.extend(std::iter::repeat_n(e as i32, c));
-        ids.extend(std::iter::repeat_n(-1, c.div_ceil(align) * align - c));
+        ids.extend(std::iter::repeat(e as i32).take(c));
+        ids.extend(std::iter::repeat(-1).take(c.div_ceil(align) * align - c));
     }
     assert!(ids.len() <= capacity);
     ids.resize(capacity, -1);
     ids
 }
 
-fn contiguous(c: &mut Criterion, k: &DsaKernels, f: &Filler, groups: usize, m: usize, nk: (usize, usize), anchor: (&'static str, f64)) {
+fn contiguous(
+    c: &mut Criterion,
+    k: &DsaKernels,
+    f: &Filler,
+    groups: usize,
+    m: usize,
+    nk: (usize, usize),
+    anchor: (&'static str, f64),
+) {
     let stream = k.stream().clone();
     let mut rng = StdRng::seed_from_u64((groups * m + nk.0) as u64);
     let w = weights(&stream, f, &mut rng, groups, nk.0, nk.1);
@@ -130,12 +176,25 @@ fn contiguous(c: &mut Criterion, k: &DsaKernels, f: &Filler, groups: usize, m: u
         anchor_unit: "TFLOP/s",
     };
     let case = format!("{groups}x{m}_n{}_k{}", nk.0, nk.1);
-    bench_case(c, "moe_gemm_contiguous", &case, &stream, work, true, || x.run(k, &w));
+    bench_case(c, "moe_gemm_contiguous", &case, &stream, work, true, || {
+        x.run(k, &w)
+    });
 }
 
+#[allow(clippy::too_many_arguments)]
 /// Masked: `groups` experts with `max_m` slots, `valid[g]` rows each. Rates count valid
 /// rows only; GB/s counts weight bytes.
-fn masked(c: &mut Criterion, k: &DsaKernels, f: &Filler, case: &str, max_m: usize, valid: &[i32], nk: (usize, usize), anchor: Option<(&'static str, f64)>, unit: &'static str) {
+fn masked(
+    c: &mut Criterion,
+    k: &DsaKernels,
+    f: &Filler,
+    case: &str,
+    max_m: usize,
+    valid: &[i32],
+    nk: (usize, usize),
+    anchor: Option<(&'static str, f64)>,
+    unit: &'static str,
+) {
     let stream = k.stream().clone();
     let groups = valid.len();
     let (n, kk) = nk;
@@ -145,7 +204,12 @@ fn masked(c: &mut Criterion, k: &DsaKernels, f: &Filler, case: &str, max_m: usiz
     let sfa = scales(&stream, &mut rng, groups * (kk / 128) * max_m);
     let mm = stream.clone_htod(valid).unwrap();
     let mut d = stream.alloc_zeros::<bf16>(groups * max_m * n).unwrap();
-    let shape = MaskedShape { groups, max_m, n, k: kk };
+    let shape = MaskedShape {
+        groups,
+        max_m,
+        n,
+        k: kk,
+    };
     let rows: usize = valid.iter().map(|&v| v as usize).sum();
     let work = Work {
         flops: 2.0 * (rows * n * kk) as f64,
@@ -173,7 +237,15 @@ fn route_counts(t: usize, seed: u64) -> Vec<usize> {
 /// Both expert GEMMs of one MoE layer (w13 then w2) over the contiguous layout of a
 /// uniform routing of `t` tokens, capacity from the worst-case formula. Decode: GB/s of
 /// the touched experts' weights against the copy bandwidth; prefill: TFLOP/s.
-fn routed(c: &mut Criterion, k: &DsaKernels, f: &Filler, w13: &Weights, w2: &Weights, t: usize, align: usize) {
+fn routed(
+    c: &mut Criterion,
+    k: &DsaKernels,
+    f: &Filler,
+    w13: &Weights,
+    w2: &Weights,
+    t: usize,
+    align: usize,
+) {
     let stream = k.stream().clone();
     let counts = route_counts(t, t as u64);
     let touched = counts.iter().filter(|&&c| c > 0).count();
@@ -203,7 +275,10 @@ fn benches(c: &mut Criterion) {
     let f = Filler::new(&stream, &mut rng);
     for (g, m) in [(8, 4096), (4, 8192)] {
         let anchors = if g == 8 {
-            [("torch grouped H200", 1133.0), ("torch grouped H200", 818.0)]
+            [
+                ("torch grouped H200", 1133.0),
+                ("torch grouped H200", 818.0),
+            ]
         } else {
             [("DeepGEMM H800", 1346.0), ("DeepGEMM H800", 1214.0)]
         };
@@ -212,12 +287,32 @@ fn benches(c: &mut Criterion) {
     }
     for (g, m, anchor) in [(1, 1024, 1233.0), (2, 512, 1040.0), (4, 256, 932.0)] {
         let case = format!("{g}x{m}_n4096_k7168");
-        masked(c, &k, &f, &case, m, &vec![m as i32; g], W13, Some(("DeepGEMM H800", anchor)), "TFLOP/s");
+        masked(
+            c,
+            &k,
+            &f,
+            &case,
+            m,
+            &vec![m as i32; g],
+            W13,
+            Some(("DeepGEMM H800", anchor)),
+            "TFLOP/s",
+        );
     }
     // Expert-parallel decode: 32 local experts, 128 slots, 16-64 valid rows each.
     let mut r = StdRng::seed_from_u64(32);
     let valid: Vec<i32> = (0..32).map(|_| r.random_range(16..=64)).collect();
-    masked(c, &k, &f, "ep_decode_32x128_n4096_k7168", 128, &valid, W13, Some(("device copy", COPY_GBS)), "GB/s");
+    masked(
+        c,
+        &k,
+        &f,
+        "ep_decode_32x128_n4096_k7168",
+        128,
+        &valid,
+        W13,
+        Some(("device copy", COPY_GBS)),
+        "GB/s",
+    );
 
     // Routed decode / prefill over 256 experts: 11.3 GB of weights, allocated once.
     let w13 = weights(&stream, &f, &mut rng, 256, W13.0, W13.1);

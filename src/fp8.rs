@@ -6,11 +6,12 @@
 //! wrong for e4m3 (the largest finite value is 448), so this module uses [`E4M3_MAX`].
 use float8::F8E4M3;
 
-/// Largest finite e4m3 value.
-pub const E4M3_MAX: f32 = 448.0;
+/// Largest finite e4m3 value (`DSA_FP8_E4M3_MAX` of the kernels' common_params.h).
+pub const E4M3_MAX: f32 = crate::sys::common::DSA_FP8_E4M3_MAX as f32;
 /// Smallest amax a block is scaled by, so an all-zero block gets a finite scale (the
-/// indexer's rule, applied to every FP8 cache of the crate).
-pub const AMAX_FLOOR: f32 = 1e-4;
+/// indexer's rule, applied to every FP8 cache of the crate; `DSA_FP8_AMAX_FLOOR`). The
+/// header's `1e-4f` and this f64-to-f32 conversion give the same float.
+pub const AMAX_FLOOR: f32 = crate::sys::common::DSA_FP8_AMAX_FLOOR as f32;
 /// Values per scale block along a row (1x128 activation blocks, 128-value cache blocks).
 pub const BLOCK: usize = 128;
 

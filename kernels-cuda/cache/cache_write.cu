@@ -2,7 +2,7 @@
 // caches through a slot mapping. One warp per token; every access is 16 bytes wide except
 // the indexer's 8-byte rows (128 values over 32 lanes).
 #include "cache_params.h"
-#include "dsa_device.cuh"
+#include "device.cuh"
 
 namespace {
 

@@ -16,4 +16,16 @@
 #define DSA_INDEXER_DIM 128
 #define DSA_INDEXER_PAGE_BYTES 8448
 
+/* FP8 e4m3: the largest finite value, and the smallest amax a block is scaled by (so an
+ * all-zero block gets a finite scale). The scale rule built on them is in
+ * common/numeric.cuh and src/fp8.rs. */
+#define DSA_FP8_E4M3_MAX 448.0f
+#define DSA_FP8_AMAX_FLOOR 1e-4f
+
+/* sm_90 shared memory: per SM, the most one CTA may opt in to, and what the driver
+ * reserves per resident CTA (bytes). */
+#define DSA_SM90_SMEM_PER_SM 233472
+#define DSA_SM90_SMEM_PER_CTA_MAX 232448
+#define DSA_SM90_SMEM_RESERVED_PER_CTA 1024
+
 #endif

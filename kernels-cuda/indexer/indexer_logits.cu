@@ -14,100 +14,32 @@
 // with cp.async (16-byte chunks, zero-filled out of range) in a ring of stages, so several
 // tiles are in flight while the tensor cores work on an earlier one.
 #include <climits>
-#include <utility>
 
+#include "device.cuh"
 #include "indexer_params.h"
-#include "dsa_device.cuh"
-
-#include <cute/arch/mma_sm90_gmma.hpp>
 
 namespace {
 
-constexpr int kKeys = 64;            // keys per tile = tokens per page
-constexpr int kRow = 128;            // bytes per key / head row
-constexpr int kTile = kKeys * kRow;  // 8192
-constexpr int kThreads = 128;
-
-__device__ __forceinline__ uint32_t smem_u32(const void *p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ uint32_t swz(int r, int c) { return r * kRow + ((c ^ (r & 7)) << 4); }
-
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes)
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-// cp.async and st.shared are generic-proxy writes; wgmma reads through the async proxy.
-__device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-
-// K-major operand with 128-byte swizzle: start address, leading offset unused (1),
-// stride 1024 B between 8-row groups, layout type 1 = SWIZZLE_128B. Tiles are
-// 1024-aligned so the base-offset field stays 0.
-__device__ __forceinline__ uint64_t gmma_desc(uint32_t saddr) {
-    uint64_t d = static_cast<uint64_t>((saddr & 0x3FFFF) >> 4);
-    d |= static_cast<uint64_t>(1) << 16;
-    d |= static_cast<uint64_t>(1024 >> 4) << 32;
-    d |= static_cast<uint64_t>(1) << 62;
-    return d;
-}
-
-template <int N>
-struct Gmma;
-template <>
-struct Gmma<16> {
-    using Op = cute::SM90::GMMA::MMA_64x16x32_F32E4M3E4M3_SS_TN<>;
-};
-template <>
-struct Gmma<32> {
-    using Op = cute::SM90::GMMA::MMA_64x32x32_F32E4M3E4M3_SS_TN<>;
-};
-template <>
-struct Gmma<64> {
-    using Op = cute::SM90::GMMA::MMA_64x64x32_F32E4M3E4M3_SS_TN<>;
-};
-template <>
-struct Gmma<96> {
-    using Op = cute::SM90::GMMA::MMA_64x96x32_F32E4M3E4M3_SS_TN<>;
-};
-template <>
-struct Gmma<128> {
-    using Op = cute::SM90::GMMA::MMA_64x128x32_F32E4M3E4M3_SS_TN<>;
-};
-template <>
-struct Gmma<192> {
-    using Op = cute::SM90::GMMA::MMA_64x192x32_F32E4M3E4M3_SS_TN<>;
-};
-template <>
-struct Gmma<256> {
-    using Op = cute::SM90::GMMA::MMA_64x256x32_F32E4M3E4M3_SS_TN<>;
-};
-
-template <class Op, int R, size_t... I>
-__device__ __forceinline__ void gmma_call(uint64_t a, uint64_t b, float (&d)[R], bool accumulate,
-                                          std::index_sequence<I...>) {
-    Op::fma(a, b, d[I]..., accumulate ? cute::SM90::GMMA::ScaleOut::One : cute::SM90::GMMA::ScaleOut::Zero);
-}
+constexpr int kKeys = DSA_PAGE_SIZE;     // keys per tile = tokens per page
+constexpr int kRow = DSA_INDEXER_DIM;    // bytes per key / head row
+constexpr int kTile = kKeys * kRow;      // 8192
+constexpr int kThreads = DSA_INDEXER_LOGITS_THREADS;
+static_assert(kKeys == 64 && kRow == 128 && kThreads == 128, "one warpgroup, m64 tiles of 128-byte rows");
+static_assert(kTile + kKeys * 4 == DSA_INDEXER_PAGE_BYTES, "a cache page is one key tile and its scales");
 
 // acc[64 keys x N] = keys(a_tile) . rows(b_tile)^T over the 128 bytes of K.
 template <int N>
 __device__ __forceinline__ void tile_mma(uint32_t a_tile, uint32_t b_tile, float (&acc)[N / 2]) {
-#pragma unroll
-    for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
-    cute::warpgroup_arrive();
-    const uint64_t da = gmma_desc(a_tile), db = gmma_desc(b_tile);
+    dsa::fence_operands(acc);
+    dsa::wgmma_fence();
+    // K-major operands with the 128-byte swizzle; tiles are 1024-aligned.
+    const uint64_t da = dsa::smem_desc(a_tile, 16, 1024), db = dsa::smem_desc(b_tile, 16, 1024);
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk)  // 32 bytes of K per step = 2 descriptor units
-        gmma_call<typename Gmma<N>::Op>(da + 2 * kk, db + 2 * kk, acc, kk > 0, std::make_index_sequence<N / 2>{});
-    cute::warpgroup_commit_batch();
-    cute::warpgroup_wait<0>();
-#pragma unroll
-    for (int i = 0; i < N / 2; ++i) cute::warpgroup_fence_operand(acc[i]);
+        dsa::wgmma_e4m3_ss<N>(acc, da + 2 * kk, db + 2 * kk, kk > 0);
+    dsa::wgmma_commit();
+    dsa::wgmma_wait<0>();
+    dsa::fence_operands(acc);
 }
 
 // sum_h w[q, h] * relu(acc[key, (q, h)]) for the thread's two key rows (r0 and r0 + 8),
@@ -148,13 +80,8 @@ __device__ __forceinline__ void load_rows_async(uint32_t tile, const uint8_t *sr
     for (int id = tid; id < N * 8; id += kThreads) {
         const int r = id >> 3, c = id & 7;
         const bool ok = r < valid_rows;
-        cp_async16(tile + swz(r, c), ok ? src + (int64_t)r * kRow + c * 16 : src, ok ? 16 : 0);
+        dsa::cp_async16_zfill(tile + dsa::sw128_offset(r, c), ok ? src + (int64_t)r * kRow + c * 16 : src, ok ? 16 : 0);
     }
-}
-
-__device__ __forceinline__ uint8_t *align1024(uint8_t *p) {
-    const uint32_t s = smem_u32(p);
-    return p + (((s + 1023u) & ~1023u) - s);
 }
 
 extern __shared__ uint8_t dyn_smem[];
@@ -166,27 +93,28 @@ extern __shared__ uint8_t dyn_smem[];
 // key tile feeds two MMAs). G = 1 (three CTAs per SM, one more warpgroup to hide another's
 // MMA) measured 2-6% slower at S_kv >= 32K, 1% faster at 8K (BENCHMARKS.md, indexer v3).
 constexpr int kPrefillStages = 4;
-constexpr int kPrefillGroups = 2;
+constexpr int kPrefillGroups = DSA_INDEXER_PREFILL_GROUPS;
 
 template <int H, int G>
 struct PrefillCfg {
     static constexpr int NQ = 256 / H;
-    static constexpr int N = 256;
+    static constexpr int N = DSA_INDEXER_PREFILL_COLUMNS;
     static constexpr int QPC = NQ * G;  // queries per CTA
     static constexpr int kQBytes = G * N * kRow;
     static constexpr int kKBytes = kPrefillStages * kTile;
     static constexpr int kCtas = G == 1 ? 3 : 2;
-    // + 1024 alignment slack, kscale stages, weights, row ranges; mirrored in
-    // src/indexer/logits_prefill.rs.
+    // + 1024 alignment slack, kscale stages, weights, row ranges.
     static constexpr int kSmem = 1024 + kQBytes + kKBytes + kPrefillStages * kKeys * 4 + G * N * 4 + 2 * QPC * 4;
-    static_assert(kCtas * (kSmem + 1024) <= 228 * 1024, "CTAs per SM must fit");
+    static_assert(kSmem == DSA_INDEXER_PREFILL_SMEM_BASE + DSA_INDEXER_PREFILL_SMEM_PER_QUERY * QPC,
+                  "indexer_params.h prefill shared memory is stale");
+    static_assert(kCtas * (kSmem + DSA_SM90_SMEM_RESERVED_PER_CTA) <= DSA_SM90_SMEM_PER_SM, "CTAs per SM must fit");
 };
 
 template <int H, int G>
 __device__ __forceinline__ void prefill_body(const DsaIndexerPrefillParams &p) {
     using C = PrefillCfg<H, G>;
     constexpr int NQ = C::NQ, N = C::N, QPC = C::QPC, S = kPrefillStages;
-    uint8_t *base = align1024(dyn_smem);
+    uint8_t *base = dsa::align_1024(dyn_smem);
     uint8_t *q_s = base;
     uint8_t *k_s = q_s + C::kQBytes;
     float *ksc_s = reinterpret_cast<float *>(k_s + C::kKBytes);
@@ -217,8 +145,8 @@ __device__ __forceinline__ void prefill_body(const DsaIndexerPrefillParams &p) {
         const int64_t rows_left = (int64_t)p.s * H - (int64_t)t0 * H;
         const int valid = rows_left < (int64_t)G * N ? (int)rows_left : G * N;
         // G * N rows are contiguous in q8 and in q_s (group g at g * N rows)
-        load_rows_async<G * N>(smem_u32(q_s), p.q8 + (int64_t)t0 * H * kRow, valid, tid);
-        cp_async_commit();
+        load_rows_async<G * N>(dsa::smem_u32(q_s), p.q8 + (int64_t)t0 * H * kRow, valid, tid);
+        dsa::cp_async_commit();
     }
     __syncthreads();
 
@@ -268,19 +196,19 @@ __device__ __forceinline__ void prefill_body(const DsaIndexerPrefillParams &p) {
     auto issue = [&](int i) {
         if (i < ntiles) {
             const int tile = tile_lo + i, st = i % S;
-            const uint32_t dst = smem_u32(k_s + st * kTile);
+            const uint32_t dst = dsa::smem_u32(k_s + st * kTile);
 #pragma unroll
             for (int j = 0; j < kTile / 16 / kThreads; ++j) {
                 const int id = tid + j * kThreads, r = id >> 3, c = id & 7;
                 const int key = tile * kKeys + r;
                 const bool ok = key < s_kv;
-                cp_async16(dst + swz(r, c), ok ? p.k8 + (int64_t)key * kRow + c * 16 : p.k8, ok ? 16 : 0);
+                dsa::cp_async16_zfill(dst + dsa::sw128_offset(r, c), ok ? p.k8 + (int64_t)key * kRow + c * 16 : p.k8, ok ? 16 : 0);
             }
             if (tid < kKeys / 4) {
                 const int key = tile * kKeys + tid * 4;
                 float *dst_sc = ksc_s + st * kKeys + tid * 4;
                 if (key + 4 <= s_kv) {
-                    cp_async16(smem_u32(dst_sc), p.kscale + key, 16);
+                    dsa::cp_async16_zfill(dsa::smem_u32(dst_sc), p.kscale + key, 16);
                 } else {
                     // The array's ragged end: a 16-byte copy would read past it. Plain
                     // stores, published by the barrier before this stage is read.
@@ -289,7 +217,7 @@ __device__ __forceinline__ void prefill_body(const DsaIndexerPrefillParams &p) {
                 }
             }
         }
-        cp_async_commit();
+        dsa::cp_async_commit();
     };
 #pragma unroll
     for (int i = 0; i < S - 1; ++i) issue(i);
@@ -303,8 +231,8 @@ __device__ __forceinline__ void prefill_body(const DsaIndexerPrefillParams &p) {
     float *out_lane = p.out + (int64_t)(t0 + (lq >> 1)) * p.out_stride + r0 + (row_hi ? 8 : 0);
     float acc[N / 2];
     for (int i = 0; i < ntiles; ++i) {
-        cp_async_wait<S - 2>();
-        fence_async_smem();
+        dsa::cp_async_wait_group<S - 2>();
+        dsa::fence_async_smem();
         __syncthreads();
         issue(i + S - 1);
         const int st = i % S, tile = tile_lo + i, k0 = tile * kKeys;
@@ -314,7 +242,7 @@ __device__ __forceinline__ void prefill_body(const DsaIndexerPrefillParams &p) {
 #pragma unroll
             for (int g = 0; g < G; ++g) {
                 float s0[NQ], s1[NQ];
-                tile_mma<N>(smem_u32(k_s + st * kTile), smem_u32(q_s + g * N * kRow), acc);
+                tile_mma<N>(dsa::smem_u32(k_s + st * kTile), dsa::smem_u32(q_s + g * N * kRow), acc);
                 head_reduce<H, NQ>(acc, w_s + g * N, lane, s0, s1);
 #pragma unroll
                 for (int j = 0; j < NQ / 2; ++j) {
@@ -330,7 +258,7 @@ __device__ __forceinline__ void prefill_body(const DsaIndexerPrefillParams &p) {
             const bool live = glo[g] < k0 + kKeys && ghi[g] > k0;
             float s0[NQ], s1[NQ];
             if (live) {
-                tile_mma<N>(smem_u32(k_s + st * kTile), smem_u32(q_s + g * N * kRow), acc);
+                tile_mma<N>(dsa::smem_u32(k_s + st * kTile), dsa::smem_u32(q_s + g * N * kRow), acc);
                 head_reduce<H, NQ>(acc, w_s + g * N, lane, s0, s1);
             }
 #pragma unroll
@@ -347,7 +275,7 @@ __device__ __forceinline__ void prefill_body(const DsaIndexerPrefillParams &p) {
             }
         }
     }
-    cp_async_wait<0>();
+    dsa::cp_async_wait_group<0>();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -362,12 +290,14 @@ constexpr int kDecodeStages = 6;
 
 template <int H, int NQ>
 struct DecodeCfg {
+    static_assert(NQ >= 1 && NQ <= DSA_INDEXER_MAX_NEXT_N, "queries per CTA");
     static constexpr int N = H * NQ;
     static constexpr int kQBytes = N * kRow;
     static constexpr int kKBytes = kDecodeStages * kTile;
-    // mirrored in src/indexer/logits_decode.rs
     static constexpr int kSmem = 1024 + kQBytes + kKBytes + kDecodeStages * kKeys * 4 + N * 4 + kDecodeStages * 16;
-    static_assert(2 * (kSmem + 1024) <= 228 * 1024, "two CTAs per SM");
+    static_assert(kSmem == DSA_INDEXER_DECODE_SMEM_BASE + DSA_INDEXER_DECODE_SMEM_PER_COLUMN * N,
+                  "indexer_params.h decode shared memory is stale");
+    static_assert(2 * (kSmem + DSA_SM90_SMEM_RESERVED_PER_CTA) <= DSA_SM90_SMEM_PER_SM, "two CTAs per SM");
 };
 
 __device__ __forceinline__ int batch_of(const int32_t *plan, int batch, int64_t gp) {
@@ -391,7 +321,7 @@ template <int H, int NQ>
 __device__ __forceinline__ void decode_body(const DsaIndexerDecodeParams &p) {
     using C = DecodeCfg<H, NQ>;
     constexpr int N = C::N, S = kDecodeStages;
-    uint8_t *base = align1024(dyn_smem);
+    uint8_t *base = dsa::align_1024(dyn_smem);
     uint8_t *q_s = base;
     uint8_t *k_s = q_s + C::kQBytes;
     float *ksc_s = reinterpret_cast<float *>(k_s + C::kKBytes);
@@ -400,7 +330,14 @@ __device__ __forceinline__ void decode_body(const DsaIndexerDecodeParams &p) {
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int batch = p.batch, next_n = p.next_n;
-    const int64_t total = p.plan[batch];
+    // The plan is device data of unchecked provenance (stale, of another geometry, not
+    // monotonic): everything read from it is clamped so that no access leaves a buffer,
+    // whatever it holds. A batch has at most `cap` pages (the plan kernel's own clamp), so
+    // the total is at most batch * cap; a page's batch stays in [0, batch), and a page
+    // whose local index falls outside [0, cap) is skipped (lp = -1: nothing of it is read
+    // or written). A bad plan gives wrong logits, never an out-of-bounds access.
+    const int cap = min(p.max_pages, (int)(((int64_t)p.max_ctx + kKeys - 1) / kKeys));
+    const int64_t total = min(max((int64_t)p.plan[batch], (int64_t)0), (int64_t)batch * cap);
     const int64_t lo = total * blockIdx.x / gridDim.x, hi = total * (blockIdx.x + 1) / gridDim.x;
     const int64_t ntiles = hi - lo;
 
@@ -408,27 +345,28 @@ __device__ __forceinline__ void decode_body(const DsaIndexerDecodeParams &p) {
     auto issue = [&](int64_t i) {
         if (i < ntiles) {
             const int64_t gp = lo + i;
-            while (p.plan[pf_b + 1] <= gp) ++pf_b;
-            const int lp = (int)(gp - p.plan[pf_b]);
+            while (pf_b + 1 < batch && p.plan[pf_b + 1] <= gp) ++pf_b;
+            const int64_t lp64 = gp - p.plan[pf_b];
+            const int lp = lp64 >= 0 && lp64 < cap ? (int)lp64 : -1;
             const int64_t id = page_id(p, pf_b, lp);
             const uint8_t *page = p.cache + (id < 0 ? 0 : id) * DSA_INDEXER_PAGE_BYTES;
             const int bytes = id < 0 ? 0 : 16;
             const int st = (int)(i % S);
-            const uint32_t dst = smem_u32(k_s + st * kTile);
+            const uint32_t dst = dsa::smem_u32(k_s + st * kTile);
 #pragma unroll
             for (int j = 0; j < kTile / 16 / kThreads; ++j) {
                 const int cid = tid + j * kThreads, r = cid >> 3, c = cid & 7;
-                cp_async16(dst + swz(r, c), page + cid * 16, bytes);
+                dsa::cp_async16_zfill(dst + dsa::sw128_offset(r, c), page + cid * 16, bytes);
             }
             if (tid < kKeys / 4)
-                cp_async16(smem_u32(ksc_s + st * kKeys + tid * 4), page + kTile + tid * 16, bytes);
+                dsa::cp_async16_zfill(dsa::smem_u32(ksc_s + st * kKeys + tid * 4), page + kTile + tid * 16, bytes);
             if (tid == 0) {
                 meta_s[st * 4 + 0] = pf_b;
                 meta_s[st * 4 + 1] = lp;
                 meta_s[st * 4 + 2] = id >= 0;
             }
         }
-        cp_async_commit();
+        dsa::cp_async_commit();
     };
 #pragma unroll
     for (int i = 0; i < S - 1; ++i) issue(i);
@@ -437,8 +375,8 @@ __device__ __forceinline__ void decode_body(const DsaIndexerDecodeParams &p) {
     int loaded_b = -1, len = 0;
     float acc[N / 2];
     for (int64_t i = 0; i < ntiles; ++i) {
-        cp_async_wait<S - 2>();
-        fence_async_smem();
+        dsa::cp_async_wait_group<S - 2>();
+        dsa::fence_async_smem();
         __syncthreads();
         issue(i + S - 1);
         const int st = (int)(i % S);
@@ -451,16 +389,16 @@ __device__ __forceinline__ void decode_body(const DsaIndexerDecodeParams &p) {
                 const int r = id >> 3, c = id & 7;
                 uint4 v = make_uint4(0, 0, 0, 0);
                 if (r < valid) v = *reinterpret_cast<const uint4 *>(src + (int64_t)r * kRow + c * 16);
-                *reinterpret_cast<uint4 *>(q_s + swz(r, c)) = v;
+                *reinterpret_cast<uint4 *>(q_s + dsa::sw128_offset(r, c)) = v;
             }
             for (int i2 = tid; i2 < N; i2 += kThreads) w_s[i2] = i2 < valid ? p.w[(int64_t)cb * next_n * H + i2] : 0.f;
             len = p.context_lens[cb];
-            fence_async_smem();
+            dsa::fence_async_smem();
             __syncthreads();
             loaded_b = cb;
         }
         float s0[NQ], s1[NQ];
-        tile_mma<N>(smem_u32(k_s + st * kTile), smem_u32(q_s), acc);
+        tile_mma<N>(dsa::smem_u32(k_s + st * kTile), dsa::smem_u32(q_s), acc);
         head_reduce<H, NQ>(acc, w_s, lane, s0, s1);
         const float ks0 = ksc_s[st * kKeys + r0], ks1 = ksc_s[st * kKeys + r0 + 8];
 #pragma unroll
@@ -468,19 +406,21 @@ __device__ __forceinline__ void decode_body(const DsaIndexerDecodeParams &p) {
             if ((idx & 3) != (lane & 3)) continue;
             const int j = idx >> 1, rr = idx & 1;
             const int key = lp * kKeys + r0 + 8 * rr;
-            if (j >= next_n || key >= p.max_ctx) continue;
+            // Unsigned: a skipped page (lp = -1) has negative keys.
+            if (j >= next_n || (unsigned)key >= (unsigned)p.max_ctx) continue;
             const int64_t end = (int64_t)len - next_n + j + 1;
             float v = -INFINITY;
             if (page_ok && key < end) v = (rr ? s1[j] : s0[j]) * (rr ? ks1 : ks0);
             p.out[((int64_t)cb * next_n + j) * p.out_stride + key] = v;
         }
     }
-    cp_async_wait<0>();
+    dsa::cp_async_wait_group<0>();
 
     const int64_t rows = (int64_t)batch * next_n;
     for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
         const int b = (int)(row / next_n);
-        const int64_t start = (int64_t)(p.plan[b + 1] - p.plan[b]) * kKeys;
+        const int64_t pages = min(max((int64_t)p.plan[b + 1] - p.plan[b], (int64_t)0), (int64_t)cap);
+        const int64_t start = pages * kKeys;
         float *o = p.out + row * p.out_stride;
         for (int64_t c = start + tid; c < p.max_ctx; c += kThreads) o[c] = -INFINITY;
     }
@@ -502,24 +442,24 @@ DSA_PREFILL(64)
         dsa_indexer_logits_decode_h##H##_q##NQ(const __grid_constant__ DsaIndexerDecodeParams p) {  \
         decode_body<H, NQ>(p);                                                                      \
     }
-DSA_DECODE(16, 1)
-DSA_DECODE(16, 2)
-DSA_DECODE(16, 4)
-DSA_DECODE(32, 1)
-DSA_DECODE(32, 2)
-DSA_DECODE(32, 3)
-DSA_DECODE(32, 4)
-DSA_DECODE(64, 1)
-DSA_DECODE(64, 2)
-DSA_DECODE(64, 3)
-DSA_DECODE(64, 4)
+DSA_INDEXER_DECODE_VARIANTS(DSA_DECODE)
+
+// The per-head masks the host reads must name exactly the kernels built above.
+#define DSA_DECODE_BIT(H, NQ) | (H == kMaskHeads ? 1 << (NQ - 1) : 0)
+template <int kMaskHeads>
+constexpr int decode_mask() {
+    return 0 DSA_INDEXER_DECODE_VARIANTS(DSA_DECODE_BIT);
+}
+static_assert(decode_mask<16>() == DSA_INDEXER_DECODE_QUERIES_H16 && decode_mask<32>() == DSA_INDEXER_DECODE_QUERIES_H32 &&
+                  decode_mask<64>() == DSA_INDEXER_DECODE_QUERIES_H64,
+              "DSA_INDEXER_DECODE_QUERIES_H* disagree with DSA_INDEXER_DECODE_VARIANTS");
 
 // Plan: plan[0] = 0, plan[b + 1] = plan[b] + pages of batch b. One CTA of 1024 threads,
 // a block scan per 1024 batches.
 extern "C" __global__ void __launch_bounds__(1024) dsa_indexer_decode_plan(const DsaIndexerPlanParams p) {
     __shared__ int warp_sums[32];
     __shared__ int carry;
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int tid = threadIdx.x;
     const int cap_ctx = (p.max_ctx + kKeys - 1) / kKeys;
     const int cap = min(p.max_pages, cap_ctx);
     if (tid == 0) {
@@ -531,28 +471,10 @@ extern "C" __global__ void __launch_bounds__(1024) dsa_indexer_decode_plan(const
         const int b = base + tid;
         int v = 0;
         if (b < p.batch) {
-            const int len = max(p.context_lens[b], 0);
-            v = min((len + kKeys - 1) / kKeys, cap);
+            const int64_t len = max(p.context_lens[b], 0);
+            v = (int)min((len + kKeys - 1) / kKeys, (int64_t)cap);
         }
-        int x = v;
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            const int y = __shfl_up_sync(0xffffffffu, x, o);
-            if (lane >= o) x += y;
-        }
-        if (lane == 31) warp_sums[warp] = x;
-        __syncthreads();
-        if (warp == 0) {
-            int s = warp_sums[lane];
-#pragma unroll
-            for (int o = 1; o < 32; o <<= 1) {
-                const int y = __shfl_up_sync(0xffffffffu, s, o);
-                if (lane >= o) s += y;
-            }
-            warp_sums[lane] = s;
-        }
-        __syncthreads();
-        const int incl = x + (warp > 0 ? warp_sums[warp - 1] : 0) + carry;
+        const int incl = dsa::block_inclusive_scan(v, warp_sums) + carry;
         if (b < p.batch) p.plan[b + 1] = incl;
         __syncthreads();
         if (tid == 1023) carry = incl;

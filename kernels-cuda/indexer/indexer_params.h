@@ -4,6 +4,34 @@
 #define DSA_INDEXER_PARAMS_H
 #include "common_params.h"
 
+/* Logits kernels: one warpgroup per CTA; a key tile is 64 keys (one cache page). */
+#define DSA_INDEXER_LOGITS_THREADS 128
+/* Largest next_n (tokens per sequence per decode step) of the decode logits. */
+#define DSA_INDEXER_MAX_NEXT_N 4
+
+/* Prefill logits kernels dsa_indexer_logits_prefill_h{16,32,64}: a CTA holds GROUPS
+ * groups of 256 / heads queries (COLUMNS = 256 head rows each) and streams key tiles.
+ * Dynamic shared memory = SMEM_BASE + SMEM_PER_QUERY * (queries per CTA). */
+#define DSA_INDEXER_PREFILL_GROUPS 2
+#define DSA_INDEXER_PREFILL_COLUMNS 256
+#define DSA_INDEXER_PREFILL_SMEM_BASE 102400
+#define DSA_INDEXER_PREFILL_SMEM_PER_QUERY 8
+
+/* Decode logits kernels dsa_indexer_logits_decode_h{H}_q{Q}: Q queries of H heads per CTA
+ * (N = H * Q columns). The instantiation list is DSA_INDEXER_DECODE_VARIANTS; its
+ * bindgen-visible form is one mask per head count, bit Q - 1 set when the Q-query kernel
+ * exists (checked equal to the list where the kernels are built). next_n runs on the
+ * kernel with the smallest Q >= next_n. 16 x 3 = 48 columns has no kernel: next_n = 3 at
+ * 16 heads runs the 4-query kernel with its last query empty.
+ * Dynamic shared memory = SMEM_BASE + SMEM_PER_COLUMN * N. */
+#define DSA_INDEXER_DECODE_VARIANTS(X) \
+    X(16, 1) X(16, 2) X(16, 4) X(32, 1) X(32, 2) X(32, 3) X(32, 4) X(64, 1) X(64, 2) X(64, 3) X(64, 4)
+#define DSA_INDEXER_DECODE_QUERIES_H16 0xB
+#define DSA_INDEXER_DECODE_QUERIES_H32 0xF
+#define DSA_INDEXER_DECODE_QUERIES_H64 0xF
+#define DSA_INDEXER_DECODE_SMEM_BASE 51808
+#define DSA_INDEXER_DECODE_SMEM_PER_COLUMN 132
+
 /* Fused q/k preparation: rotate-half RoPE on dims 0..63 (pairs (i, i+32)), Hadamard over
  * 128 dims (in double, rounded to float once), FP8 e4m3 with one power-of-two scale per
  * 128 values. One row = 128 bf16 values; token t, head h reads x + t * x_token_stride +
@@ -62,7 +90,10 @@ typedef struct DsaIndexerDecodeParams {
     const uint8_t *cache;        /* indexer K cache, 8448 B per page */
     const int32_t *context_lens; /* [batch] */
     const int32_t *block_table;  /* [batch, max_pages] */
-    const int32_t *plan;         /* [batch + 1], from the plan kernel */
+    /* [batch + 1], from the plan kernel. Untrusted: any content (stale, another batch's,
+     * not monotonic) yields wrong logits but no access outside q8, w, context_lens,
+     * block_table, cache or out's rows [0, batch * next_n) x columns [0, max_ctx). */
+    const int32_t *plan;
     float *out;                  /* [batch * next_n, out_stride] */
     int64_t out_stride;
     int64_t num_pages;           /* pages in the cache; other ids read as -inf keys */

@@ -10,7 +10,7 @@
 // (each stage's a+b / a-b is exact-order independent), one rounding to float after the
 // scale, then the shared FP8 helpers.
 #include "indexer_params.h"
-#include "dsa_device.cuh"
+#include "device.cuh"
 
 namespace {
 

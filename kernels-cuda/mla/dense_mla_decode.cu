@@ -19,11 +19,11 @@
 // * each warpgroup keeps the softmax denominator of its own tokens; they are summed once
 //   at the end of a piece.
 #include "dense_mla_params.h"
-#include "dsa_device.cuh"
+#include "device.cuh"
 
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = DSA_DENSE_THREADS;
 constexpr int kTileBytes = 64 * 64 * 2;            // [64 rows x 64 dims] bf16, swizzled
 constexpr int kRowTiles = DSA_QK_DIM / 64;         // 9 tiles per 576-wide row block
 constexpr int kBlockBytes = kRowTiles * kTileBytes;  // 73728: 64 rows x 576 bf16
@@ -42,71 +42,15 @@ constexpr int kRedBytes = 4 * 64 * 4;  // row max [2][64] and row sum [2][64], f
 constexpr int kStageOffFp8 = kPOffFp8 + kTileBytes + kRedBytes;
 constexpr int kSmemBf16 = kPOffBf16 + kTileBytes + kRedBytes + 1024;
 constexpr int kSmemFp8 = kStageOffFp8 + kFp8PageBytes + 1024;
-static_assert(kSmemBf16 <= 232448, "bf16 split kernel exceeds the shared-memory limit");
+static_assert(kSmemBf16 <= DSA_SM90_SMEM_PER_CTA_MAX, "bf16 split kernel exceeds the shared-memory limit");
+static_assert(DSA_DENSE_HEADS_PER_CTA == 64 && kThreads == 2 * 128, "64 heads (wgmma M) on two warpgroups");
+static_assert(DSA_DENSE_BLOCK_N == DSA_PAGE_SIZE, "a KV block is one cache page");
 static_assert(kSmemBf16 == DSA_DENSE_SMEM_BF16 && kSmemFp8 == DSA_DENSE_SMEM_FP8, "host smem sizes are stale");
 static_assert(kStageOffFp8 % 16 == 0, "staging page must be 16-byte aligned");
 
-__device__ __forceinline__ uint32_t swz(int row, int chunk) {
-    return (uint32_t)(row * 128 + ((chunk ^ (row & 7)) << 4));
-}
 // Byte offset of 16-byte chunk c (0..71) of row `row` in a 9-tile row block.
 __device__ __forceinline__ uint32_t row_chunk(int row, int c) {
-    return (uint32_t)((c >> 3) * kTileBytes) + swz(row, c & 7);
-}
-
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool fill) {
-    const int n = fill ? 16 : 0;  // 0: zero-fill without reading
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
-// Generic-proxy writes to shared memory (cp.async, st.shared) become visible to wgmma
-// (async proxy) only after this fence in the writing thread.
-__device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-
-__device__ __forceinline__ void wg_arrive() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wg_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
-// Pins accumulator registers at this point of the program so the compiler neither reads
-// them before the asynchronous MMA retires nor moves writes across the issue.
-template <int N>
-__device__ __forceinline__ void fence_regs(float (&d)[N]) {
-#pragma unroll
-    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
-
-// wgmma shared-memory descriptor, 128-byte swizzle.
-__device__ __forceinline__ uint64_t sdesc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
-    return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)(lbo >> 4) << 16) | ((uint64_t)(sbo >> 4) << 32) |
-           (1ull << 62);
-}
-
-__device__ __forceinline__ float ex2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
-
-// D[64 x 32] (+)= A[64 x 16] * B[16 x 32], A and B from shared memory (bf16, fp32
-// accumulate); B K-major.
-__device__ __forceinline__ void wgmma_m64n32_ss(float (&d)[16], uint64_t da, uint64_t db, int accumulate) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
-        : "l"(da), "l"(db), "r"(accumulate));
-}
-
-// D[64 x 256] (+)= A[64 x 16] * B[16 x 256], A and B from shared memory (bf16, fp32
-// accumulate); B N-major (transposed).
-__device__ __forceinline__ void wgmma_m64n256_ss_tb(float (&d)[128], uint64_t da, uint64_t db, int accumulate) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1, 0, 1;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-        : "l"(da), "l"(db), "r"(accumulate));
+    return (uint32_t)((c >> 3) * kTileBytes) + dsa::sw128_offset(row, c & 7);
 }
 
 struct Piece {
@@ -137,7 +81,7 @@ __device__ __forceinline__ void load_q(const DsaDenseMlaDecodeParams &p, uint32_
         const int h = hg * 64 + row;
         const bool ok = h < p.h_q;
         const __nv_bfloat16 *src = ok ? q + (((int64_t)b * p.s_q + j) * p.h_q + h) * DSA_QK_DIM + c * 8 : q;
-        cp_async16(sq + row_chunk(row, c), src, ok);
+        dsa::cp_async16_zfill(sq + row_chunk(row, c), src, ok ? 16 : 0);
     }
 }
 
@@ -147,7 +91,7 @@ __device__ __forceinline__ void load_q(const DsaDenseMlaDecodeParams &p, uint32_
 // r0 % 8 and so the swizzle, and every copy is one instruction with immediate offsets.
 __device__ __forceinline__ void load_kv_bf16(const DsaDenseMlaDecodeParams &p, uint32_t dst, int page, int rows) {
     const int cc = threadIdx.x & 7, r0 = threadIdx.x >> 3;
-    const uint32_t sdst = dst + swz(r0, cc);
+    const uint32_t sdst = dst + dsa::sw128_offset(r0, cc);
     const uint8_t *kv = static_cast<const uint8_t *>(p.kv);
     const uint8_t *src0 = kv + ((int64_t)max(page, 0) * DSA_PAGE_SIZE + r0) * (DSA_QK_DIM * 2) + cc * 16;
 #pragma unroll
@@ -155,7 +99,8 @@ __device__ __forceinline__ void load_kv_bf16(const DsaDenseMlaDecodeParams &p, u
         const bool ok = r0 + 32 * h < rows;
 #pragma unroll
         for (int c9 = 0; c9 < kRowTiles; ++c9)
-            cp_async16(sdst + c9 * kTileBytes + h * 4096, ok ? src0 + h * 32 * (DSA_QK_DIM * 2) + c9 * 128 : kv, ok);
+            dsa::cp_async16_zfill(sdst + c9 * kTileBytes + h * 4096, ok ? src0 + h * 32 * (DSA_QK_DIM * 2) + c9 * 128 : kv,
+                                  ok ? 16 : 0);
     }
 }
 
@@ -163,7 +108,8 @@ __device__ __forceinline__ void load_kv_bf16(const DsaDenseMlaDecodeParams &p, u
 __device__ __forceinline__ void load_stage_fp8(const DsaDenseMlaDecodeParams &p, uint32_t dst, int page) {
     if (page < 0) return;
     const uint8_t *src = static_cast<const uint8_t *>(p.kv) + (int64_t)page * kFp8PageBytes;
-    for (int i = threadIdx.x; i < kFp8PageBytes / 16; i += kThreads) cp_async16(dst + i * 16, src + i * 16, true);
+    for (int i = threadIdx.x; i < kFp8PageBytes / 16; i += kThreads)
+        dsa::cp_async16_zfill(dst + i * 16, src + i * 16, 16);
 }
 
 // Staging page -> bf16 KV tile: thread (token = tid / 4, quarter = tid % 4) converts the
@@ -181,18 +127,8 @@ __device__ __forceinline__ void dequant_fp8(const uint8_t *stage, uint8_t *kv, i
         if (ok) {
             const uint4 raw = *reinterpret_cast<const uint4 *>(src + 16 * c);
             const float s = scales[c >> 3];
-            const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
             uint32_t outw[8];
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-#pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                    const __half2_raw hr = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w[i] >> (16 * h)), __NV_E4M3);
-                    const float2 f = __half22float2(*reinterpret_cast<const __half2 *>(&hr));
-                    const __nv_bfloat162 bv = __floats2bfloat162_rn(f.x * s, f.y * s);
-                    outw[2 * i + h] = *reinterpret_cast<const uint32_t *>(&bv);
-                }
-            }
+            dsa::dequant16(raw, s, outw);
             lo = make_uint4(outw[0], outw[1], outw[2], outw[3]);
             hi = make_uint4(outw[4], outw[5], outw[6], outw[7]);
         }
@@ -211,8 +147,8 @@ __device__ __forceinline__ void dequant_fp8(const uint8_t *stage, uint8_t *kv, i
 template <bool kFp8>
 __device__ __forceinline__ void split_kernel(const DsaDenseMlaDecodeParams &p) {
     extern __shared__ uint8_t smem_raw[];
-    uint8_t *smem = reinterpret_cast<uint8_t *>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-    const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(smem);
+    uint8_t *smem = dsa::align_1024_generic(smem_raw);
+    const uint32_t sbase = dsa::smem_u32(smem);
     constexpr int kPOff = kFp8 ? kPOffFp8 : kPOffBf16;
     float *s_max = reinterpret_cast<float *>(smem + kPOff + kTileBytes);  // [2][64]
     float *s_sum = s_max + 128;                                            // [2][64]
@@ -235,17 +171,20 @@ __device__ __forceinline__ void split_kernel(const DsaDenseMlaDecodeParams &p) {
     for (int b = b_begin; b < b_end; ++b) {
         const int cost_start = seqs[4 * b], nblk = seqs[4 * b + 1], split_base = seqs[4 * b + 2];
         if (nblk <= 0 || nblk > p.max_pages) continue;
-        const int cost = nblk + kOverhead;
-        const int u0 = max(part * L, cost_start) - cost_start;
-        const int u1 = min((part + 1) * L, cost_start + cost) - cost_start;
+        // 64-bit: a plan of another geometry may hold any values.
+        const int64_t cost = nblk + kOverhead;
+        const int64_t u0 = max((int64_t)part * L, (int64_t)cost_start) - cost_start;
+        const int64_t u1 = min((int64_t)(part + 1) * L, (int64_t)cost_start + cost) - cost_start;
         if (u0 >= u1) continue;
+        const int64_t split = (int64_t)split_base + part - cost_start / L;
+        if (split < 0 || split >= p.batch + p.num_parts) continue;
         Piece pc;
-        pc.split = split_base + part - cost_start / L;
-        if (pc.split < 0 || pc.split >= p.batch + p.num_parts) continue;
-        pc.blk0 = min(max(u0 - kOverhead, 0), nblk);
+        pc.split = (int)split;
+        pc.blk0 = (int)min(max(u0 - kOverhead, (int64_t)0), (int64_t)nblk);
         const int len = min(max(p.seq_lens[b], 0), nblk * DSA_DENSE_BLOCK_N);
         pc.n_vis = min(max(len - p.s_q + j + 1, 0), len);
-        pc.blk1 = min(min(max(u1 - kOverhead, 0), nblk), (pc.n_vis + DSA_DENSE_BLOCK_N - 1) / DSA_DENSE_BLOCK_N);
+        pc.blk1 = (int)min(min(max(u1 - kOverhead, (int64_t)0), (int64_t)nblk),
+                           (int64_t)(pc.n_vis + DSA_DENSE_BLOCK_N - 1) / DSA_DENSE_BLOCK_N);
 
         float o[128];
 #pragma unroll
@@ -260,15 +199,15 @@ __device__ __forceinline__ void split_kernel(const DsaDenseMlaDecodeParams &p) {
             } else {
                 load_kv_bf16(p, sbase + kKvOff, pg0, block_rows(pg0, pc.blk0, pc.n_vis));
             }
-            cp_async_commit();
-            cp_async_wait_all();
-            fence_async_smem();
+            dsa::cp_async_commit();
+            dsa::cp_async_wait_group<0>();
+            dsa::fence_async_smem();
             __syncthreads();
             if (!kFp8 && pc.blk0 + 1 < pc.blk1) {
                 const int pg1 = block_page(p, b, pc.blk0 + 1);
                 load_kv_bf16(p, sbase + kKvOff + kBlockBytes, pg1, block_rows(pg1, pc.blk0 + 1, pc.n_vis));
             }
-            cp_async_commit();
+            dsa::cp_async_commit();
         }
 
         for (int blk = pc.blk0; blk < pc.blk1; ++blk) {
@@ -277,30 +216,30 @@ __device__ __forceinline__ void split_kernel(const DsaDenseMlaDecodeParams &p) {
             const int rows = block_rows(block_page(p, b, blk), blk, pc.n_vis);
             if (kFp8) {
                 dequant_fp8(smem + kStageOffFp8, smem + kKvOff, rows);
-                fence_async_smem();
+                dsa::fence_async_smem();
                 __syncthreads();  // tile complete; staging page free
                 if (blk + 1 < pc.blk1) load_stage_fp8(p, sbase + kStageOffFp8, block_page(p, b, blk + 1));
-                cp_async_commit();
+                dsa::cp_async_commit();
             }
 
             // S = q K^T for tokens [32 wg, 32 wg + 32).
             float s[16];
 #pragma unroll
             for (int i = 0; i < 16; ++i) s[i] = 0.f;
-            fence_regs(s);
-            wg_arrive();
+            dsa::fence_operands(s);
+            dsa::wgmma_fence();
 #pragma unroll
             for (int c = 0; c < kRowTiles; ++c) {
 #pragma unroll
                 for (int kk = 0; kk < 4; ++kk) {
-                    const uint64_t da = sdesc(sbase + kQOff + c * kTileBytes + kk * 32, 16, 1024);
-                    const uint64_t db = sdesc(sbase + kv_off + c * kTileBytes + wg * 4096 + kk * 32, 16, 1024);
-                    wgmma_m64n32_ss(s, da, db, (c | kk) != 0);
+                    const uint64_t da = dsa::smem_desc(sbase + kQOff + c * kTileBytes + kk * 32, 16, 1024);
+                    const uint64_t db = dsa::smem_desc(sbase + kv_off + c * kTileBytes + wg * 4096 + kk * 32, 16, 1024);
+                    dsa::wgmma_bf16_ss<32>(s, da, db, (c | kk) != 0);
                 }
             }
-            wg_commit();
-            wg_wait_all();
-            fence_regs(s);
+            dsa::wgmma_commit();
+            dsa::wgmma_wait<0>();
+            dsa::fence_operands(s);
 
             // Scale into the log2 domain, mask tokens past `rows`, local row maxima.
             float mx[2] = {-INFINITY, -INFINITY};
@@ -330,7 +269,7 @@ __device__ __forceinline__ void split_kernel(const DsaDenseMlaDecodeParams &p) {
             for (int r = 0; r < 2; ++r) {
                 const float nm = fmaxf(m[r], fmaxf(s_max[row0 + 8 * r], s_max[64 + row0 + 8 * r]));
                 mu[r] = nm == -INFINITY ? 0.f : nm;  // a fully masked row so far: p = 0, no NaN
-                alpha[r] = ex2(m[r] - mu[r]);
+                alpha[r] = dsa::ex2(m[r] - mu[r]);
                 m[r] = nm;
                 l[r] *= alpha[r];
             }
@@ -339,12 +278,12 @@ __device__ __forceinline__ void split_kernel(const DsaDenseMlaDecodeParams &p) {
             for (int i = 0; i < 4; ++i) {
 #pragma unroll
                 for (int r = 0; r < 2; ++r) {
-                    const float p0 = ex2(s[4 * i + 2 * r] - mu[r]);
-                    const float p1 = ex2(s[4 * i + 2 * r + 1] - mu[r]);
+                    const float p0 = dsa::ex2(s[4 * i + 2 * r] - mu[r]);
+                    const float p1 = dsa::ex2(s[4 * i + 2 * r + 1] - mu[r]);
                     l[r] += p0 + p1;
                     const __nv_bfloat162 pv = __floats2bfloat162_rn(p0, p1);
                     const int row = row0 + 8 * r;
-                    *reinterpret_cast<__nv_bfloat162 *>(sp + swz(row, wg * 4 + i) + 4 * t) = pv;
+                    *reinterpret_cast<__nv_bfloat162 *>(sp + dsa::sw128_offset(row, wg * 4 + i) + 4 * t) = pv;
                 }
             }
             // Once the running max settles most blocks leave it unchanged: skip the 128
@@ -358,31 +297,31 @@ __device__ __forceinline__ void split_kernel(const DsaDenseMlaDecodeParams &p) {
                     o[4 * i + 3] *= alpha[1];
                 }
             }
-            fence_async_smem();
+            dsa::fence_async_smem();
             __syncthreads();  // P complete
 
             // O[:, 256 wg .. +256] += P V.
-            fence_regs(o);
-            wg_arrive();
+            dsa::fence_operands(o);
+            dsa::wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < 4; ++kk) {
-                const uint64_t da = sdesc(sbase + kPOff + kk * 32, 16, 1024);
-                const uint64_t db = sdesc(sbase + kv_off + 4 * wg * kTileBytes + kk * 2048, kTileBytes, 1024);
-                wgmma_m64n256_ss_tb(o, da, db, 1);
+                const uint64_t da = dsa::smem_desc(sbase + kPOff + kk * 32, 16, 1024);
+                const uint64_t db = dsa::smem_desc(sbase + kv_off + 4 * wg * kTileBytes + kk * 2048, kTileBytes, 1024);
+                dsa::wgmma_bf16_ss<256, 1>(o, da, db, 1);
             }
-            wg_commit();
-            wg_wait_all();
-            fence_regs(o);
+            dsa::wgmma_commit();
+            dsa::wgmma_wait<0>();
+            dsa::fence_operands(o);
 
-            cp_async_wait_all();
-            fence_async_smem();
+            dsa::cp_async_wait_group<0>();
+            dsa::fence_async_smem();
             __syncthreads();  // this KV buffer, P and s_max are free; the next block is in
             if (!kFp8) {
                 if (blk + 2 < pc.blk1) {
                     const int pg = block_page(p, b, blk + 2);
                     load_kv_bf16(p, sbase + kv_off, pg, block_rows(pg, blk + 2, pc.n_vis));
                 }
-                cp_async_commit();
+                dsa::cp_async_commit();
             }
         }
 
@@ -425,31 +364,6 @@ __device__ __forceinline__ void split_kernel(const DsaDenseMlaDecodeParams &p) {
     }
 }
 
-// Inclusive prefix sum over the CTA (blockDim.x a multiple of 32, <= 1024).
-__device__ __forceinline__ int block_scan(int v, int *warp_tot) {
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-        const int u = __shfl_up_sync(0xffffffffu, v, o);
-        if (lane >= o) v += u;
-    }
-    if (lane == 31) warp_tot[w] = v;
-    __syncthreads();
-    if (w == 0) {
-        int x = lane < nw ? warp_tot[lane] : 0;
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            const int u = __shfl_up_sync(0xffffffffu, x, o);
-            if (lane >= o) x += u;
-        }
-        if (lane < nw) warp_tot[lane] = x;
-    }
-    __syncthreads();
-    if (w > 0) v += warp_tot[w - 1];
-    __syncthreads();
-    return v;
-}
-
 }  // namespace
 
 // One CTA. Cost of sequence b: ceil(len/64) blocks (clamped to max_pages) plus a fixed
@@ -468,11 +382,11 @@ extern "C" __global__ void __launch_bounds__(1024) dsa_dense_mla_plan(const DsaD
         const int b = base + tid;
         int nb = 0;
         if (b < p.batch) {
-            const int len = max(p.seq_lens[b], 0);
-            nb = min((len + DSA_DENSE_BLOCK_N - 1) / DSA_DENSE_BLOCK_N, p.max_pages);
+            const int64_t len = max(p.seq_lens[b], 0);
+            nb = (int)min((len + DSA_DENSE_BLOCK_N - 1) / DSA_DENSE_BLOCK_N, (int64_t)p.max_pages);
         }
         const int cost = nb > 0 ? nb + DSA_DENSE_PIECE_OVERHEAD : 0;
-        const int incl = block_scan(cost, warp_tot) + carry;
+        const int incl = dsa::block_inclusive_scan(cost, warp_tot) + carry;
         if (b < p.batch) {
             s_incl[b] = incl;
             seqs[4 * b + 1] = nb;
@@ -496,7 +410,7 @@ extern "C" __global__ void __launch_bounds__(1024) dsa_dense_mla_plan(const DsaD
             start = b > 0 ? s_incl[b - 1] : 0;
             if (end > start) ns = (end - 1) / L - start / L + 1;
         }
-        const int incl = block_scan(ns, warp_tot) + carry;
+        const int incl = dsa::block_inclusive_scan(ns, warp_tot) + carry;
         if (b < p.batch) {
             seqs[4 * b] = start;
             seqs[4 * b + 2] = incl - ns;
@@ -538,10 +452,10 @@ extern "C" __global__ void __launch_bounds__(1024) dsa_dense_mla_plan(const DsaD
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256, 1) dsa_dense_mla_decode_bf16(const DsaDenseMlaDecodeParams p) {
+extern "C" __global__ void __launch_bounds__(kThreads, 1) dsa_dense_mla_decode_bf16(const DsaDenseMlaDecodeParams p) {
     split_kernel<false>(p);
 }
 
-extern "C" __global__ void __launch_bounds__(256, 1) dsa_dense_mla_decode_fp8(const DsaDenseMlaDecodeParams p) {
+extern "C" __global__ void __launch_bounds__(kThreads, 1) dsa_dense_mla_decode_fp8(const DsaDenseMlaDecodeParams p) {
     split_kernel<true>(p);
 }

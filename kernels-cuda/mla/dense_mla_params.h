@@ -1,12 +1,15 @@
-/* Parameters of dense paged MLA decode: the split-KV plan, the split kernel and the
- * combine kernel (kernels-cuda/mla/dense_mla_decode.cu, kernels-cuda/mla/mla_combine.cu).
+/* Parameters of dense paged MLA decode: the split-KV plan and the split kernel
+ * (kernels-cuda/mla/dense_mla_decode.cu); the MLA combine (mla_combine_params.h) merges
+ * the partials.
  * Mirrored in Rust by bindgen into src/sys/dense_mla.rs. */
 #ifndef DSA_DENSE_MLA_PARAMS_H
 #define DSA_DENSE_MLA_PARAMS_H
 #include "common_params.h"
 
-/* Heads handled by one CTA of the split kernel (the wgmma M dimension). */
+/* Heads handled by one CTA of the split kernel (the wgmma M dimension), and its threads
+ * (two warpgroups). */
 #define DSA_DENSE_HEADS_PER_CTA 64
+#define DSA_DENSE_THREADS 256
 /* Tokens per KV block: one cache page. */
 #define DSA_DENSE_BLOCK_N 64
 /* Fixed cost, in KV blocks, charged by the plan for every piece of work a CTA starts
@@ -51,6 +54,8 @@ typedef struct DsaDenseMlaDecodeParams {
     const void *kv;            /* MLA cache: bf16 [pages, 64, 576] or FP8 656 B/token */
     const int32_t *block_table;/* [batch, max_pages] */
     const int32_t *seq_lens;   /* [batch] */
+    /* Untrusted: any content yields wrong numbers but no access outside the buffers (every
+     * value read from it is clamped, split indices to [0, batch + num_parts)). */
     const int32_t *plan;
     float *partial_out;
     float *partial_lse;
@@ -63,19 +68,5 @@ typedef struct DsaDenseMlaDecodeParams {
     int32_t num_parts;
     float scale_log2;          /* softmax scale * log2(e) */
 } DsaDenseMlaDecodeParams;
-
-/* The combine kernel: one warp per (sequence, query, head) row merges the row's splits
- * (lse-weighted) into bf16 out [batch, s_q, h_q, 512] and f32 lse [batch, s_q, h_q]. */
-typedef struct DsaMlaCombineParams {
-    const float *partial_out;
-    const float *partial_lse;
-    const int32_t *plan;
-    void *out;                 /* bf16 */
-    float *lse;
-    int32_t batch;
-    int32_t s_q;
-    int32_t h_q;
-    int32_t num_parts;
-} DsaMlaCombineParams;
 
 #endif

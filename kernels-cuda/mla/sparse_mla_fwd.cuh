@@ -29,12 +29,9 @@
 // tensor-core work: correct, but prefill unchanged (314 vs 315 TFLOP/s) and bf16 decode
 // 4% slower, so the consumers' chain is not what bounds a block (commit 6bc14e4 has it).
 #pragma once
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_fp8.h>
 #include <math_constants.h>
-#include <stdint.h>
 
+#include "device.cuh"
 #include "sparse_mla_params.h"
 
 #ifndef DSA_SPARSE_PRODUCER_REGS
@@ -43,12 +40,12 @@
 
 namespace dsa_sparse {
 
-constexpr int kHeads = 64;     // heads per CTA (wgmma M)
-constexpr int kBlock = 64;     // indices per block
+constexpr int kHeads = DSA_SPARSE_HEADS_PER_CTA;  // wgmma M
+constexpr int kBlock = DSA_SPARSE_BLOCK;          // indices per block
 constexpr int kChunks = 9;     // 576 / 64 columns
 constexpr int kChunkBytes = 64 * 128;  // 64 rows x 128 B
 constexpr int kTileBytes = kChunks * kChunkBytes;  // 73728
-constexpr int kThreads = 384;
+constexpr int kThreads = DSA_SPARSE_THREADS;
 // Register split of the 64K-entry file: 2 x 128 consumer threads and 128 producer threads.
 constexpr int kProducerRegs = DSA_SPARSE_PRODUCER_REGS;
 constexpr int kConsumerRegs = (65536 / 128 - kProducerRegs) / 2 / 8 * 8;
@@ -66,145 +63,16 @@ constexpr int kSmemValid = kSmemMax + 2 * 64 * 4;     // i32 [2 stages][64]: slo
 constexpr int kSmemBar = kSmemValid + 2 * 64 * 4;     // full[2], empty[2]
 constexpr int kSmemUsed = kSmemBar + 4 * 8;
 constexpr int kSmemBytes = kSmemUsed + 1024;          // slack for aligning the base
-static_assert(kSmemBytes <= 232448, "exceeds the 227 KB opt-in shared memory of sm_90");
-
-__device__ __forceinline__ uint32_t smem_u32(const void *p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// Byte offset of 16-byte unit `unit` (0..7) of row `row` inside a 128B-swizzled chunk.
-__device__ __forceinline__ uint32_t swz(int row, int unit) {
-    return (uint32_t)(row * 128 + ((unit ^ (row & 7)) << 4));
-}
-
-// wgmma shared-memory descriptor, 128-byte swizzle. K-major: LBO unused (1), SBO = 1024 B
-// between 8-row groups. MN-major: LBO = stride between 64-column chunks, SBO = 1024 B
-// between 8-row groups along K.
-__device__ __forceinline__ uint64_t desc_sw128(uint32_t saddr, uint32_t lbo_bytes) {
-    uint64_t d = 0;
-    d |= (uint64_t)((saddr & 0x3FFFF) >> 4);
-    d |= (uint64_t)((lbo_bytes >> 4) & 0x3FFF) << 16;
-    d |= (uint64_t)(1024 >> 4) << 32;
-    d |= (uint64_t)1 << 62;
-    return d;
-}
-
-__device__ __forceinline__ void mbar_init(uint64_t *bar, uint32_t count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint64_t *bar) {
-    asm volatile("mbarrier.arrive.release.cta.shared::cta.b64 _, [%0];" ::"r"(smem_u32(bar)) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity) {
-    uint32_t done = 0;
-    do {
-        asm volatile(
-            "{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cta.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-            : "=r"(done)
-            : "r"(smem_u32(bar)), "r"(parity)
-            : "memory");
-    } while (!done);
-}
-__device__ __forceinline__ void named_bar(int id, int count) {
-    asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(count) : "memory");
-}
-__device__ __forceinline__ void fence_async_smem() {
-    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-}
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
-}
-// Source size 0 writes 16 zero bytes and reads nothing.
-__device__ __forceinline__ void cp_async16_zfill(uint32_t dst, const void *src, uint32_t src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
-}
-// Arrives on `bar` once every cp.async this thread issued so far has landed (counts as one
-// of the barrier's expected arrivals).
-__device__ __forceinline__ void cp_async_mbar_arrive_noinc(uint64_t *bar) {
-    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(smem_u32(bar)) : "memory");
-}
-__device__ __forceinline__ void cp_async_wait_all() {
-    asm volatile("cp.async.wait_all;" ::: "memory");
-}
-__device__ __forceinline__ void prefetch_l2(const void *p, uint32_t bytes) {
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void st_shared_v4(uint32_t addr, uint4 v) {
-    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
-                 : "memory");
-}
-__device__ __forceinline__ void st_shared_u32(uint32_t addr, uint32_t v) {
-    asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(v) : "memory");
-}
-__device__ __forceinline__ uint4 ld_global_nc_v4(const void *p) {
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
-__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void fence_regs(float (&r)[N]) {
-#pragma unroll
-    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
-}
-
-__device__ __forceinline__ void wgmma_m64n32_ss(float (&d)[16], uint64_t da, uint64_t db, int scale_d) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
-        : "l"(da), "l"(db), "r"(scale_d));
-}
-
-__device__ __forceinline__ void wgmma_m64n256_ss_tb(float (&d)[128], uint64_t da, uint64_t db, int scale_d) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63,%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95,%96,%97,%98,%99,%100,%101,%102,%103,%104,%105,%106,%107,%108,%109,%110,%111,%112,%113,%114,%115,%116,%117,%118,%119,%120,%121,%122,%123,%124,%125,%126,%127}, %128, %129, p, 1, 1, 0, 1;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-        : "l"(da), "l"(db), "r"(scale_d));
-}
-
-__device__ __forceinline__ float ex2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float a, float b) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
-    return *reinterpret_cast<uint32_t *>(&v);
-}
-
-// 16 e4m3 values (one 16-byte load) times `scale` -> 16 bf16 (two 16-byte units). e4m3 ->
-// f16 is exact and so is f16 -> f32, so the single rounding is the final one to bf16: the
-// same bf16 as rounding the host's f32 dequantized value.
-__device__ __forceinline__ void dequant16(uint4 raw, float scale, uint4 &lo, uint4 &hi) {
-    const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
-    uint32_t o[8];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-#pragma unroll
-        for (int k = 0; k < 2; ++k) {
-            const __nv_fp8x2_storage_t pair = (__nv_fp8x2_storage_t)((w[i] >> (16 * k)) & 0xffffu);
-            __half2_raw hr = __nv_cvt_fp8x2_to_halfraw2(pair, __NV_E4M3);
-            const float2 f = __half22float2(*reinterpret_cast<__half2 *>(&hr));
-            o[2 * i + k] = pack_bf16(f.x * scale, f.y * scale);
-        }
-    }
-    lo = make_uint4(o[0], o[1], o[2], o[3]);
-    hi = make_uint4(o[4], o[5], o[6], o[7]);
-}
+static_assert(kSmemBytes <= DSA_SM90_SMEM_PER_CTA_MAX, "exceeds the opt-in shared memory of sm_90");
+static_assert(kSmemBytes == DSA_SPARSE_SMEM_BYTES, "DSA_SPARSE_SMEM_BYTES is stale");
+static_assert(kThreads == 3 * 128, "two consumer warpgroups and one producer");
 
 template <bool kFp8>
 __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
     constexpr int kTokW = kBlock / 4;  // tokens of a block per producer warp
     constexpr uint32_t kRowBytes = kFp8 ? DSA_MLA_FP8_BYTES_PER_TOKEN : DSA_QK_DIM * 2;
     extern __shared__ uint8_t smem_raw[];
-    uint8_t *smem = reinterpret_cast<uint8_t *>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+    uint8_t *smem = dsa::align_1024_generic(smem_raw);
     const int tid = threadIdx.x;
     const int hgroups = (p.h_q + kHeads - 1) / kHeads;
     const int hg = blockIdx.x % hgroups;
@@ -224,9 +92,9 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
     uint64_t *empty = full + 2;
     float *smax = reinterpret_cast<float *>(smem + kSmemMax);
     int *svalid = reinterpret_cast<int *>(smem + kSmemValid);
-    const uint32_t sQ = smem_u32(smem + kSmemQ);
-    const uint32_t sKV = smem_u32(smem + kSmemKV);
-    const uint32_t sP = smem_u32(smem + kSmemP);
+    const uint32_t sQ = dsa::smem_u32(smem + kSmemQ);
+    const uint32_t sKV = dsa::smem_u32(smem + kSmemKV);
+    const uint32_t sP = dsa::smem_u32(smem + kSmemP);
 
     if (tid == 0) {
         // full: each producer thread arrives twice (its cp.async copies landing, and its own
@@ -234,8 +102,8 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
         // so each thread's own reads of the stage (slot entries, and the tile through its
         // finished wgmma) are released by its own arrive rather than through a warp sync.
         for (int s = 0; s < 2; ++s) {
-            mbar_init(&full[s], 256);
-            mbar_init(&empty[s], 256);
+            dsa::mbar_init(&full[s], 256);
+            dsa::mbar_init(&empty[s], 256);
         }
     }
     {
@@ -244,21 +112,21 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
             static_cast<const __nv_bfloat16 *>(p.q) + ((int64_t)row * p.h_q + hg * kHeads) * DSA_QK_DIM;
         for (int i = tid; i < kHeads * 72; i += kThreads) {
             const int r = i / 72, u = i % 72;
-            const uint32_t dst = sQ + (u >> 3) * kChunkBytes + swz(r, u & 7);
+            const uint32_t dst = sQ + (u >> 3) * kChunkBytes + dsa::sw128_offset(r, u & 7);
             if (r < heads_here)
-                cp_async16(dst, q + r * DSA_QK_DIM + u * 8);
+                dsa::cp_async16(dst, q + r * DSA_QK_DIM + u * 8);
             else
-                st_shared_v4(dst, make_uint4(0, 0, 0, 0));
+                dsa::st_shared_v4(dst, make_uint4(0, 0, 0, 0));
         }
-        cp_async_wait_all();
-        fence_async_smem();
+        dsa::cp_async_wait_all();
+        dsa::fence_async_smem();
     }
     __syncthreads();
 
     const int wg = tid >> 7;
     if (wg == 2) {
         // ---------------------------------------------------------------- producer
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegs) : "memory");
+        dsa::setmaxnreg_dec<kProducerRegs>();
         const int pt = tid - 256;
         const int pw = pt >> 5, lane = pt & 31;
         const int32_t *idx_row = p.indices + (int64_t)row * p.topk;
@@ -276,7 +144,7 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
         };
         auto valid_slot = [&](int s) -> int { return (s >= 0 && (int64_t)s < p.kv_rows) ? s : -1; };
         auto prefetch_row = [&](int s) {
-            if (lane < kTokW && s >= 0) prefetch_l2(kv + (int64_t)s * kRowBytes, kRowBytes);
+            if (lane < kTokW && s >= 0) dsa::prefetch_l2(kv + (int64_t)s * kRowBytes, kRowBytes);
         };
         // Index loads run three blocks ahead in registers, so neither the L2 prefetch (two
         // blocks ahead) nor the gather ever waits on an index read.
@@ -299,7 +167,7 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
                 sc[i] = 0.f;
                 if (s >= 0) {
                     const uint8_t *src = kv + (int64_t)s * kRowBytes;
-                    raw[i] = ld_global_nc_v4(src + 16 * lane);
+                    raw[i] = dsa::ld_global_nc_v4(src + 16 * lane);
                     sc[i] = __ldg(reinterpret_cast<const float *>(src + 512) + (lane >> 3));
                 }
             }
@@ -309,12 +177,12 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
 #pragma unroll
             for (int i = 0; i < kPer; ++i) {
                 const int j = kPer * r + i;  // tile row row_base + j; its swizzle row is j & 7
-                uint4 lo, hi;
+                uint32_t o[8];
                 // Unused tokens load zeros: P is 0 there, but 0 * NaN would poison O.
-                dequant16(raw[i], sc[i], lo, hi);
+                dsa::dequant16(raw[i], sc[i], o);
                 const uint32_t base = tile + lane_off + j * 128;
-                st_shared_v4(base + (((2 * (lane & 3)) ^ (j & 7)) << 4), lo);
-                st_shared_v4(base + (((2 * (lane & 3) + 1) ^ (j & 7)) << 4), hi);
+                dsa::st_shared_v4(base + (((2 * (lane & 3)) ^ (j & 7)) << 4), make_uint4(o[0], o[1], o[2], o[3]));
+                dsa::st_shared_v4(base + (((2 * (lane & 3) + 1) ^ (j & 7)) << 4), make_uint4(o[4], o[5], o[6], o[7]));
             }
         };
         uint4 ra[kPer], rb[kPer];
@@ -328,7 +196,7 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
             const int s3raw = load_idx(b + 3);
             const int s2 = valid_slot(s2raw);
             prefetch_row(s2);
-            if (it >= 2) mbar_wait(&empty[stage], ((it >> 1) + 1) & 1);
+            if (it >= 2) dsa::mbar_wait(&empty[stage], ((it >> 1) + 1) & 1);
             // The block's slots (-1 = unused) go to shared memory for the consumers' mask.
             if (my_tok >= 0) svalid[stage * kBlock + my_tok] = cur;
             const uint32_t tile = sKV + stage * kTileBytes;
@@ -338,7 +206,7 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
                     const int tl = 4 * i + (lane >> 3), u = lane & 7;
                     const int s = __shfl_sync(0xffffffffu, cur, tl);
                     const uint8_t *src = s >= 0 ? kv + (int64_t)s * kRowBytes + 528 + 16 * u : kv;
-                    cp_async16_zfill(tile + 8 * kChunkBytes + swz(row_base + tl, u), src, s >= 0 ? 16u : 0u);
+                    dsa::cp_async16_zfill(tile + 8 * kChunkBytes + dsa::sw128_offset(row_base + tl, u), src, s >= 0 ? 16u : 0u);
                 }
                 const bool more = it + 1 < nblk;
                 load(cur, 1, rb, sb);
@@ -353,26 +221,26 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
                     const int q = 32 * k + lane;
                     const int tl = q / 72, u = q % 72;
                     const int s = __shfl_sync(0xffffffffu, cur, tl);
-                    const uint32_t dst = tile + (u >> 3) * kChunkBytes + swz(row_base + tl, u & 7);
+                    const uint32_t dst = tile + (u >> 3) * kChunkBytes + dsa::sw128_offset(row_base + tl, u & 7);
                     // Unused rows are zero-filled (source size 0, nothing read): P is 0 there,
                     // but 0 * garbage NaN would poison O.
                     const uint8_t *src = s >= 0 ? kv + (int64_t)s * kRowBytes + 16 * u : kv;
-                    cp_async16_zfill(dst, src, s >= 0 ? 16u : 0u);
+                    dsa::cp_async16_zfill(dst, src, s >= 0 ? 16u : 0u);
                 }
             }
             // Two arrivals per thread: its cp.async copies landing, and its own stores (slot
             // entries, dequantized values), made visible to the async proxy first.
-            cp_async_mbar_arrive_noinc(&full[stage]);
-            fence_async_smem();
-            mbar_arrive(&full[stage]);
+            dsa::cp_async_mbar_arrive_noinc(&full[stage]);
+            dsa::fence_async_smem();
+            dsa::mbar_arrive(&full[stage]);
             cur = s1;
             s1 = s2;
             s2raw = s3raw;
         }
-        cp_async_wait_all();
+        dsa::cp_async_wait_all();
     } else {
         // ---------------------------------------------------------------- consumers
-        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegs) : "memory");
+        dsa::setmaxnreg_inc<kConsumerRegs>();
         const int w = wg;
         const int t = tid & 127;
         const int warp = t >> 5, lane = t & 31;
@@ -386,22 +254,22 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
 
         for (int it = 0; it < nblk; ++it) {
             const int stage = it & 1;
-            mbar_wait(&full[stage], (it >> 1) & 1);
+            dsa::mbar_wait(&full[stage], (it >> 1) & 1);
             // The tile was written by cp.async (generic proxy) and is read by wgmma.
-            fence_async_smem();
+            dsa::fence_async_smem();
             const uint32_t kvs = sKV + stage * kTileBytes;
             float s[16];
 #pragma unroll
             for (int i = 0; i < 16; ++i) s[i] = 0.f;
-            wg_fence();
+            dsa::wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < 36; ++kk) {
                 const uint32_t koff = (kk >> 2) * kChunkBytes + (kk & 3) * 32;
-                wgmma_m64n32_ss(s, desc_sw128(sQ + koff, 16), desc_sw128(kvs + w * 32 * 128 + koff, 16), kk > 0);
+                dsa::wgmma_bf16_ss<32>(s, dsa::smem_desc(sQ + koff, 16, 1024), dsa::smem_desc(kvs + w * 32 * 128 + koff, 16, 1024), kk > 0);
             }
-            wg_commit();
-            wg_wait0();
-            fence_regs(s);
+            dsa::wgmma_commit();
+            dsa::wgmma_wait<0>();
+            dsa::fence_operands(s);
 
             const int *valid = svalid + stage * kBlock + w * 32;
             float mx0 = -CUDART_INF_F, mx1 = -CUDART_INF_F;
@@ -425,14 +293,14 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
                 smax[w * 64 + r0] = mx0;
                 smax[w * 64 + r0 + 8] = mx1;
             }
-            named_bar(1, 256);
+            dsa::named_bar_sync(1, 256);
             mx0 = fmaxf(mx0, smax[(1 - w) * 64 + r0]);
             mx1 = fmaxf(mx1, smax[(1 - w) * 64 + r0 + 8]);
             const float mn0 = fmaxf(m0, mx0 * sl2), mn1 = fmaxf(m1, mx1 * sl2);
             // A row with nothing valid yet keeps max -inf; subtracting 0 then keeps P = 0.
             const float mu0 = mn0 == -CUDART_INF_F ? 0.f : mn0;
             const float mu1 = mn1 == -CUDART_INF_F ? 0.f : mn1;
-            const float a0 = ex2(m0 - mu0), a1 = ex2(m1 - mu1);
+            const float a0 = dsa::ex2(m0 - mu0), a1 = dsa::ex2(m1 - mu1);
             m0 = mn0;
             m1 = mn1;
             float ps0 = 0.f, ps1 = 0.f;
@@ -440,8 +308,8 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
             for (int j = 0; j < 4; ++j) {
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
-                    s[4 * j + e] = ex2(fmaf(s[4 * j + e], sl2, -mu0));
-                    s[4 * j + 2 + e] = ex2(fmaf(s[4 * j + 2 + e], sl2, -mu1));
+                    s[4 * j + e] = dsa::ex2(fmaf(s[4 * j + e], sl2, -mu0));
+                    s[4 * j + 2 + e] = dsa::ex2(fmaf(s[4 * j + 2 + e], sl2, -mu1));
                     ps0 += s[4 * j + e];
                     ps1 += s[4 * j + 2 + e];
                 }
@@ -461,20 +329,20 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 const int tk = w * 32 + 8 * j + c0;
-                st_shared_u32(sP + swz(r0, tk >> 3) + (tk & 7) * 2, pack_bf16(s[4 * j], s[4 * j + 1]));
-                st_shared_u32(sP + swz(r0 + 8, tk >> 3) + (tk & 7) * 2, pack_bf16(s[4 * j + 2], s[4 * j + 3]));
+                dsa::st_shared_u32(sP + dsa::sw128_offset(r0, tk >> 3) + (tk & 7) * 2, dsa::pack_bf16(s[4 * j], s[4 * j + 1]));
+                dsa::st_shared_u32(sP + dsa::sw128_offset(r0 + 8, tk >> 3) + (tk & 7) * 2, dsa::pack_bf16(s[4 * j + 2], s[4 * j + 3]));
             }
-            fence_async_smem();
-            named_bar(2, 256);
-            wg_fence();
+            dsa::fence_async_smem();
+            dsa::named_bar_sync(2, 256);
+            dsa::wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < 4; ++kk)
-                wgmma_m64n256_ss_tb(o, desc_sw128(sP + kk * 32, 16),
-                                    desc_sw128(kvs + 4 * w * kChunkBytes + kk * 16 * 128, kChunkBytes), 1);
-            wg_commit();
-            wg_wait0();
-            fence_regs(o);
-            mbar_arrive(&empty[stage]);
+                dsa::wgmma_bf16_ss<256, 1>(o, dsa::smem_desc(sP + kk * 32, 16, 1024),
+                                    dsa::smem_desc(kvs + 4 * w * kChunkBytes + kk * 16 * 128, kChunkBytes, 1024), 1);
+            dsa::wgmma_commit();
+            dsa::wgmma_wait<0>();
+            dsa::fence_operands(o);
+            dsa::mbar_arrive(&empty[stage]);
         }
 
         // ---------------------------------------------------------------- epilogue
@@ -487,7 +355,7 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
             smax[w * 64 + r0] = l0;
             smax[w * 64 + r0 + 8] = l1;
         }
-        named_bar(1, 256);
+        dsa::named_bar_sync(1, 256);
         const float L0 = l0 + smax[(1 - w) * 64 + r0];
         const float L1 = l1 + smax[(1 - w) * 64 + r0 + 8];
         constexpr float kLn2 = 0.6931471805599453f, kLog2e = 1.4426950408889634f;
@@ -501,13 +369,13 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
             const int64_t orow = (int64_t)row * p.h_q + h;
             if (p.num_splits == 1) {
                 float denom = L;
-                if (p.attn_sink != nullptr) denom += ex2(p.attn_sink[h] * kLog2e - m);
+                if (p.attn_sink != nullptr) denom += dsa::ex2(p.attn_sink[h] * kLog2e - m);
                 const float inv = lonely ? 0.f : 1.f / denom;
                 __nv_bfloat16 *out = static_cast<__nv_bfloat16 *>(p.out) + orow * 512 + 256 * w + c0;
 #pragma unroll
                 for (int j = 0; j < 32; ++j)
                     *reinterpret_cast<uint32_t *>(out + 8 * j) =
-                        pack_bf16(o[4 * j + 2 * hr] * inv, o[4 * j + 2 * hr + 1] * inv);
+                        dsa::pack_bf16(o[4 * j + 2 * hr] * inv, o[4 * j + 2 * hr + 1] * inv);
                 if (w == 0 && (lane & 3) == 0) {
                     p.lse[orow] = lonely ? CUDART_INF_F : (m + log2f(L)) * kLn2;
                     if (p.max_logits != nullptr) p.max_logits[orow] = lonely ? -CUDART_INF_F : m * kLn2;

@@ -4,6 +4,17 @@
 #define DSA_SPARSE_MLA_PARAMS_H
 #include "common_params.h"
 
+/* Heads per CTA (the wgmma M dimension), indices per pipeline block, threads per CTA
+ * (two consumer warpgroups and one producer warpgroup). */
+#define DSA_SPARSE_HEADS_PER_CTA 64
+#define DSA_SPARSE_BLOCK 64
+#define DSA_SPARSE_THREADS 384
+/* Dynamic shared memory of the attention kernels (bytes, including 1 KB of alignment
+ * slack; the layout is in sparse_mla_fwd.cuh). */
+#define DSA_SPARSE_SMEM_BYTES 231456
+/* Most splits the decode makes of one query's index list. */
+#define DSA_SPARSE_MAX_SPLITS 32
+
 /* One launch attends `rows` query tokens (decode: batch * s_q, row = b * s_q + j;
  * prefill: s_q), each with h_q heads, over the key rows named by its own `topk` indices.
  *
@@ -11,7 +22,7 @@
  * [s * blocks_per_split, (s + 1) * blocks_per_split). With num_splits == 1 the kernel
  * writes out / lse / max_logits directly; otherwise it writes per-split partials (out
  * normalized over its split, lse natural log, -inf for an empty split) that the combine
- * kernel merges. */
+ * kernel (mla_combine_params.h) merges. */
 typedef struct DsaSparseMlaParams {
     /* bf16 [rows, h_q, 576]: query (512 latent then 64 rope). */
     const void *q;
@@ -46,18 +57,5 @@ typedef struct DsaSparseMlaParams {
     float scale;
     float scale_log2;
 } DsaSparseMlaParams;
-
-/* Merge of split partials: one warp per (row, head). */
-typedef struct DsaSparseMlaCombineParams {
-    const float *partial_out;
-    const float *partial_lse;
-    const float *attn_sink;
-    void *out;
-    float *lse;
-    int32_t rows;
-    int32_t h_q;
-    int32_t num_splits;
-    int32_t pad_;
-} DsaSparseMlaCombineParams;
 
 #endif

@@ -18,103 +18,15 @@
 #include <cuda_bf16.h>
 #include <stdint.h>
 
+#include "device.cuh"
 #include "grouped_gemm_params.h"
 
 namespace {
 
+using namespace dsa;
+
 constexpr int kBK = DSA_GG_BLOCK_K;
 constexpr int kBand = 8;  // M-blocks per swizzle band
-
-// ---- mbarrier / TMA / wgmma primitives (PTX ISA 8.0, sm_90a) ----
-
-__device__ __forceinline__ uint32_t smem_u32(const void *p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void mbar_init(uint64_t *bar, uint32_t count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_expect_tx(uint64_t *bar, uint32_t bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes)
-                 : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint64_t *bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity) {
-    asm volatile(
-        "{\n.reg .pred done;\n"
-        "WAIT_%=:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-        "@!done bra WAIT_%=;\n}\n" ::"r"(smem_u32(bar)),
-        "r"(parity)
-        : "memory");
-}
-__device__ __forceinline__ void tma_prefetch(const DsaTmaDesc *d) {
-    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(d)) : "memory");
-}
-// 2-D tiled TMA load (coordinates: c0 along the contiguous dimension) completing on `bar`.
-__device__ __forceinline__ void tma_load_2d(void *dst, const DsaTmaDesc *d, int c0, int c1, uint64_t *bar) {
-    asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
-            smem_u32(dst)),
-        "l"(reinterpret_cast<uint64_t>(d)), "r"(c0), "r"(c1), "r"(smem_u32(bar))
-        : "memory");
-}
-// Contiguous bulk copy global -> shared (16-byte aligned, size a multiple of 16).
-__device__ __forceinline__ void bulk_load(void *dst, const void *src, uint32_t bytes, uint64_t *bar) {
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
-                     smem_u32(dst)),
-                 "l"(src), "r"(bytes), "r"(smem_u32(bar))
-                 : "memory");
-}
-template <uint32_t R>
-__device__ __forceinline__ void setmaxnreg_inc() {
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R));
-}
-template <uint32_t R>
-__device__ __forceinline__ void setmaxnreg_dec() {
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R));
-}
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void fence_regs(float (&d)[N]) {
-#pragma unroll
-    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
-// Shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row groups 1024 bytes
-// apart (the layout TMA writes with CU_TENSOR_MAP_SWIZZLE_128B and a 128-byte box row).
-__device__ __forceinline__ uint64_t sw128_desc(uint32_t addr) {
-    return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) | (1ull << 62);
-}
-
-// D[64 x 128] (+)= A[64 x 32] . B[128 x 32]^T, e4m3 inputs from shared memory (both K-major,
-// 128-byte swizzle), fp32 accumulate; scale_d = 0 starts a fresh fragment.
-__device__ __forceinline__ void wgmma_m64n128k32_e4m3(float (&d)[64], uint64_t da, uint64_t db, int scale_d) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "l"(da), "l"(db), "r"(scale_d));
-}
-
-// D[64 x 64] (+)= A[64 x 32] . B[64 x 32]^T, e4m3 inputs from shared memory (both K-major,
-// 128-byte swizzle), fp32 accumulate; scale_d = 0 starts a fresh fragment.
-__device__ __forceinline__ void wgmma_m64n64k32_e4m3(float (&d)[32], uint64_t da, uint64_t db, int scale_d) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-        : "l"(da), "l"(db), "r"(scale_d));
-}
-
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t *>(&v);
-}
 
 // ---- tile list ----
 
@@ -203,8 +115,11 @@ struct Config {
     static constexpr int kABytes = BM * kBK;
     static constexpr int kBBytes = BN * kBK;
     static constexpr int kStageBytes = kABytes + kBBytes + BM * 4;
-    static constexpr int kStages = (232448 - 1024 - 256) / kStageBytes > 8 ? 8 : (232448 - 1024 - 256) / kStageBytes;
-    static constexpr int kSmem = 1024 + kStages * kStageBytes + kStages * 16;
+    // Epilogue staging: per math warpgroup 64 rows x 64 columns of bf16 (one pass).
+    static constexpr int kEpiBytes = 64 * 64 * 2;
+    static constexpr int kRoom = DSA_SM90_SMEM_PER_CTA_MAX - 1024 - 256 - 2 * kEpiBytes;
+    static constexpr int kStages = kRoom / kStageBytes > 8 ? 8 : kRoom / kStageBytes;
+    static constexpr int kSmem = 1024 + kStages * kStageBytes + 2 * kEpiBytes + kStages * 16;
 };
 
 template <int BM, int BN>
@@ -213,11 +128,12 @@ __device__ __forceinline__ void gemm_body(const DsaGroupedGemmParams &p) {
     constexpr int S = C::kStages;
     constexpr int WN = C::kWN;
     extern __shared__ __align__(1024) uint8_t smem_raw[];
-    uint8_t *smem = reinterpret_cast<uint8_t *>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+    uint8_t *smem = align_1024(smem_raw);
     uint8_t *sa_base = smem;
     uint8_t *sb_base = smem + S * C::kABytes;
     float *ssfa = reinterpret_cast<float *>(sb_base + S * C::kBBytes);
-    uint64_t *full = reinterpret_cast<uint64_t *>(ssfa + S * BM);
+    uint8_t *sepi = reinterpret_cast<uint8_t *>(ssfa + S * BM);
+    uint64_t *full = reinterpret_cast<uint64_t *>(sepi + 2 * C::kEpiBytes);
     uint64_t *empty = full + S;
 
     if (threadIdx.x == 0) {
@@ -225,7 +141,7 @@ __device__ __forceinline__ void gemm_body(const DsaGroupedGemmParams &p) {
             mbar_init(full + s, 1);
             mbar_init(empty + s, 8);  // one arrival per math warp
         }
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        fence_mbar_init();
     }
     __syncthreads();
 
@@ -236,8 +152,8 @@ __device__ __forceinline__ void gemm_body(const DsaGroupedGemmParams &p) {
     if (wg == 0) {
         setmaxnreg_dec<40>();
         if (threadIdx.x == 0) {
-            tma_prefetch(&p.a_desc);
-            tma_prefetch(&p.b_desc);
+            prefetch_tmap(&p.a_desc);
+            prefetch_tmap(&p.b_desc);
             int stage = 0;
             uint32_t phase = 0;
             for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
@@ -249,12 +165,12 @@ __device__ __forceinline__ void gemm_body(const DsaGroupedGemmParams &p) {
                 const int b_row = tl.g * p.n + tl.nb * BN;
                 for (int kb = 0; kb < kbs; ++kb) {
                     mbar_wait(empty + stage, phase ^ 1);
-                    mbar_expect_tx(full + stage, a_bytes + C::kBBytes + sfa_bytes);
+                    mbar_arrive_expect_tx(full + stage, a_bytes + C::kBBytes + sfa_bytes);
                     uint8_t *sa = sa_base + stage * C::kABytes;
-                    tma_load_2d(sa, &p.a_desc, kb * kBK, tl.row0, full + stage);
-                    if (two_a) tma_load_2d(sa + 64 * kBK, &p.a_desc, kb * kBK, tl.row0 + 64, full + stage);
-                    tma_load_2d(sb_base + stage * C::kBBytes, &p.b_desc, kb * kBK, b_row, full + stage);
-                    bulk_load(ssfa + stage * BM, p.sfa + (int64_t)tl.sfa_off + (int64_t)kb * tl.sfa_kstride, sfa_bytes,
+                    tma_load_2d(smem_u32(sa), &p.a_desc, full + stage, kb * kBK, tl.row0);
+                    if (two_a) tma_load_2d(smem_u32(sa + 64 * kBK), &p.a_desc, full + stage, kb * kBK, tl.row0 + 64);
+                    tma_load_2d(smem_u32(sb_base + stage * C::kBBytes), &p.b_desc, full + stage, kb * kBK, b_row);
+                    tma_load_1d(smem_u32(ssfa + stage * BM), p.sfa + (int64_t)tl.sfa_off + (int64_t)kb * tl.sfa_kstride, sfa_bytes,
                               full + stage);
                     if (++stage == S) {
                         stage = 0;
@@ -278,8 +194,11 @@ __device__ __forceinline__ void gemm_body(const DsaGroupedGemmParams &p) {
     uint32_t phase = 0;
     float acc[WN / 2], frag[C::kChunkN / 2];
 
+    // The next tile's description is loaded before the current epilogue and the epilogue's
+    // row ids before the mainloop, so no global-load latency sits between two tiles' MMAs.
+    Tile next = tile_at<BM, BN>(p, blockIdx.x);
     for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
-        const Tile tl = tile_at<BM, BN>(p, t);
+        const Tile tl = next;
         const int slice_row0 = tl.row0 + wm * 64;
         const int col0 = tl.nb * BN + wn * WN;
         if (!tl.compute) {
@@ -291,9 +210,12 @@ __device__ __forceinline__ void gemm_body(const DsaGroupedGemmParams &p) {
                     *reinterpret_cast<uint4 *>(p.d + (int64_t)r * p.n + col0 + (i % kChunks) * 8) =
                         make_uint4(0, 0, 0, 0);
             }
+            if (t + (int)gridDim.x < tiles) next = tile_at<BM, BN>(p, t + gridDim.x);
             continue;
         }
         const bool active = BM != 128 || wm == 0 || tl.upper;
+        const int ra = slice_row0 + r_in, rb = ra + 8;
+        const bool va = active && row_valid(p, tl, ra), vb = active && row_valid(p, tl, rb);
 #pragma unroll
         for (int i = 0; i < WN / 2; ++i) acc[i] = 0.f;
         // Weight scales of this warpgroup's chunks (128 columns each share one), prefetched
@@ -310,22 +232,22 @@ __device__ __forceinline__ void gemm_body(const DsaGroupedGemmParams &p) {
                 for (int c = 0; c < C::kChunks; ++c) sb_next[c] = kb + 1 < kbs ? __ldg(sfb_row + c * kbs + kb + 1) : 0.f;
                 const float *sa = ssfa + stage * BM + wm * 64;
                 const float sa0 = sa[r_in], sa1 = sa[r_in + 8];
-                const uint64_t da = sw128_desc(smem_u32(sa_base + stage * C::kABytes + wm * 64 * kBK));
+                const uint64_t da = smem_desc<Swizzle::B128>(smem_u32(sa_base + stage * C::kABytes + wm * 64 * kBK), 16, 1024);
 #pragma unroll
                 for (int c = 0; c < C::kChunks; ++c) {
                     const uint64_t db =
-                        sw128_desc(smem_u32(sb_base + stage * C::kBBytes + (wn * WN + c * C::kChunkN) * kBK));
+                        smem_desc<Swizzle::B128>(smem_u32(sb_base + stage * C::kBBytes + (wn * WN + c * C::kChunkN) * kBK), 16, 1024);
                     wgmma_fence();
 #pragma unroll
                     for (int k4 = 0; k4 < kBK / 32; ++k4) {
                         if constexpr (C::kChunkN == 128)
-                            wgmma_m64n128k32_e4m3(frag, da + 2 * k4, db + 2 * k4, k4);
+                            wgmma_e4m3_ss<128>(frag, da + 2 * k4, db + 2 * k4, k4);
                         else
-                            wgmma_m64n64k32_e4m3(frag, da + 2 * k4, db + 2 * k4, k4);
+                            wgmma_e4m3_ss<64>(frag, da + 2 * k4, db + 2 * k4, k4);
                     }
                     wgmma_commit();
-                    wgmma_wait0();
-                    fence_regs(frag);
+                    wgmma_wait<0>();
+                    fence_operands(frag);
                     if (c == C::kChunks - 1) {
                         __syncwarp();
                         if (lane == 0) mbar_arrive(empty + stage);
@@ -351,18 +273,35 @@ __device__ __forceinline__ void gemm_body(const DsaGroupedGemmParams &p) {
                 phase ^= 1;
             }
         }
-        // Epilogue: bf16 pairs straight from the fragment; rows outside the group are zeros.
-        const int ra = slice_row0 + r_in, rb = ra + 8;
-        const bool va = active && row_valid(p, tl, ra), vb = active && row_valid(p, tl, rb);
-        const int c = col0 + 2 * (lane % 4);
+        if (t + (int)gridDim.x < tiles) next = tile_at<BM, BN>(p, t + gridDim.x);
+        // Epilogue, in passes of 64 columns through a swizzled shared-memory tile (16-byte
+        // chunk c of row r stored at chunk c ^ (r & 7): conflict-free both ways), so global
+        // stores are whole 128-byte rows rather than 4-byte pieces. Rows outside the group
+        // are zeros.
+        uint8_t *epi = sepi + mw * C::kEpiBytes;
+        const int q = lane % 4;
 #pragma unroll
-        for (int j = 0; j < WN / 8; ++j) {
-            if (ra < tl.row_end)
-                *reinterpret_cast<uint32_t *>(p.d + (int64_t)ra * p.n + c + 8 * j) =
-                    va ? pack_bf16x2(acc[4 * j], acc[4 * j + 1]) : 0u;
-            if (rb < tl.row_end)
-                *reinterpret_cast<uint32_t *>(p.d + (int64_t)rb * p.n + c + 8 * j) =
-                    vb ? pack_bf16x2(acc[4 * j + 2], acc[4 * j + 3]) : 0u;
+        for (int ps = 0; ps < WN / 64; ++ps) {
+            named_bar_sync(1 + mw, 128);  // the previous pass has been read
+#pragma unroll
+            for (int cj = 0; cj < 8; ++cj) {
+                const int j = ps * 8 + cj;
+                const int ia = r_in, ib = r_in + 8;
+                *reinterpret_cast<uint32_t *>(epi + ia * 128 + ((cj ^ (ia & 7)) << 4) + 4 * q) =
+                    va ? pack_bf16(acc[4 * j], acc[4 * j + 1]) : 0u;
+                *reinterpret_cast<uint32_t *>(epi + ib * 128 + ((cj ^ (ib & 7)) << 4) + 4 * q) =
+                    vb ? pack_bf16(acc[4 * j + 2], acc[4 * j + 3]) : 0u;
+            }
+            named_bar_sync(1 + mw, 128);
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                const int idx = tid + 128 * u;
+                const int row = idx / 8, ch = idx % 8;
+                const int grow = slice_row0 + row;
+                const uint4 v = *reinterpret_cast<const uint4 *>(epi + row * 128 + ((ch ^ (row & 7)) << 4));
+                if (grow < tl.row_end)
+                    *reinterpret_cast<uint4 *>(p.d + (int64_t)grow * p.n + col0 + ps * 64 + ch * 8) = v;
+            }
         }
     }
 }

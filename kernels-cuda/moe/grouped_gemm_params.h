@@ -11,11 +11,12 @@
 /* Threads per CTA: one TMA producer warpgroup and two wgmma math warpgroups. */
 #define DSA_GG_THREADS 384
 /* Dynamic shared memory of each kernel instance dsa_grouped_gemm_<BLOCK_M>x<BLOCK_N>
- * (1 KB alignment slack + stages x (A + B + activation-scale tiles) + mbarriers). */
-#define DSA_GG_SMEM_128x128 200800
-#define DSA_GG_SMEM_128x256 199744
-#define DSA_GG_SMEM_64x128 199808
-#define DSA_GG_SMEM_64x256 207184
+ * (1 KB alignment slack + stages x (A + B + activation-scale tiles) + two 8 KB epilogue
+ * staging tiles + mbarriers). */
+#define DSA_GG_SMEM_128x128 217184
+#define DSA_GG_SMEM_128x256 216128
+#define DSA_GG_SMEM_64x128 216192
+#define DSA_GG_SMEM_64x256 223568
 
 /* An encoded TMA descriptor (CUtensorMap): 128 opaque bytes, 64-byte aligned. Lives in
  * the kernel's parameter space (__grid_constant__), so no device copy is needed. */

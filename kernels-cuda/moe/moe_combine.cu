@@ -2,7 +2,7 @@
 // top_k expert rows in slot order, so the sum has one fixed order and no atomics.
 #include <cuda_bf16.h>
 
-#include "dsa_device.cuh"
+#include "numeric.cuh"
 #include "moe_params.h"
 
 extern "C" __global__ void __launch_bounds__(DSA_MOE_COMBINE_THREADS)

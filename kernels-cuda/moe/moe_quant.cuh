@@ -5,7 +5,7 @@
 #include <cuda_bf16.h>
 #include <stdint.h>
 
-#include "dsa_device.cuh"
+#include "numeric.cuh"
 #include "moe_params.h"
 
 namespace dsa {

@@ -28,6 +28,7 @@
 // one shared atomic per warp per step; candidates are stored raw (column, float bits) and
 // become composite keys afterwards. Other appends to the candidate and output buffers
 // take one shared atomic per warp and element (ballot + popc).
+#include "block.cuh"
 #include "topk_params.h"
 
 #include <stdint.h>
@@ -260,30 +261,6 @@ __device__ __forceinline__ void filter_step(Smem &sm, const float4 (&x)[kU], flo
     }
 }
 
-// Inclusive sum over the CTA in thread order. Callers separate two calls by a barrier.
-__device__ __forceinline__ uint32_t block_inclusive_sum(uint32_t v, uint32_t *warp_sums) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-        const uint32_t n = __shfl_up_sync(0xffffffffu, v, o);
-        if (lane >= o) v += n;
-    }
-    if (lane == 31) warp_sums[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        uint32_t w = warp_sums[lane];
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            const uint32_t n = __shfl_up_sync(0xffffffffu, w, o);
-            if (lane >= o) w += n;
-        }
-        warp_sums[lane] = w;
-    }
-    __syncthreads();
-    if (warp > 0) v += warp_sums[warp - 1];
-    return v;
-}
-
 // Finds the bin holding the `needed`-th largest element of the histogram: the one with
 // (count of higher bins) < needed <= (that count + its own). Thread t owns bins
 // kBins-1-2t and kBins-2-2t, so thread order is descending bin order and an inclusive
@@ -292,7 +269,7 @@ __device__ __forceinline__ void find_bin(Smem &sm, uint32_t needed) {
     const int t = threadIdx.x;
     const int b0 = kBins - 1 - 2 * t, b1 = b0 - 1;
     const uint32_t h0 = sm.hist[b0], h1 = sm.hist[b1];
-    const uint32_t incl = block_inclusive_sum(h0 + h1, sm.warp_sums);
+    const uint32_t incl = dsa::block_inclusive_scan(h0 + h1, sm.warp_sums);
     const uint32_t above0 = incl - h0 - h1, above1 = above0 + h0;
     if (above0 < needed && needed <= above1) {
         sm.sel_bin = b0;
@@ -681,11 +658,13 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) dsa_topk_f32(const Dsa
         int v = -1;
         if (j < count) {
             const u64 c = sm.out[j];
-            v = s + (int)(lo_mask - (c & lo_mask)) + off;
+            // 64-bit: offsets and table entries are caller data and may hold any value.
+            const int64_t col = (int64_t)s + (int64_t)(lo_mask - (c & lo_mask)) + off;
+            v = (int)col;
             if (bt) {
-                const int page = v >> 6;
-                const int entry = (v >= 0 && page < p.max_pages) ? bt[page] : -1;
-                v = entry >= 0 ? entry * DSA_PAGE_SIZE + (v & (DSA_PAGE_SIZE - 1)) : -1;
+                const int64_t page = col >> 6;
+                const int entry = (col >= 0 && page < p.max_pages) ? bt[page] : -1;
+                v = entry >= 0 ? (int)((int64_t)entry * DSA_PAGE_SIZE + (col & (DSA_PAGE_SIZE - 1))) : -1;
             }
         }
         out[j] = v;

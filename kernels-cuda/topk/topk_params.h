@@ -26,7 +26,10 @@
  * Fused outputs, applied to every selected index i in this order:
  *   offsets: i += offsets[r];
  *   block_table: i -> block_table[(r / next_n) * max_pages + i / 64] * 64 + i % 64, and -1
- *   where i < 0, i / 64 >= max_pages, or the table entry is negative. */
+ *   where i < 0, i / 64 >= max_pages, or the table entry is negative.
+ * Offsets and table entries may hold any value: the arithmetic is 64-bit, the table is
+ * read only inside its row, and an out-of-int32 result is returned wrapped (never used to
+ * address memory here; consumers bounds-check slots). */
 typedef struct DsaTopkParams {
     const float *logits;
     int64_t row_stride;

@@ -22,17 +22,20 @@ pub use paged::{
 pub use slots::SlotMapping;
 pub use write::CacheRows;
 
+// The values live in kernels-cuda/common/common_params.h (read through its bindings).
+use crate::sys::common as sys;
+
 /// Tokens per page of every paged cache.
-pub const PAGE_SIZE: usize = 64;
+pub const PAGE_SIZE: usize = sys::DSA_PAGE_SIZE as usize;
 /// Bytes per token of the MLA FP8 cache.
-pub const MLA_FP8_BYTES_PER_TOKEN: usize = 656;
+pub const MLA_FP8_BYTES_PER_TOKEN: usize = sys::DSA_MLA_FP8_BYTES_PER_TOKEN as usize;
 /// MLA latent (value) dimension.
-pub const KV_LORA_RANK: usize = 512;
+pub const KV_LORA_RANK: usize = sys::DSA_KV_LORA_RANK as usize;
 /// MLA RoPE key dimension.
-pub const ROPE_DIM: usize = 64;
+pub const ROPE_DIM: usize = sys::DSA_ROPE_DIM as usize;
 /// MLA key dimension: latent + rope.
-pub const QK_DIM: usize = 576;
+pub const QK_DIM: usize = sys::DSA_QK_DIM as usize;
 /// Indexer key dimension.
-pub const INDEXER_DIM: usize = 128;
+pub const INDEXER_DIM: usize = sys::DSA_INDEXER_DIM as usize;
 /// Bytes per page of the indexer K cache.
-pub const INDEXER_PAGE_BYTES: usize = PAGE_SIZE * (INDEXER_DIM + 4);
+pub const INDEXER_PAGE_BYTES: usize = sys::DSA_INDEXER_PAGE_BYTES as usize;

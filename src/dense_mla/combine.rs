@@ -7,7 +7,7 @@ use crate::cache::KV_LORA_RANK;
 use crate::check;
 use crate::error::Result;
 use crate::runtime::DsaKernels;
-use crate::sys::dense_mla::DsaMlaCombineParams;
+use crate::sys::mla_combine::{DsaMlaCombineParams, DSA_MLA_COMBINE_WARPS};
 
 impl DsaKernels {
     /// Merges the partials the split kernel wrote into `workspace` (layout in
@@ -48,21 +48,23 @@ impl DsaKernels {
             partial_out: ws_ptr as *const f32,
             partial_lse: lse_part as *const f32,
             plan: plan_ptr as *const i32,
+            attn_sink: std::ptr::null(),
             out: out_ptr as *mut _,
             lse: lse_ptr as *mut f32,
-            batch: cfg.batch as i32,
-            s_q: cfg.s_q as i32,
+            groups: cfg.batch as i32,
+            rows_per_group: (cfg.s_q * cfg.h_q) as i32,
             h_q: cfg.h_q as i32,
             num_parts: cfg.num_parts as i32,
+            num_splits: 0,
+            max_splits: cfg.max_splits() as i32,
         };
-        const WARPS: usize = 8;
         let launch = LaunchConfig {
-            grid_dim: (rows.div_ceil(WARPS) as u32, 1, 1),
-            block_dim: (32 * WARPS as u32, 1, 1),
+            grid_dim: (rows.div_ceil(DSA_MLA_COMBINE_WARPS as usize) as u32, 1, 1),
+            block_dim: (32 * DSA_MLA_COMBINE_WARPS, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: every buffer was checked against the sizes the kernel indexes; the
-        // split indices it reads come from a plan of this geometry (at most max_splits).
+        // SAFETY: every buffer was checked against the sizes the kernel indexes; the kernel
+        // drops any split range of the plan outside [0, max_splits), whatever the plan holds.
         unsafe { self.launch("mla_combine", "dsa_mla_combine", launch, &params) }
     }
 }

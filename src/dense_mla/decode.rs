@@ -133,7 +133,7 @@ impl DsaKernels {
             };
             let launch = LaunchConfig {
                 grid_dim: (cfg.num_parts as u32, (s_q * cfg.head_groups()) as u32, 1),
-                block_dim: (256, 1, 1),
+                block_dim: (sys::DSA_DENSE_THREADS, 1, 1),
                 shared_mem_bytes: smem,
             };
             // SAFETY: every buffer was checked against the extents the kernel indexes with

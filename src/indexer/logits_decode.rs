@@ -7,7 +7,8 @@ use crate::cache::{IndexerKCache, INDEXER_DIM};
 use crate::check;
 use crate::error::{DsaError, Result};
 use crate::runtime::DsaKernels;
-use crate::sys::indexer::{DsaIndexerDecodeParams, DsaIndexerPlanParams};
+use crate::sys::common as csys;
+use crate::sys::indexer::{self as isys, DsaIndexerDecodeParams, DsaIndexerPlanParams};
 
 /// Shape of a paged decode step.
 ///
@@ -38,35 +39,44 @@ pub fn decode_plan_len(batch: usize) -> usize {
     batch + 1
 }
 
-const STAGES: usize = 6;
-
-/// Mirror of `DecodeCfg::kSmem`.
+/// Dynamic shared memory of the decode kernel computing `n` columns (heads x queries).
 fn smem_bytes(n: usize) -> u32 {
-    (1024 + n * 128 + STAGES * 8192 + STAGES * 64 * 4 + n * 4 + STAGES * 16) as u32
+    isys::DSA_INDEXER_DECODE_SMEM_BASE + isys::DSA_INDEXER_DECODE_SMEM_PER_COLUMN * n as u32
 }
 
-/// CTAs per SM: as many as shared memory holds (228 KB per SM, 1 KB of it reserved per
-/// CTA), at most 3; more CTAs hide more of each page's MMA and reduction latency.
+/// CTAs per SM: as many as shared memory holds, at most 3; more CTAs hide more of each
+/// page's MMA and reduction latency.
 fn ctas_per_sm(smem: u32) -> u32 {
-    ((228 * 1024) / (smem + 1024)).clamp(1, 3)
+    (csys::DSA_SM90_SMEM_PER_SM / (smem + csys::DSA_SM90_SMEM_RESERVED_PER_CTA)).clamp(1, 3)
 }
 
+/// `dsa_indexer_logits_decode_h{H}_q{Q}` for every supported head count and Q in
+/// 1..=MAX_NEXT_N: the kernels' naming rule. Which of them exist is the header's business
+/// (`DSA_INDEXER_DECODE_QUERIES_H*`).
+macro_rules! decode_kernel_names {
+    ($($h:literal),*) => {
+        [$([
+            concat!("dsa_indexer_logits_decode_h", $h, "_q1"),
+            concat!("dsa_indexer_logits_decode_h", $h, "_q2"),
+            concat!("dsa_indexer_logits_decode_h", $h, "_q3"),
+            concat!("dsa_indexer_logits_decode_h", $h, "_q4"),
+        ]),*]
+    };
+}
+const DECODE_KERNELS: [[&str; MAX_NEXT_N]; 3] = decode_kernel_names!(16, 32, 64);
+
+/// The decode kernel for `heads` (a supported count) and `next_n` (1..=MAX_NEXT_N), and
+/// its queries per CTA: the built kernel with the fewest queries that holds `next_n`.
 fn kernel_for(heads: usize, next_n: usize) -> (&'static str, usize) {
-    match (heads, next_n) {
-        (16, 1) => ("dsa_indexer_logits_decode_h16_q1", 1),
-        (16, 2) => ("dsa_indexer_logits_decode_h16_q2", 2),
-        // 16 x 3 = 48 columns has no wgmma of its own here; the 4-query kernel runs with
-        // its last query empty.
-        (16, _) => ("dsa_indexer_logits_decode_h16_q4", 4),
-        (32, 1) => ("dsa_indexer_logits_decode_h32_q1", 1),
-        (32, 2) => ("dsa_indexer_logits_decode_h32_q2", 2),
-        (32, 3) => ("dsa_indexer_logits_decode_h32_q3", 3),
-        (32, _) => ("dsa_indexer_logits_decode_h32_q4", 4),
-        (_, 1) => ("dsa_indexer_logits_decode_h64_q1", 1),
-        (_, 2) => ("dsa_indexer_logits_decode_h64_q2", 2),
-        (_, 3) => ("dsa_indexer_logits_decode_h64_q3", 3),
-        _ => ("dsa_indexer_logits_decode_h64_q4", 4),
-    }
+    let (i, built) = match heads {
+        16 => (0, isys::DSA_INDEXER_DECODE_QUERIES_H16),
+        32 => (1, isys::DSA_INDEXER_DECODE_QUERIES_H32),
+        _ => (2, isys::DSA_INDEXER_DECODE_QUERIES_H64),
+    };
+    let q = (next_n.max(1)..=MAX_NEXT_N)
+        .find(|q| built >> (q - 1) & 1 == 1)
+        .unwrap_or(MAX_NEXT_N);
+    (DECODE_KERNELS[i][q - 1], q)
 }
 
 fn check_shape(shape: &DecodeLogitsShape) -> Result<()> {
@@ -238,11 +248,45 @@ impl DsaKernels {
         let splits = ctas_per_sm(smem) * self.device().sm_count.max(1) as u32;
         let cfg = LaunchConfig {
             grid_dim: (splits, 1, 1),
-            block_dim: (128, 1, 1),
+            block_dim: (isys::DSA_INDEXER_LOGITS_THREADS, 1, 1),
             shared_mem_bytes: smem,
         };
         // SAFETY: buffers checked above; block-table entries, page counts and the plan
         // are bounds-checked in the kernel.
         unsafe { self.launch("indexer_logits", kernel, cfg, &params) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_kernel_choice_follows_the_built_variants() {
+        let pick = |h, n| kernel_for(h, n);
+        assert_eq!(pick(16, 1), ("dsa_indexer_logits_decode_h16_q1", 1));
+        assert_eq!(pick(16, 2), ("dsa_indexer_logits_decode_h16_q2", 2));
+        // No 48-column kernel: three queries of 16 heads run on the 4-query kernel.
+        assert_eq!(pick(16, 3), ("dsa_indexer_logits_decode_h16_q4", 4));
+        assert_eq!(pick(16, 4), ("dsa_indexer_logits_decode_h16_q4", 4));
+        for (h, name) in [(32, "h32"), (64, "h64")] {
+            for n in 1..=MAX_NEXT_N {
+                let (k, q) = pick(h, n);
+                assert_eq!(q, n);
+                assert_eq!(k, format!("dsa_indexer_logits_decode_{name}_q{n}"));
+            }
+        }
+    }
+
+    #[test]
+    fn decode_smem_matches_the_kernel_layout() {
+        // 6 stages of (8 KB keys + 256 B scales + 16 B meta), 1 KB slack, then per column a
+        // 128-byte q row and a 4-byte weight.
+        assert_eq!(
+            smem_bytes(256),
+            1024 + 256 * 128 + 6 * 8192 + 6 * 256 + 256 * 4 + 6 * 16
+        );
+        assert_eq!(ctas_per_sm(smem_bytes(64)), 3);
+        assert_eq!(ctas_per_sm(smem_bytes(256)), 2);
     }
 }

@@ -6,7 +6,7 @@ use crate::cache::INDEXER_DIM;
 use crate::check;
 use crate::error::{DsaError, Result};
 use crate::runtime::DsaKernels;
-use crate::sys::indexer::DsaIndexerPrefillParams;
+use crate::sys::indexer::{self as isys, DsaIndexerPrefillParams};
 
 /// Shape of a prefill logits call.
 ///
@@ -31,24 +31,19 @@ pub fn prefill_out_stride(s_kv: usize) -> usize {
     s_kv.div_ceil(4) * 4
 }
 
-const STAGES: usize = 4;
-const COLUMNS: usize = 256;
-
-/// Query groups of `256 / heads` queries per CTA (mirror of `kPrefillGroups`).
-const GROUPS: usize = 2;
 /// CTAs per query block, each a contiguous part of its key tiles: fills the tail wave
 /// (2 measured 0-3% faster than 1 at S = 4096, BENCHMARKS.md).
 const KEY_SPLITS: usize = 2;
 
-/// Dynamic shared memory of the prefill kernel (mirror of `PrefillCfg::kSmem`).
+/// Queries per CTA: groups of `256 / heads` queries.
+fn queries_per_cta(heads: usize) -> usize {
+    (isys::DSA_INDEXER_PREFILL_GROUPS * isys::DSA_INDEXER_PREFILL_COLUMNS) as usize / heads
+}
+
+/// Dynamic shared memory of the prefill kernel.
 fn smem_bytes(heads: usize) -> u32 {
-    let qpc = GROUPS * COLUMNS / heads;
-    (1024
-        + GROUPS * COLUMNS * 128
-        + STAGES * 8192
-        + STAGES * 64 * 4
-        + GROUPS * COLUMNS * 4
-        + 2 * qpc * 4) as u32
+    isys::DSA_INDEXER_PREFILL_SMEM_BASE
+        + isys::DSA_INDEXER_PREFILL_SMEM_PER_QUERY * queries_per_cta(heads) as u32
 }
 
 impl DsaKernels {
@@ -140,10 +135,10 @@ impl DsaKernels {
             s: s as i32,
             s_kv: s_kv as i32,
         };
-        let queries_per_cta = GROUPS * COLUMNS / heads;
+        let queries_per_cta = queries_per_cta(heads);
         let cfg = LaunchConfig {
             grid_dim: (s.div_ceil(queries_per_cta) as u32, KEY_SPLITS as u32, 1),
-            block_dim: (128, 1, 1),
+            block_dim: (isys::DSA_INDEXER_LOGITS_THREADS, 1, 1),
             shared_mem_bytes: smem_bytes(heads),
         };
         let kernel = match heads {

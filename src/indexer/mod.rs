@@ -29,7 +29,7 @@ use crate::error::{DsaError, Result};
 /// Head counts the logits kernels are built for.
 pub const SUPPORTED_HEADS: [usize; 3] = [16, 32, 64];
 /// Largest `next_n` (tokens per sequence per decode step) the decode kernel supports.
-pub const MAX_NEXT_N: usize = 4;
+pub const MAX_NEXT_N: usize = crate::sys::indexer::DSA_INDEXER_MAX_NEXT_N as usize;
 
 pub(crate) fn check_heads(heads: usize) -> Result<()> {
     if SUPPORTED_HEADS.contains(&heads) {

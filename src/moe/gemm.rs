@@ -73,7 +73,12 @@ pub struct LinearShape {
 /// Row capacity of the contiguous layout for `tokens` tokens routed to `top_k` of
 /// `experts` experts: `round_up(tokens * top_k + experts * (align - 1), align)`, the most
 /// rows any routing can need (each expert's segment padded to `align`).
-pub fn contiguous_capacity(tokens: usize, top_k: usize, experts: usize, align: usize) -> Result<usize> {
+pub fn contiguous_capacity(
+    tokens: usize,
+    top_k: usize,
+    experts: usize,
+    align: usize,
+) -> Result<usize> {
     check_align(align)?;
     let overflow = || DsaError::Capacity {
         what: "contiguous row capacity",
@@ -122,7 +127,7 @@ fn check_nk(n: usize, k: usize) -> Result<()> {
 fn product(what: &'static str, dims: &[usize]) -> Result<usize> {
     dims.iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| DsaError::Capacity {
+        .ok_or(DsaError::Capacity {
             what,
             needed: usize::MAX,
             capacity: usize::MAX,
@@ -211,7 +216,8 @@ fn tma_desc_2d(ptr: u64, rows: usize, k: usize, box_rows: usize) -> Result<DsaTm
     }
     // SAFETY: the driver filled the 128-byte descriptor; DsaTmaDesc has the same size.
     let map = unsafe { map.assume_init() };
-    const _: () = assert!(std::mem::size_of::<sys::CUtensorMap>() == std::mem::size_of::<DsaTmaDesc>());
+    const _: () =
+        assert!(std::mem::size_of::<sys::CUtensorMap>() == std::mem::size_of::<DsaTmaDesc>());
     // SAFETY: both are 128 bytes of plain data.
     Ok(unsafe { std::mem::transmute::<sys::CUtensorMap, DsaTmaDesc>(map) })
 }
@@ -253,7 +259,11 @@ struct Operands<'a, A, SA, B, SB, I, D> {
     d: &'a mut D,
 }
 
-fn launch<A, SA, B, SB, I, D>(kernels: &DsaKernels, l: Launch, ops: Operands<'_, A, SA, B, SB, I, D>) -> Result<()>
+fn launch<A, SA, B, SB, I, D>(
+    kernels: &DsaKernels,
+    l: Launch,
+    ops: Operands<'_, A, SA, B, SB, I, D>,
+) -> Result<()>
 where
     A: DevicePtr<u8>,
     SA: DevicePtr<f32>,
@@ -291,8 +301,16 @@ where
         b_desc: tma_desc_2d(b_ptr, l.groups * l.n, l.k, l.tiling.block_n())?,
         sfa: sfa_ptr as *const f32,
         sfb: sfb_ptr as *const f32,
-        m_indices: if l.masked { std::ptr::null() } else { gi_ptr as *const i32 },
-        masked_m: if l.masked { gi_ptr as *const i32 } else { std::ptr::null() },
+        m_indices: if l.masked {
+            std::ptr::null()
+        } else {
+            gi_ptr as *const i32
+        },
+        masked_m: if l.masked {
+            gi_ptr as *const i32
+        } else {
+            std::ptr::null()
+        },
         d: d_ptr as *mut u16,
         m_rows: l.m_rows as i32,
         sfa_ld: l.sfa_ld as i32,
@@ -323,11 +341,19 @@ fn check_weights(groups: usize, n: usize, k: usize, b_len: usize, sfb_len: usize
         });
     }
     check::fits_i32("grouped GEMM k", k)?;
-    check::fits_i32("grouped GEMM weight rows", product("groups * n", &[groups, n])?)?;
+    check::fits_i32(
+        "grouped GEMM weight rows",
+        product("groups * n", &[groups, n])?,
+    )?;
     let b_elems = product("weights", &[groups, n, k])?;
     check::at_least("grouped GEMM b", b_len, b_elems, &[groups, n, k])?;
     let (nb, kb) = (n / GEMM_BLOCK, k / GEMM_BLOCK);
-    check::at_least("grouped GEMM sfb", sfb_len, product("sfb", &[groups, nb, kb])?, &[groups, nb, kb])
+    check::at_least(
+        "grouped GEMM sfb",
+        sfb_len,
+        product("sfb", &[groups, nb, kb])?,
+        &[groups, nb, kb],
+    )
 }
 
 /// Element counts of the buffers of one call (what the checks compare with the shape).
@@ -350,12 +376,25 @@ where
     SB: DevicePtr<f32>,
     D: DevicePtrMut<bf16>,
 {
-    Lens { a: a.len(), sfa: sfa.len(), b: b.len(), sfb: sfb.len(), ids, d: d.len() }
+    Lens {
+        a: a.len(),
+        sfa: sfa.len(),
+        b: b.len(),
+        sfb: sfb.len(),
+        ids,
+        d: d.len(),
+    }
 }
 
 /// Every check of a contiguous call; the launch it implies.
 fn contiguous_launch(shape: ContiguousShape, len: Lens) -> Result<Launch> {
-    let ContiguousShape { rows, groups, n, k, align } = shape;
+    let ContiguousShape {
+        rows,
+        groups,
+        n,
+        k,
+        align,
+    } = shape;
     check_align(align)?;
     check_weights(groups, n, k, len.b, len.sfb)?;
     if rows % align != 0 {
@@ -367,10 +406,25 @@ fn contiguous_launch(shape: ContiguousShape, len: Lens) -> Result<Launch> {
     let m_pad = sfa_row_stride(rows);
     check::fits_i32("contiguous rows", m_pad)?;
     let kb = k / GEMM_BLOCK;
-    check::at_least("grouped GEMM a", len.a, product("a", &[rows, k])?, &[rows, k])?;
-    check::at_least("grouped GEMM sfa", len.sfa, product("sfa", &[kb, m_pad])?, &[kb, m_pad])?;
+    check::at_least(
+        "grouped GEMM a",
+        len.a,
+        product("a", &[rows, k])?,
+        &[rows, k],
+    )?;
+    check::at_least(
+        "grouped GEMM sfa",
+        len.sfa,
+        product("sfa", &[kb, m_pad])?,
+        &[kb, m_pad],
+    )?;
     check::at_least("m_indices", len.ids, rows, &[rows])?;
-    check::at_least("grouped GEMM d", len.d, product("d", &[rows, n])?, &[rows, n])?;
+    check::at_least(
+        "grouped GEMM d",
+        len.d,
+        product("d", &[rows, n])?,
+        &[rows, n],
+    )?;
     Ok(Launch {
         tiling: Tiling::pick(align, n),
         rows_total: rows,
@@ -385,7 +439,12 @@ fn contiguous_launch(shape: ContiguousShape, len: Lens) -> Result<Launch> {
 
 /// Every check of a masked call; the launch it implies.
 fn masked_launch(shape: MaskedShape, len: Lens) -> Result<Launch> {
-    let MaskedShape { groups, max_m, n, k } = shape;
+    let MaskedShape {
+        groups,
+        max_m,
+        n,
+        k,
+    } = shape;
     check_weights(groups, n, k, len.b, len.sfb)?;
     if max_m % 64 != 0 {
         return Err(DsaError::Unsupported {
@@ -398,10 +457,20 @@ fn masked_launch(shape: MaskedShape, len: Lens) -> Result<Launch> {
     check::fits_i32("masked rows", rows_total)?;
     let sfa_elems = product("sfa", &[groups, kb, max_m])?;
     check::fits_i32("masked sfa", sfa_elems)?;
-    check::at_least("grouped GEMM a", len.a, product("a", &[rows_total, k])?, &[groups, max_m, k])?;
+    check::at_least(
+        "grouped GEMM a",
+        len.a,
+        product("a", &[rows_total, k])?,
+        &[groups, max_m, k],
+    )?;
     check::at_least("grouped GEMM sfa", len.sfa, sfa_elems, &[groups, kb, max_m])?;
     check::at_least("masked_m", len.ids, groups, &[groups])?;
-    check::at_least("grouped GEMM d", len.d, product("d", &[rows_total, n])?, &[groups, max_m, n])?;
+    check::at_least(
+        "grouped GEMM d",
+        len.d,
+        product("d", &[rows_total, n])?,
+        &[groups, max_m, n],
+    )?;
     Ok(Launch {
         tiling: Tiling::pick(if max_m % 128 == 0 { 128 } else { 64 }, n),
         rows_total,
@@ -422,7 +491,12 @@ fn linear_launch(shape: LinearShape, len: Lens) -> Result<Launch> {
     check::fits_i32("linear rows", m_pad)?;
     let kb = k / GEMM_BLOCK;
     check::at_least("fp8 linear a", len.a, product("a", &[m, k])?, &[m, k])?;
-    check::at_least("fp8 linear sfa", len.sfa, product("sfa", &[kb, m_pad])?, &[kb, m_pad])?;
+    check::at_least(
+        "fp8 linear sfa",
+        len.sfa,
+        product("sfa", &[kb, m_pad])?,
+        &[kb, m_pad],
+    )?;
     check::at_least("fp8 linear d", len.d, product("d", &[m, n])?, &[m, n])?;
     Ok(Launch {
         tiling: Tiling::pick(if m > 64 { 128 } else { 64 }, n),
@@ -459,7 +533,18 @@ where
     D: DevicePtrMut<bf16>,
 {
     let l = contiguous_launch(shape, lens(a, sfa, b, sfb, m_indices.len(), d))?;
-    launch(kernels, l, Operands { a, sfa, b, sfb, groups_of: Some(m_indices), d })
+    launch(
+        kernels,
+        l,
+        Operands {
+            a,
+            sfa,
+            b,
+            sfb,
+            groups_of: Some(m_indices),
+            d,
+        },
+    )
 }
 
 /// Masked grouped GEMM: group `g` multiplies its first `masked_m[g]` rows of
@@ -486,7 +571,18 @@ where
     D: DevicePtrMut<bf16>,
 {
     let l = masked_launch(shape, lens(a, sfa, b, sfb, masked_m.len(), d))?;
-    launch(kernels, l, Operands { a, sfa, b, sfb, groups_of: Some(masked_m), d })
+    launch(
+        kernels,
+        l,
+        Operands {
+            a,
+            sfa,
+            b,
+            sfb,
+            groups_of: Some(masked_m),
+            d,
+        },
+    )
 }
 
 /// Dense FP8 linear, the one-group case: `d [m, n] = bf16(a [m, k] . b [n, k]^T)` with
@@ -512,7 +608,14 @@ where
     launch::<_, _, _, _, cudarc::driver::CudaSlice<i32>, _>(
         kernels,
         l,
-        Operands { a, sfa, b, sfb, groups_of: None, d },
+        Operands {
+            a,
+            sfa,
+            b,
+            sfb,
+            groups_of: None,
+            d,
+        },
     )
 }
 
@@ -532,7 +635,13 @@ mod tests {
         }
     }
 
-    const OK: ContiguousShape = ContiguousShape { rows: 384, groups: 3, n: 256, k: 512, align: 128 };
+    const OK: ContiguousShape = ContiguousShape {
+        rows: 384,
+        groups: 3,
+        n: 256,
+        k: 512,
+        align: 128,
+    };
 
     #[test]
     fn contiguous_accepts_exact_buffers_and_picks_block_m_from_align() {
@@ -544,8 +653,15 @@ mod tests {
         let s = ContiguousShape { align: 64, ..OK };
         let l = contiguous_launch(s, full(s)).unwrap();
         assert_eq!((l.tiling, l.tiles()), (Tiling::M64N256, 6));
-        let s = ContiguousShape { align: 64, n: 384, ..OK };
-        assert_eq!(contiguous_launch(s, full(s)).unwrap().tiling, Tiling::M64N128);
+        let s = ContiguousShape {
+            align: 64,
+            n: 384,
+            ..OK
+        };
+        assert_eq!(
+            contiguous_launch(s, full(s)).unwrap().tiling,
+            Tiling::M64N128
+        );
     }
 
     #[test]
@@ -573,46 +689,116 @@ mod tests {
         let f = full(OK);
         for short in [
             Lens { a: f.a - 1, ..f },
-            Lens { sfa: f.sfa - 1, ..f },
+            Lens {
+                sfa: f.sfa - 1,
+                ..f
+            },
             Lens { b: f.b - 1, ..f },
-            Lens { sfb: f.sfb - 1, ..f },
-            Lens { ids: f.ids - 1, ..f },
+            Lens {
+                sfb: f.sfb - 1,
+                ..f
+            },
+            Lens {
+                ids: f.ids - 1,
+                ..f
+            },
             Lens { d: f.d - 1, ..f },
         ] {
-            assert!(matches!(contiguous_launch(OK, short), Err(DsaError::Shape { .. })), "{short:?}");
+            assert!(
+                matches!(contiguous_launch(OK, short), Err(DsaError::Shape { .. })),
+                "{short:?}"
+            );
         }
     }
 
     #[test]
     fn sizes_that_overflow_are_errors() {
-        let s = ContiguousShape { rows: usize::MAX / 128 * 128, ..OK };
+        let s = ContiguousShape {
+            rows: usize::MAX / 128 * 128,
+            ..OK
+        };
         assert!(contiguous_launch(s, full(OK)).is_err());
-        let s = ContiguousShape { groups: usize::MAX / 2, ..OK };
+        let s = ContiguousShape {
+            groups: usize::MAX / 2,
+            ..OK
+        };
         assert!(contiguous_launch(s, full(OK)).is_err());
-        let m = MaskedShape { groups: 1 << 20, max_m: 1 << 12, n: 128, k: 128 };
-        let len = Lens { a: usize::MAX, sfa: usize::MAX, b: usize::MAX, sfb: usize::MAX, ids: usize::MAX, d: usize::MAX };
-        assert!(matches!(masked_launch(m, len), Err(DsaError::Capacity { .. })));
+        let m = MaskedShape {
+            groups: 1 << 20,
+            max_m: 1 << 12,
+            n: 128,
+            k: 128,
+        };
+        let len = Lens {
+            a: usize::MAX,
+            sfa: usize::MAX,
+            b: usize::MAX,
+            sfb: usize::MAX,
+            ids: usize::MAX,
+            d: usize::MAX,
+        };
+        assert!(matches!(
+            masked_launch(m, len),
+            Err(DsaError::Capacity { .. })
+        ));
         assert!(contiguous_capacity(usize::MAX / 4, 8, 256, 128).is_err());
     }
 
     #[test]
     fn masked_checks() {
-        let m = MaskedShape { groups: 4, max_m: 192, n: 128, k: 256 };
-        let len = Lens { a: 4 * 192 * 256, sfa: 4 * 2 * 192, b: 4 * 128 * 256, sfb: 4 * 2, ids: 4, d: 4 * 192 * 128 };
+        let m = MaskedShape {
+            groups: 4,
+            max_m: 192,
+            n: 128,
+            k: 256,
+        };
+        let len = Lens {
+            a: 4 * 192 * 256,
+            sfa: 4 * 2 * 192,
+            b: 4 * 128 * 256,
+            sfb: 4 * 2,
+            ids: 4,
+            d: 4 * 192 * 128,
+        };
         let l = masked_launch(m, len).unwrap();
         assert_eq!((l.tiling, l.tiles()), (Tiling::M64N128, 4 * 3));
         let l = masked_launch(MaskedShape { max_m: 128, ..m }, len).unwrap();
         assert_eq!((l.tiling, l.tiles()), (Tiling::M128N128, 4));
         assert!(masked_launch(MaskedShape { max_m: 96, ..m }, len).is_err());
         assert!(masked_launch(m, Lens { ids: 3, ..len }).is_err());
-        assert!(masked_launch(m, Lens { sfa: len.sfa - 1, ..len }).is_err());
-        assert!(masked_launch(m, Lens { d: len.d - 1, ..len }).is_err());
+        assert!(masked_launch(
+            m,
+            Lens {
+                sfa: len.sfa - 1,
+                ..len
+            }
+        )
+        .is_err());
+        assert!(masked_launch(
+            m,
+            Lens {
+                d: len.d - 1,
+                ..len
+            }
+        )
+        .is_err());
     }
 
     #[test]
     fn linear_checks_any_m() {
-        let s = LinearShape { m: 5, n: 256, k: 128 };
-        let len = Lens { a: 5 * 128, sfa: 8, b: 256 * 128, sfb: 2, ids: 0, d: 5 * 256 };
+        let s = LinearShape {
+            m: 5,
+            n: 256,
+            k: 128,
+        };
+        let len = Lens {
+            a: 5 * 128,
+            sfa: 8,
+            b: 256 * 128,
+            sfb: 2,
+            ids: 0,
+            d: 5 * 256,
+        };
         let l = linear_launch(s, len).unwrap();
         assert_eq!((l.tiling, l.sfa_ld, l.tiles()), (Tiling::M64N256, 8, 1));
         assert!(linear_launch(s, Lens { sfa: 7, ..len }).is_err());

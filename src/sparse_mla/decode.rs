@@ -7,7 +7,8 @@ use crate::cache::{CacheKind, CacheLayout, PagedCache, KV_LORA_RANK, QK_DIM};
 use crate::check;
 use crate::error::{DsaError, Result};
 use crate::runtime::DsaKernels;
-use crate::sys::sparse_mla::{DsaSparseMlaCombineParams, DsaSparseMlaParams};
+use crate::sys::mla_combine::{DsaMlaCombineParams, DSA_MLA_COMBINE_WARPS};
+use crate::sys::sparse_mla::DsaSparseMlaParams;
 
 /// Shape and scale of one sparse decode call.
 ///
@@ -243,25 +244,28 @@ impl DsaKernels {
         // the cache capacity in the kernel.
         unsafe { self.launch("sparse_mla_decode", kernel, lc, &params)? };
         if splits > 1 {
-            let cp = DsaSparseMlaCombineParams {
+            let cp = DsaMlaCombineParams {
                 partial_out: part_out,
                 partial_lse: part_lse,
+                plan: std::ptr::null(),
                 attn_sink: sink_ptr,
                 out: out_ptr as *mut _,
                 lse: lse_ptr as *mut f32,
-                rows: rows as i32,
+                groups: 1,
+                rows_per_group: (rows * h_q) as i32,
                 h_q: h_q as i32,
+                num_parts: 0,
                 num_splits: splits as i32,
-                pad_: 0,
+                max_splits: splits as i32,
             };
             let warps = (rows * h_q) as u32;
             let lc = LaunchConfig {
-                grid_dim: (warps.div_ceil(8), 1, 1),
-                block_dim: (256, 1, 1),
+                grid_dim: (warps.div_ceil(DSA_MLA_COMBINE_WARPS), 1, 1),
+                block_dim: (32 * DSA_MLA_COMBINE_WARPS, 1, 1),
                 shared_mem_bytes: 0,
             };
             // SAFETY: the partials were written by the launch above on the same stream.
-            unsafe { self.launch("sparse_mla_decode", "dsa_sparse_mla_combine", lc, &cp)? };
+            unsafe { self.launch("mla_combine", "dsa_mla_combine", lc, &cp)? };
         }
         drop(ws_guard);
         Ok(())

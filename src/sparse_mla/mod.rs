@@ -62,13 +62,15 @@ impl std::fmt::Debug for SparseExtras<'_> {
     }
 }
 
+use crate::sys::sparse_mla as sys;
+
 /// Heads per CTA (the wgmma M dimension).
-pub(crate) const HEADS_PER_CTA: usize = 64;
+pub(crate) const HEADS_PER_CTA: usize = sys::DSA_SPARSE_HEADS_PER_CTA as usize;
 /// Indices per pipeline block.
-pub(crate) const BLOCK: usize = 64;
+pub(crate) const BLOCK: usize = sys::DSA_SPARSE_BLOCK as usize;
 /// Threads per CTA: two consumer warpgroups and one producer warpgroup.
-pub(crate) const THREADS: u32 = 384;
-/// Dynamic shared memory of the attention kernel (`kSmemBytes` in sparse_mla_fwd.cuh).
-pub(crate) const SMEM_BYTES: u32 = 73728 * 3 + 8192 + 512 + 512 + 32 + 1024;
-/// Most splits of one query's index list (the combine kernel reads one lse per lane).
-pub(crate) const MAX_SPLITS: usize = 32;
+pub(crate) const THREADS: u32 = sys::DSA_SPARSE_THREADS;
+/// Dynamic shared memory of the attention kernels.
+pub(crate) const SMEM_BYTES: u32 = sys::DSA_SPARSE_SMEM_BYTES;
+/// Most splits the decode makes of one query's index list.
+pub(crate) const MAX_SPLITS: usize = sys::DSA_SPARSE_MAX_SPLITS as usize;

@@ -2,10 +2,10 @@
 
 pub const DSA_GG_BLOCK_K: u32 = 128;
 pub const DSA_GG_THREADS: u32 = 384;
-pub const DSA_GG_SMEM_128x128: u32 = 200800;
-pub const DSA_GG_SMEM_128x256: u32 = 199744;
-pub const DSA_GG_SMEM_64x128: u32 = 199808;
-pub const DSA_GG_SMEM_64x256: u32 = 207184;
+pub const DSA_GG_SMEM_128x128: u32 = 217184;
+pub const DSA_GG_SMEM_128x256: u32 = 216128;
+pub const DSA_GG_SMEM_64x128: u32 = 216192;
+pub const DSA_GG_SMEM_64x256: u32 = 223568;
 #[repr(C)]
 #[repr(align(64))]
 #[derive(Debug, Copy, Clone)]

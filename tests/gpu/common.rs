@@ -69,3 +69,40 @@ pub fn cos_diff(out: &[f32], reference: &[f32]) -> f64 {
         1.0 - 2.0 * xy / xx
     }
 }
+
+/// Guard elements on each side of a [`Guarded`] buffer.
+pub const GUARD: usize = 4096;
+
+/// A device buffer of `len` elements with `GUARD` poisoned elements on each side, so a
+/// kernel writing past its buffer (within the allocation, where memcheck cannot see it)
+/// shows as a changed guard.
+pub struct Guarded<T: DeviceRepr> {
+    pub all: CudaSlice<T>,
+    pub len: usize,
+}
+
+impl<T: DeviceRepr + Default + Clone + Unpin + Copy + PartialEq + std::fmt::Debug> Guarded<T> {
+    pub fn new(stream: &Arc<CudaStream>, len: usize, poison: T) -> Self {
+        Guarded {
+            all: upload(stream, &vec![poison; len + 2 * GUARD]),
+            len,
+        }
+    }
+
+    /// The buffer a kernel may write.
+    pub fn inner(&mut self) -> dsa_kernels::cudarc::driver::CudaViewMut<'_, T> {
+        self.all.slice_mut(GUARD..GUARD + self.len)
+    }
+
+    /// Panics when a guard element differs from `poison` (compared by `same`); returns the
+    /// inner elements.
+    pub fn check(&self, stream: &Arc<CudaStream>, what: &str, same: impl Fn(&T) -> bool) -> Vec<T> {
+        let v = download(stream, &self.all);
+        let (head, rest) = v.split_at(GUARD);
+        let (inner, tail) = rest.split_at(self.len);
+        for (i, g) in head.iter().chain(tail).enumerate() {
+            assert!(same(g), "{what}: guard element {i} written ({g:?})");
+        }
+        inner.to_vec()
+    }
+}

@@ -24,7 +24,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 
-use crate::common::{cos_diff, download, kernels, max_rel_err, upload};
+use crate::common::{cos_diff, download, kernels, max_rel_err, upload, Guarded};
 
 const SCALE: f32 = 0.135234;
 const DIM: usize = 576;
@@ -563,4 +563,56 @@ fn dense_decode_step_replays_from_cuda_graph() {
     let kv = attention::kv_from_bf16_cache(&st2.rows);
     let (r_out, r_lse) = st2.reference(&kv);
     check("graph replay with new inputs", &out, &lse, &r_out, &r_lse);
+}
+
+/// Plans that are not this step's (random words, huge or negative values, all ones) with
+/// the decode and the combine: wrong numbers are allowed, memory outside the buffers is
+/// not (run under memcheck; the guards around the workspace, out and lse stay untouched).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn dense_decode_survives_corrupt_plans() {
+    let k = kernels();
+    let stream = k.stream().clone();
+    let st = Step::new(21, 3, 2, 64, 300);
+    let cfg = parts_for(&k, &st, 0);
+    let cache = MlaBf16Cache::from_slice(upload(&stream, &st.rows)).unwrap();
+    let bufs = Bufs::new(&stream, &st, &cfg);
+    let rows = st.batch * st.s_q * st.h_q;
+    let n = cfg.plan_len();
+    let mut rng = StdRng::seed_from_u64(5);
+    let plans: Vec<Vec<i32>> = vec![
+        (0..n).map(|_| rng.random()).collect(),
+        (0..n).map(|_| rng.random_range(-3..40)).collect(),
+        vec![-1; n],
+        vec![i32::MAX; n],
+        vec![1; n],
+        (0..n)
+            .map(|i| if i % 2 == 0 { i32::MIN } else { i32::MAX })
+            .collect(),
+    ];
+    for plan in plans {
+        let d_plan = upload(&stream, &plan);
+        let mut ws = Guarded::new(&stream, cfg.workspace_len(), f32::NAN);
+        let mut out = Guarded::new(&stream, rows * DV, bf16::NAN);
+        let mut lse = Guarded::new(&stream, rows, f32::NAN);
+        let args = DenseMlaArgs {
+            q: &bufs.q,
+            block_table: &bufs.bt,
+            seq_lens: &bufs.lens,
+            plan: &d_plan,
+        };
+        k.dense_mla_decode(
+            &cfg,
+            &cache,
+            args,
+            &mut ws.inner(),
+            &mut out.inner(),
+            &mut lse.inner(),
+        )
+        .unwrap();
+        let what = format!("plan {:?}..", &plan[..6]);
+        ws.check(&stream, &what, |v| v.is_nan());
+        out.check(&stream, &what, |v| v.is_nan());
+        lse.check(&stream, &what, |v| v.is_nan());
+    }
 }

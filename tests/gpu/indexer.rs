@@ -27,7 +27,7 @@ use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 
-use crate::common::{cos_diff, download, kernels, upload};
+use crate::common::{cos_diff, download, kernels, upload, Guarded};
 
 const D: usize = 128;
 
@@ -773,4 +773,86 @@ fn indexer_sanitizer_small() {
     prefill_case(9, 16, 1, 150, 40, 0);
     decode_case(10, 64, 3, 2, 200, false, true);
     decode_case(11, 32, 2, 3, 130, false, false);
+}
+
+/// Plans that are not this step's (not monotonic, negative, huge, from a larger batch,
+/// random words) and a block table of garbage: the logits may be wrong but nothing is
+/// read or written outside the buffers (run under memcheck; the guards around `out` and
+/// the padding columns past `max_ctx` stay untouched).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn indexer_logits_decode_survives_corrupt_plans_and_tables() {
+    let k = kernels();
+    let stream = k.stream().clone();
+    let mut rng = StdRng::seed_from_u64(77);
+    let (batch, next_n, heads, max_pages, num_pages) = (3usize, 2usize, 64usize, 6usize, 9usize);
+    let shape = DecodeLogitsShape {
+        batch,
+        next_n,
+        heads,
+        max_pages,
+        max_ctx: 300,
+        out_stride: 305,
+    };
+    let lens = vec![130i32, 0, 257];
+    let table: Vec<i32> = (0..batch * max_pages)
+        .map(|_| match rng.random_range(0..4) {
+            0 => rng.random_range(0..num_pages as i32),
+            1 => -rng.random_range(1..1000),
+            2 => i32::MAX - rng.random_range(0..10),
+            _ => rng.random(),
+        })
+        .collect();
+    let cache_bytes: Vec<u8> = (0..num_pages * INDEXER_PAGE_BYTES)
+        .map(|_| rng.random_range(0..0x7e))
+        .collect();
+    let d_cache = IndexerKCache::from_slice(upload(&stream, &cache_bytes)).unwrap();
+    let rows = batch * next_n;
+    let q8: Vec<u8> = (0..rows * heads * D)
+        .map(|_| rng.random_range(0..0x7e))
+        .collect();
+    let w: Vec<f32> = (0..rows * heads)
+        .map(|_| rng.random_range(-1.0f32..1.0))
+        .collect();
+    let (d_q8, d_w, d_lens, d_table) = (
+        upload(&stream, &q8),
+        upload(&stream, &w),
+        upload(&stream, &lens),
+        upload(&stream, &table),
+    );
+    let plans: Vec<Vec<i32>> = vec![
+        vec![0, 5, 2, 9],
+        vec![0, -4, -8, -12],
+        vec![7, 3, i32::MAX, 1],
+        vec![i32::MIN, i32::MAX, i32::MIN, i32::MAX],
+        vec![0, 6, 12, 18, 24, 30, 36],
+        (0..4).map(|_| rng.random()).collect(),
+        (0..4).map(|_| rng.random_range(-20..40)).collect(),
+    ];
+    for plan in plans {
+        let d_plan = upload(&stream, &plan);
+        let mut out = Guarded::new(&stream, rows * shape.out_stride, f32::NAN);
+        k.indexer_logits_decode(
+            shape,
+            &d_q8,
+            &d_w,
+            &d_cache,
+            &d_lens,
+            &d_table,
+            &d_plan,
+            &mut out.inner(),
+        )
+        .unwrap();
+        let got = out.check(&stream, &format!("decode logits, plan {plan:?}"), |v| {
+            v.is_nan()
+        });
+        for r in 0..rows {
+            for c in shape.max_ctx..shape.out_stride {
+                assert!(
+                    got[r * shape.out_stride + c].is_nan(),
+                    "plan {plan:?}: padding {r},{c} written"
+                );
+            }
+        }
+    }
 }

@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::common::{download, kernels, upload};
+use crate::common::{download, kernels, upload, Guarded};
 
 /// Output poison: not -1 and not a plausible index, so an unwritten entry shows.
 const POISON: i32 = 0x5a5a_5a5a;
@@ -614,4 +614,59 @@ fn topk_rejects_bad_arguments() {
     )
     .is_ok());
     stream.synchronize().unwrap();
+}
+
+/// Offsets and block-table entries of any value (near i32::MIN / i32::MAX, negative,
+/// past the table): every output is -1 or a translated slot, and nothing outside the
+/// buffers is read or written (run under memcheck; the guards around `out` stay intact).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn topk_translation_survives_extreme_offsets_and_tables() {
+    let kern = kernels();
+    let stream = kern.stream().clone();
+    let mut rng = StdRng::seed_from_u64(91);
+    let (batch, next_n, max_pages, cols, k) = (2usize, 2usize, 5usize, 300usize, 64usize);
+    let rows = batch * next_n;
+    let logits: Vec<f32> = (0..rows * cols)
+        .map(|_| rng.random_range(-1.0f32..1.0))
+        .collect();
+    let ends = vec![cols as i32; rows];
+    let table: Vec<i32> = (0..batch * max_pages)
+        .map(|i| [i32::MAX, i32::MIN, -1, 7, i32::MAX / 64 + 1][i % 5])
+        .collect();
+    let offsets = vec![i32::MAX, i32::MIN, -200, i32::MAX - 100];
+    let (d_logits, d_ends, d_table, d_offsets) = (
+        upload(&stream, &logits),
+        upload(&stream, &ends),
+        upload(&stream, &table),
+        upload(&stream, &offsets),
+    );
+    let mut out = Guarded::new(&stream, rows * k, POISON);
+    kern.topk(
+        &d_logits,
+        TopkRanges::Lengths(&d_ends),
+        TopkShape {
+            rows,
+            cols,
+            row_stride: cols,
+            k,
+        },
+        TopkOptions {
+            sorted: false,
+            row_offsets: Some(&d_offsets),
+            translation: Some(TopkTranslation {
+                block_table: &d_table,
+                batch,
+                max_pages,
+                next_n,
+            }),
+        },
+        &mut out.inner(),
+    )
+    .unwrap();
+    let got = out.check(&stream, "top-k out", |v| *v == POISON);
+    assert!(
+        got.iter().all(|&v| v != POISON),
+        "an output entry was not written"
+    );
 }

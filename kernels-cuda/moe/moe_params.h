@@ -82,7 +82,7 @@ typedef struct DsaMoePlanParams {
  *     src == NULL means row r reads x row r (the shared expert's rows);
  *   SwiGLU (moe_swiglu_quant): value(row, c) = bf16(silu(h[row, c]) * h[row, cols + c])
  *     with h rows of x_stride = 2 * cols elements.
- * Rows with src[row] < 0 (padding) get codes 0 and the scale of a zero block, and read
+ * Rows with src[row] outside [0, slots) (padding) get codes 0 and the scale of a zero block, and read
  * nothing. Which rows are written: contiguous [0, offsets[experts]) (or [0, rows) when
  * offsets is NULL); masked, for group g, rows [0, min(round_up(masked_m[g], align),
  * max_m)). Scales are MN-major: contiguous scales[kb * scale_stride + row], masked
@@ -104,6 +104,8 @@ typedef struct DsaMoeQuantParams {
     int32_t scale_stride;
     int32_t align;
     int32_t pow2;
+    int32_t slots; /* src values outside [0, slots) are treated as padding */
+    int32_t reserved;
 } DsaMoeQuantParams;
 
 /* Combine: out[t, c] = bf16(sum_j weights[t, j] * y[row_of[t * top_k + j], c] (+ shared[t, c])),

@@ -11,42 +11,23 @@
 // by the slots, and an expert with no slot returns at once.
 #include <stdint.h>
 
+#include "block.cuh"
 #include "moe_params.h"
 
 namespace {
 
 constexpr int kThreads = DSA_MOE_PLAN_THREADS;
 constexpr int kWarps = kThreads / 32;
+static_assert(kWarps == 32, "the scan total is the last of 32 warp sums");
 constexpr int kPerThread = 4;
 constexpr int kTile = kThreads * kPerThread;
 
-// Exclusive prefix sum over the CTA; `total` gets the sum. Uses `scratch[kWarps + 1]`.
-__device__ __forceinline__ int block_exclusive_scan(int v, int *scratch, int &total) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int incl = v;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-        const int n = __shfl_up_sync(0xffffffffu, incl, o);
-        if (lane >= o) incl += n;
-    }
-    if (lane == 31) scratch[warp] = incl;
-    __syncthreads();
-    if (warp == 0) {
-        const int w = lane < kWarps ? scratch[lane] : 0;
-        int wi = w;
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            const int n = __shfl_up_sync(0xffffffffu, wi, o);
-            if (lane >= o) wi += n;
-        }
-        if (lane < kWarps) scratch[lane] = wi - w;
-        if (lane == 31) scratch[kWarps] = wi;
-    }
-    __syncthreads();
-    const int out = scratch[warp] + incl - v;
-    total = scratch[kWarps];
-    __syncthreads();  // scratch may be reused by the next call
-    return out;
+// Exclusive prefix sum over the CTA; `total` gets the sum. Uses `warp_sums[32]`.
+__device__ __forceinline__ int block_exclusive_scan(int v, int *warp_sums, int &total) {
+    const int incl = dsa::block_inclusive_scan(v, warp_sums);
+    total = warp_sums[kWarps - 1];
+    __syncthreads();  // the next call overwrites warp_sums
+    return incl - v;
 }
 
 __device__ __forceinline__ int round_up(int x, int a) { return (x + a - 1) / a * a; }
@@ -55,7 +36,7 @@ __device__ __forceinline__ int round_up(int x, int a) { return (x + a - 1) / a *
 
 extern "C" __global__ void __launch_bounds__(kThreads) dsa_moe_plan_count(const DsaMoePlanParams p) {
     __shared__ int hist[DSA_MOE_MAX_EXPERTS];
-    __shared__ int scratch[kWarps + 1];
+    __shared__ int scratch[32];
     const int E = p.experts;
     for (int e = threadIdx.x; e < E; e += kThreads) hist[e] = 0;
     __syncthreads();
@@ -88,7 +69,7 @@ extern "C" __global__ void __launch_bounds__(kThreads) dsa_moe_plan_count(const 
 }
 
 extern "C" __global__ void __launch_bounds__(kThreads) dsa_moe_plan_scatter(const DsaMoePlanParams p) {
-    __shared__ int scratch[kWarps + 1];
+    __shared__ int scratch[32];
     const int E = p.experts;
     const int e = blockIdx.x;
     if (e == E) {

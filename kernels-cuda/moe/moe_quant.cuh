@@ -49,7 +49,8 @@ __device__ __forceinline__ void quantize_rows(const DsaMoeQuantParams &p, Load l
             const int lim = min((m + p.align - 1) / p.align * p.align, p.max_m);
             if (i >= lim) continue;  // warp-uniform
         }
-        const bool data = p.src == nullptr || p.src[r] >= 0;
+        // The plan is device data: a slot outside [0, slots) is padding, never an address.
+        const bool data = p.src == nullptr || (unsigned)p.src[r] < (unsigned)p.slots;
         if (!data) {
             // Padding row: zero codes and the scale of a zero block, stored without the
             // quantizer's arithmetic (most rows of a small batch are padding).

@@ -231,6 +231,7 @@ impl DsaKernels {
         let null = std::ptr::null::<i32>();
         let (mut src, mut offsets, mut masked_m) = (null, null, null);
         let (mut top_k, mut experts, mut max_m, mut align) = (1, 0, 0, 128);
+        let mut slots = job.rows as i32;
         let mut _guard = None;
         if let (Some(plan), Some(shape)) = (job.plan, job.shape) {
             let sec = plan.sections();
@@ -248,6 +249,7 @@ impl DsaKernels {
                 }
             }
             top_k = shape.top_k as i32;
+            slots = shape.slots()? as i32;
             experts = shape.experts as i32;
             align = shape.align.rows() as i32;
         }
@@ -267,6 +269,8 @@ impl DsaKernels {
             scale_stride: job.scale_stride as i32,
             align,
             pow2: i32::from(job.pow2),
+            slots,
+            reserved: 0,
         };
         // One warp per row in a grid-stride loop: enough CTAs to fill the device
         // without launching one per worst-case row (most of them idle at small T).

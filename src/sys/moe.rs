@@ -140,10 +140,12 @@ pub struct DsaMoeQuantParams {
     pub scale_stride: i32,
     pub align: i32,
     pub pow2: i32,
+    pub slots: i32,
+    pub reserved: i32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of DsaMoeQuantParams"][::core::mem::size_of::<DsaMoeQuantParams>() - 88usize];
+    ["Size of DsaMoeQuantParams"][::core::mem::size_of::<DsaMoeQuantParams>() - 96usize];
     ["Alignment of DsaMoeQuantParams"][::core::mem::align_of::<DsaMoeQuantParams>() - 8usize];
     ["Offset of field: DsaMoeQuantParams::x"]
         [::core::mem::offset_of!(DsaMoeQuantParams, x) - 0usize];
@@ -175,6 +177,10 @@ const _: () = {
         [::core::mem::offset_of!(DsaMoeQuantParams, align) - 80usize];
     ["Offset of field: DsaMoeQuantParams::pow2"]
         [::core::mem::offset_of!(DsaMoeQuantParams, pow2) - 84usize];
+    ["Offset of field: DsaMoeQuantParams::slots"]
+        [::core::mem::offset_of!(DsaMoeQuantParams, slots) - 88usize];
+    ["Offset of field: DsaMoeQuantParams::reserved"]
+        [::core::mem::offset_of!(DsaMoeQuantParams, reserved) - 92usize];
 };
 impl Default for DsaMoeQuantParams {
     fn default() -> Self {

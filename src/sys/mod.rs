@@ -12,8 +12,10 @@
 pub mod cache;
 pub mod common;
 pub mod dense_mla;
+pub mod grouped_gemm;
 pub mod indexer;
 pub mod mla_combine;
+pub mod moe;
 pub mod sparse_mla;
 pub mod topk;
 
@@ -28,3 +30,8 @@ unsafe impl cudarc::driver::DeviceRepr for dense_mla::DsaDenseMlaPlanParams {}
 unsafe impl cudarc::driver::DeviceRepr for dense_mla::DsaDenseMlaDecodeParams {}
 unsafe impl cudarc::driver::DeviceRepr for mla_combine::DsaMlaCombineParams {}
 unsafe impl cudarc::driver::DeviceRepr for sparse_mla::DsaSparseMlaParams {}
+unsafe impl cudarc::driver::DeviceRepr for moe::DsaMoeRouteParams {}
+unsafe impl cudarc::driver::DeviceRepr for moe::DsaMoePlanParams {}
+unsafe impl cudarc::driver::DeviceRepr for moe::DsaMoeQuantParams {}
+unsafe impl cudarc::driver::DeviceRepr for moe::DsaMoeCombineParams {}
+unsafe impl cudarc::driver::DeviceRepr for grouped_gemm::DsaGroupedGemmParams {}

@@ -1,0 +1,306 @@
+//! One routed-MoE layer, routing to combine, with the shared expert: the runner that owns
+//! the layer's workspace and enqueues the fixed launch sequence.
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut};
+use half::bf16;
+
+use super::gemm::{self, ContiguousShape, LinearShape, MaskedShape};
+use super::shape::mul;
+use super::{MoeLayout, MoePlan, MoeShape, RouteConfig, MOE_BLOCK};
+use crate::check;
+use crate::error::{DsaError, Result};
+use crate::runtime::DsaKernels;
+
+/// An FP8 weight with 128x128 block scales on the device: `codes` e4m3 `[.., n, k]`
+/// (K-major), `scales` f32 `[.., n / 128, k / 128]`.
+#[derive(Debug)]
+pub struct Fp8Weights<'a> {
+    pub codes: CudaView<'a, u8>,
+    pub scales: CudaView<'a, f32>,
+}
+
+/// The shared expert (all shared experts fused into one MLP of width `inter`).
+#[derive(Debug)]
+pub struct SharedExpert<'a> {
+    /// Width of the shared MLP (a multiple of 128).
+    pub inter: usize,
+    /// `[gate; up]` stacked: `[2 inter, hidden]`.
+    pub w13: Fp8Weights<'a>,
+    /// `[hidden, inter]`.
+    pub w2: Fp8Weights<'a>,
+}
+
+/// The device weights of one routed-MoE layer.
+#[derive(Debug)]
+pub struct MoeWeights<'a> {
+    /// `e_score_correction_bias` f32 `[experts]`.
+    pub bias: CudaView<'a, f32>,
+    /// Every expert's `[gate; up]`: `[experts, 2 inter, hidden]` (gate_proj rows first,
+    /// then up_proj's, and their scales likewise).
+    pub w13: Fp8Weights<'a>,
+    /// Every expert's down_proj: `[experts, hidden, inter]`.
+    pub w2: Fp8Weights<'a>,
+    pub shared: Option<SharedExpert<'a>>,
+}
+
+/// Workspace of the shared expert, sized for the layer's tokens.
+#[derive(Debug)]
+struct SharedWork {
+    inter: usize,
+    xq: CudaSlice<u8>,
+    xs: CudaSlice<f32>,
+    h: CudaSlice<bf16>,
+    aq: CudaSlice<u8>,
+    as_: CudaSlice<f32>,
+    y: CudaSlice<bf16>,
+}
+
+/// A routed-MoE layer runner: owns the plan and every intermediate buffer for one
+/// [`MoeShape`] (allocated once by [`MoeLayer::new`]), and runs
+/// route -> plan -> permute + quant -> grouped GEMM (w13) -> SwiGLU + quant -> grouped
+/// GEMM (w2) -> combine, plus the shared expert's dense FP8 MLP added in the combine. No
+/// allocation and no host synchronization in [`MoeLayer::forward`]: a whole layer can be
+/// captured in a CUDA graph and replayed with new logits and activations.
+///
+/// Matches `dsa_reference::moe::Moe::forward` given the same gate logits (the gate GEMM
+/// `x Wg^T` is the caller's: its f32 rounding decides ties, so it is an input here). The
+/// reference rounds the w1 and w3 outputs to bf16 separately; the w13 GEMM does the same
+/// per column. In the masked layout an expert with more than `max_m` tokens drops the
+/// rest (flagged in [`MoeLayer::plan`]'s status); use `max_m >= tokens` for no drops.
+#[derive(Debug)]
+pub struct MoeLayer {
+    shape: MoeShape,
+    route: RouteConfig,
+    ids: CudaSlice<i32>,
+    weights: CudaSlice<f32>,
+    plan: MoePlan,
+    a1: CudaSlice<u8>,
+    sfa1: CudaSlice<f32>,
+    h: CudaSlice<bf16>,
+    a2: CudaSlice<u8>,
+    sfa2: CudaSlice<f32>,
+    y: CudaSlice<bf16>,
+    shared: Option<SharedWork>,
+}
+
+impl MoeLayer {
+    /// Allocates the workspace of `shape` (and of a shared expert of width
+    /// `shared_inter`, if any) on `stream`.
+    pub fn new(
+        stream: &Arc<CudaStream>,
+        shape: &MoeShape,
+        route: &RouteConfig,
+        shared_inter: Option<usize>,
+    ) -> Result<Self> {
+        shape.validate()?;
+        route.validate(shape)?;
+        let slots = shape.slots()?;
+        let shared = match shared_inter {
+            None => None,
+            Some(inter) => {
+                if inter == 0 || inter % MOE_BLOCK != 0 {
+                    return Err(DsaError::Unsupported {
+                        what: "shared expert width",
+                        detail: format!("{inter}, must be a positive multiple of 128"),
+                    });
+                }
+                let t = shape.tokens;
+                let stride = t.next_multiple_of(4);
+                let size = |a: usize, b: usize| mul("shared expert workspace", a, b);
+                Some(SharedWork {
+                    inter,
+                    xq: stream.alloc_zeros(size(t, shape.hidden)?.max(1))?,
+                    xs: stream.alloc_zeros(size(stride, shape.hidden / MOE_BLOCK)?.max(1))?,
+                    h: stream.alloc_zeros(size(t, 2 * inter)?.max(1))?,
+                    aq: stream.alloc_zeros(size(t, inter)?.max(1))?,
+                    as_: stream.alloc_zeros(size(stride, inter / MOE_BLOCK)?.max(1))?,
+                    y: stream.alloc_zeros(size(t, shape.hidden)?.max(1))?,
+                })
+            }
+        };
+        Ok(Self {
+            shape: *shape,
+            route: *route,
+            ids: stream.alloc_zeros(slots.max(1))?,
+            weights: stream.alloc_zeros(slots.max(1))?,
+            plan: MoePlan::new(stream, shape)?,
+            a1: stream.alloc_zeros(shape.a1_len()?)?,
+            sfa1: stream.alloc_zeros(shape.sfa1_len()?)?,
+            h: stream.alloc_zeros(shape.h_len()?)?,
+            a2: stream.alloc_zeros(shape.a2_len()?)?,
+            sfa2: stream.alloc_zeros(shape.sfa2_len()?)?,
+            y: stream.alloc_zeros(shape.y_len()?)?,
+            shared,
+        })
+    }
+
+    pub fn shape(&self) -> &MoeShape {
+        &self.shape
+    }
+
+    /// The plan of the last forward (its status holds the masked overflow flag).
+    pub fn plan(&self) -> &MoePlan {
+        &self.plan
+    }
+
+    /// Routing ids `[tokens, top_k]` of the last forward.
+    pub fn ids(&self) -> &CudaSlice<i32> {
+        &self.ids
+    }
+
+    /// Combine weights `[tokens, top_k]` of the last forward.
+    pub fn route_weights(&self) -> &CudaSlice<f32> {
+        &self.weights
+    }
+
+    /// `out` bf16 `[tokens, hidden]` = the layer applied to `x` bf16 `[tokens, hidden]`
+    /// routed by `logits` f32 `[tokens, experts]`. Weights are checked against the
+    /// shape (and the shared expert's presence against the workspace) before any launch.
+    pub fn forward<L, X, O>(
+        &mut self,
+        k: &DsaKernels,
+        w: &MoeWeights<'_>,
+        logits: &L,
+        x: &X,
+        out: &mut O,
+    ) -> Result<()>
+    where
+        L: DevicePtr<f32>,
+        X: DevicePtr<bf16>,
+        O: DevicePtrMut<bf16>,
+    {
+        let s = self.shape;
+        let (e, hd, it) = (s.experts, s.hidden, s.inter);
+        let (hb, ib) = (hd / MOE_BLOCK, it / MOE_BLOCK);
+        // Saturating products: a size past usize fails the check instead of wrapping.
+        let prod = |d: &[usize]| d.iter().fold(1usize, |p, &x| p.saturating_mul(x));
+        let expect: [(&'static str, usize, &[usize]); 4] = [
+            ("MoE w13", w.w13.codes.len(), &[e, 2 * it, hd]),
+            ("MoE w13 scales", w.w13.scales.len(), &[e, 2 * ib, hb]),
+            ("MoE w2", w.w2.codes.len(), &[e, hd, it]),
+            ("MoE w2 scales", w.w2.scales.len(), &[e, hb, ib]),
+        ];
+        for (what, got, dims) in expect {
+            check::at_least(what, got, prod(dims), dims)?;
+        }
+        if let Some(sw) = &w.shared {
+            let sb = sw.inter / MOE_BLOCK;
+            let expect: [(&'static str, usize, &[usize]); 4] = [
+                ("shared w13", sw.w13.codes.len(), &[2 * sw.inter, hd]),
+                ("shared w13 scales", sw.w13.scales.len(), &[2 * sb, hb]),
+                ("shared w2", sw.w2.codes.len(), &[hd, sw.inter]),
+                ("shared w2 scales", sw.w2.scales.len(), &[hb, sb]),
+            ];
+            for (what, got, dims) in expect {
+                check::at_least(what, got, prod(dims), dims)?;
+            }
+        }
+        check::at_least("MoE bias", w.bias.len(), e, &[e])?;
+        match (&w.shared, &self.shared) {
+            (Some(sw), Some(work)) if sw.inter == work.inter => {}
+            (None, None) => {}
+            _ => {
+                return Err(DsaError::Unsupported {
+                    what: "MoE shared expert",
+                    detail: "the weights' shared expert (or its width) is not the one the layer \
+                             was created for"
+                        .into(),
+                })
+            }
+        }
+        k.moe_route(
+            &s,
+            &self.route,
+            logits,
+            &w.bias,
+            &mut self.ids,
+            &mut self.weights,
+        )?;
+        k.moe_plan(&s, &self.ids, &mut self.plan)?;
+        k.moe_permute_quant(&s, &self.plan, x, &mut self.a1, &mut self.sfa1)?;
+        self.grouped_gemm(k, &w.w13, 2 * it, hd, true)?;
+        k.moe_swiglu_quant(&s, &self.plan, &self.h, &mut self.a2, &mut self.sfa2)?;
+        self.grouped_gemm(k, &w.w2, hd, it, false)?;
+        let t = s.tokens;
+        if let (Some(sw), Some(work)) = (&w.shared, &mut self.shared) {
+            if t > 0 {
+                let si = sw.inter;
+                k.fp8_quantize_rows(t, hd, s.ue8m0, x, &mut work.xq, &mut work.xs)?;
+                let l1 = LinearShape {
+                    m: t,
+                    n: 2 * si,
+                    k: hd,
+                };
+                gemm::fp8_linear(
+                    k,
+                    l1,
+                    &work.xq,
+                    &work.xs,
+                    &sw.w13.codes,
+                    &sw.w13.scales,
+                    &mut work.h,
+                )?;
+                k.fp8_swiglu_quant_rows(t, si, s.ue8m0, &work.h, &mut work.aq, &mut work.as_)?;
+                let l2 = LinearShape { m: t, n: hd, k: si };
+                gemm::fp8_linear(
+                    k,
+                    l2,
+                    &work.aq,
+                    &work.as_,
+                    &sw.w2.codes,
+                    &sw.w2.scales,
+                    &mut work.y,
+                )?;
+            }
+        }
+        let shared_y = self.shared.as_ref().map(|w| &w.y);
+        k.moe_combine(&s, &self.plan, &self.y, &self.weights, shared_y, out)
+    }
+
+    /// One grouped GEMM of the layer: w13 (`a1 -> h`) or w2 (`a2 -> y`).
+    fn grouped_gemm(
+        &mut self,
+        k: &DsaKernels,
+        w: &Fp8Weights<'_>,
+        n: usize,
+        kd: usize,
+        first: bool,
+    ) -> Result<()> {
+        let s = self.shape;
+        let (a, sfa, d) = if first {
+            (&self.a1, &self.sfa1, &mut self.h)
+        } else {
+            (&self.a2, &self.sfa2, &mut self.y)
+        };
+        match s.layout {
+            MoeLayout::Contiguous => {
+                let m_indices = self.plan.m_indices().ok_or(DsaError::Unsupported {
+                    what: "MoE plan",
+                    detail: "contiguous plan without m_indices".into(),
+                })?;
+                let shape = ContiguousShape {
+                    rows: s.rows()?,
+                    groups: s.experts,
+                    n,
+                    k: kd,
+                    align: s.align.rows(),
+                };
+                gemm::grouped_gemm_contiguous(k, shape, a, sfa, &w.codes, &w.scales, &m_indices, d)
+            }
+            MoeLayout::Masked { max_m } => {
+                let masked_m = self.plan.masked_m().ok_or(DsaError::Unsupported {
+                    what: "MoE plan",
+                    detail: "masked plan without masked_m".into(),
+                })?;
+                let shape = MaskedShape {
+                    groups: s.experts,
+                    max_m,
+                    n,
+                    k: kd,
+                };
+                gemm::grouped_gemm_masked(k, shape, a, sfa, &w.codes, &w.scales, &masked_m, d)
+            }
+        }
+    }
+}

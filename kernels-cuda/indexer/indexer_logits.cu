@@ -331,12 +331,15 @@ __device__ __forceinline__ void decode_body(const DsaIndexerDecodeParams &p) {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int batch = p.batch, next_n = p.next_n;
     // The plan is device data of unchecked provenance (stale, of another geometry, not
-    // monotonic): everything read from it is clamped so that no access leaves a buffer,
-    // whatever it holds. A batch has at most `cap` pages (the plan kernel's own clamp), so
-    // the total is at most batch * cap; a page's batch stays in [0, batch), and a page
-    // whose local index falls outside [0, cap) is skipped (lp = -1: nothing of it is read
-    // or written). A bad plan gives wrong logits, never an out-of-bounds access.
-    const int cap = min(p.max_pages, (int)(((int64_t)p.max_ctx + kKeys - 1) / kKeys));
+    // monotonic): nothing read from it may send an access outside a buffer. The total is
+    // clamped to [0, batch * cap] (a batch has at most `cap` pages); since it is at most
+    // plan[batch], the walk below stops at batch - 1 whatever the entries before it. A
+    // page's local index outside [0, cap) becomes the first page past max_ctx: every key
+    // of it fails the store's bound check (and page_id checks it against the table). The
+    // -inf tail of a row starts at a page count clamped to [0, cap]. A bad plan gives wrong
+    // logits, never an out-of-bounds access.
+    const int past_ctx = (int)(((int64_t)p.max_ctx + kKeys - 1) / kKeys);  // first page past max_ctx
+    const int cap = min(p.max_pages, past_ctx);
     const int64_t total = min(max((int64_t)p.plan[batch], (int64_t)0), (int64_t)batch * cap);
     const int64_t lo = total * blockIdx.x / gridDim.x, hi = total * (blockIdx.x + 1) / gridDim.x;
     const int64_t ntiles = hi - lo;
@@ -345,9 +348,9 @@ __device__ __forceinline__ void decode_body(const DsaIndexerDecodeParams &p) {
     auto issue = [&](int64_t i) {
         if (i < ntiles) {
             const int64_t gp = lo + i;
-            while (pf_b + 1 < batch && p.plan[pf_b + 1] <= gp) ++pf_b;
-            const int64_t lp64 = gp - p.plan[pf_b];
-            const int lp = lp64 >= 0 && lp64 < cap ? (int)lp64 : -1;
+            while (p.plan[pf_b + 1] <= gp) ++pf_b;
+            int lp = (int)(gp - p.plan[pf_b]);
+            if ((unsigned)lp >= (unsigned)cap) lp = past_ctx;  // only from a corrupt plan
             const int64_t id = page_id(p, pf_b, lp);
             const uint8_t *page = p.cache + (id < 0 ? 0 : id) * DSA_INDEXER_PAGE_BYTES;
             const int bytes = id < 0 ? 0 : 16;
@@ -406,8 +409,7 @@ __device__ __forceinline__ void decode_body(const DsaIndexerDecodeParams &p) {
             if ((idx & 3) != (lane & 3)) continue;
             const int j = idx >> 1, rr = idx & 1;
             const int key = lp * kKeys + r0 + 8 * rr;
-            // Unsigned: a skipped page (lp = -1) has negative keys.
-            if (j >= next_n || (unsigned)key >= (unsigned)p.max_ctx) continue;
+            if (j >= next_n || key >= p.max_ctx) continue;
             const int64_t end = (int64_t)len - next_n + j + 1;
             float v = -INFINITY;
             if (page_ok && key < end) v = (rr ? s1[j] : s0[j]) * (rr ? ks1 : ks0);

@@ -14,6 +14,7 @@ find_nvcc() {
            "$(command -v nvcc || true)" "$toolchain/cuda/bin/nvcc"; do
     [ -n "$c" ] && [ -f "$c" ] && { echo "$c"; return; }
   done
+  return 0 # none: the caller installs one
 }
 have_cutlass() { # nvcc path
   local probe=cute/arch/mma_sm90_gmma.hpp root

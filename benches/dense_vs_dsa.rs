@@ -16,14 +16,12 @@ use std::fmt::Write as _;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use dsa_kernels::cache::{
-    write_host_token, CacheKind, IndexerK, IndexerKCache, INDEXER_DIM, MLA_FP8_BYTES_PER_TOKEN,
-    PAGE_SIZE, QK_DIM,
+    write_host_token, CacheKind, IndexerK, IndexerKCache, MlaFp8Cache, INDEXER_DIM,
+    MLA_FP8_BYTES_PER_TOKEN, PAGE_SIZE, QK_DIM,
 };
 use dsa_kernels::cudarc::driver::CudaSlice;
-use dsa_kernels::indexer::{decode_plan_len, DecodeLogitsShape};
-use dsa_kernels::sparse_mla::{SparseDecodeConfig, SparseExtras, SparsePrefillConfig};
-use dsa_kernels::topk::{TopkOptions, TopkRanges, TopkShape, TopkTranslation};
-use dsa_kernels::DsaKernels;
+use dsa_kernels::sparse_mla::{SparseExtras, SparsePrefillConfig};
+use dsa_kernels::{DsaDecodeStep, DsaDecodeStepConfig, DsaKernels};
 use half::bf16;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -61,16 +59,11 @@ fn indexer_cache(
     c
 }
 
-/// The DSA buffers of one step (sharing the dense step's block table and lengths).
+/// The DSA side of one step: the library's decode step over the dense step's block table
+/// and lengths, planned once (outside the per-layer timings), with prepared indexer
+/// queries written into it.
 struct DsaStep {
-    shape: DecodeLogitsShape,
-    q8: CudaSlice<u8>,
-    w: CudaSlice<f32>,
-    iplan: CudaSlice<i32>,
-    logits: CudaSlice<f32>,
-    idx: CudaSlice<i32>,
-    scfg: SparseDecodeConfig,
-    ws: CudaSlice<f32>,
+    step: DsaDecodeStep,
     out: CudaSlice<bf16>,
     lse: CudaSlice<f32>,
 }
@@ -79,98 +72,66 @@ impl DsaStep {
     fn new(k: &DsaKernels, d: &DenseStep, batch: usize, ctx: usize) -> Self {
         let stream = k.stream().clone();
         let mut rng = StdRng::seed_from_u64(ctx as u64 + batch as u64);
-        let shape = DecodeLogitsShape {
-            batch,
-            next_n: 1,
-            heads: IDX_HEADS,
-            max_pages: d.cfg.max_pages,
-            max_ctx: ctx,
-            out_stride: ctx,
-        };
         let q8: Vec<u8> = (0..batch * IDX_HEADS * INDEXER_DIM)
             .map(|_| dsa_kernels::fp8::f32_to_e4m3(rng.random_range(-8.0f32..8.0)))
             .collect();
         let w: Vec<f32> = (0..batch * IDX_HEADS)
             .map(|_| rng.random_range(0.0f32..0.01))
             .collect();
-        let scfg = SparseDecodeConfig {
-            batch,
-            s_q: 1,
-            h_q: H_Q,
+        let cfg = DsaDecodeStepConfig {
+            max_batch: batch,
+            next_n: 1,
+            max_pages: d.shape.max_pages,
+            index_heads: IDX_HEADS,
+            heads: H_Q,
             topk: TOPK,
             softmax_scale: SCALE,
         };
-        let ws_len = k.sparse_mla_decode_workspace_len(&scfg).max(1);
-        let mut s = Self {
-            shape,
-            q8: stream.clone_htod(&q8).unwrap(),
-            w: stream.clone_htod(&w).unwrap(),
-            iplan: stream.alloc_zeros(decode_plan_len(batch)).unwrap(),
-            logits: stream.alloc_zeros(batch * ctx).unwrap(),
-            idx: stream.alloc_zeros(batch * TOPK).unwrap(),
-            scfg,
-            ws: stream.alloc_zeros(ws_len).unwrap(),
+        assert_eq!(d.shape.max_tokens(), ctx, "contexts are whole pages");
+        let mut step = DsaDecodeStep::new(k, cfg).unwrap();
+        let (dq8, dw) = step.prepared_queries_mut();
+        stream.memcpy_htod(&q8, dq8).unwrap();
+        stream.memcpy_htod(&w, dw).unwrap();
+        step.plan(k, &d.batch()).unwrap();
+        Self {
+            step,
             out: stream.alloc_zeros(batch * H_Q * 512).unwrap(),
             lse: stream.alloc_zeros(batch * H_Q).unwrap(),
-        };
-        k.indexer_decode_plan(shape, &d.lens, &mut s.iplan).unwrap();
-        s
+        }
     }
 
     fn logits(&mut self, k: &DsaKernels, d: &DenseStep, icache: &IndexerKCache) {
-        k.indexer_logits_decode(
-            self.shape,
-            &self.q8,
-            &self.w,
-            icache,
-            &d.lens,
-            &d.bt,
-            &self.iplan,
-            &mut self.logits,
-        )
-        .unwrap();
+        self.step.index_logits(k, &d.batch(), icache).unwrap();
     }
 
     fn topk(&mut self, k: &DsaKernels, d: &DenseStep) {
-        let shape = TopkShape {
-            rows: self.shape.batch,
-            cols: self.shape.max_ctx,
-            row_stride: self.shape.out_stride,
-            k: TOPK,
-        };
-        let options = TopkOptions {
-            sorted: false,
-            row_offsets: None,
-            translation: Some(TopkTranslation {
-                block_table: &d.bt,
-                batch: self.shape.batch,
-                max_pages: self.shape.max_pages,
-                next_n: 1,
-            }),
-        };
-        k.topk(
-            &self.logits,
-            TopkRanges::Lengths(&d.lens),
-            shape,
-            options,
-            &mut self.idx,
-        )
-        .unwrap();
+        self.step.select(k, &d.batch()).unwrap();
     }
 
     fn sparse(&mut self, k: &DsaKernels, d: &DenseStep, cache: &dsa_kernels::cache::MlaFp8Cache) {
-        let ws: &mut dyn dsa_kernels::cudarc::driver::DevicePtrMut<f32> = &mut self.ws;
-        k.sparse_mla_decode(
-            &self.scfg,
-            &d.q,
-            cache,
-            &self.idx,
-            SparseExtras::default(),
-            &mut self.out,
-            &mut self.lse,
-            Some(ws),
-        )
-        .unwrap();
+        self.step
+            .attend(k, &d.batch(), cache, &d.q, &mut self.out, &mut self.lse)
+            .unwrap();
+    }
+
+    fn layer(
+        &mut self,
+        k: &DsaKernels,
+        d: &DenseStep,
+        icache: &IndexerKCache,
+        cache: &MlaFp8Cache,
+    ) {
+        self.step
+            .decode_prepared(
+                k,
+                &d.batch(),
+                icache,
+                cache,
+                &d.q,
+                &mut self.out,
+                &mut self.lse,
+            )
+            .unwrap();
     }
 }
 
@@ -314,11 +275,7 @@ fn benches(c: &mut Criterion) {
                 &stream,
                 common::Work::default(),
                 true,
-                || {
-                    s.logits(&k, &d, &ic);
-                    s.topk(&k, &d);
-                    s.sparse(&k, &d, &f8);
-                },
+                || s.layer(&k, &d, &ic, &f8),
             );
             println!(
                 "STEP b={batch} ctx={}K: dense bf16 {:.1} us, dense fp8 {:.1} us, DSA {:.1} us (logits {:.1} + top-k {:.1} + sparse {:.1}): DSA {:.2}x faster than dense bf16",
@@ -357,7 +314,7 @@ fn sparse_prefill(c: &mut Criterion, k: &DsaKernels) -> f64 {
     let cfg = SparsePrefillConfig {
         s_q,
         s_kv,
-        h_q: H_Q,
+        heads: H_Q,
         topk: TOPK,
         softmax_scale: SCALE,
     };

@@ -10,8 +10,8 @@ use dsa_kernels::indexer::{
     decode_plan_len, prefill_out_stride, rope_tables, DecodeLogitsShape, IndexerPrepShape,
     PrefillLogitsShape, RopeTablesRef, YarnRope,
 };
-use dsa_kernels::topk::{TopkOptions, TopkRanges, TopkShape, TopkTranslation};
-use dsa_kernels::DsaKernels;
+use dsa_kernels::topk::PagedTopkShape;
+use dsa_kernels::{DsaKernels, PagedBatch, PagedBatchShape};
 use half::bf16;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -87,16 +87,19 @@ fn decode(c: &mut Criterion, k: &DsaKernels, batch: usize, ctx: usize, next_n: u
     let table = stream.clone_htod(&table).unwrap();
     let mut plan = stream.alloc_zeros::<i32>(decode_plan_len(batch)).unwrap();
     let mut out = stream.alloc_zeros::<f32>(rows * ctx).unwrap();
-    let shape = DecodeLogitsShape {
-        batch,
-        next_n,
-        heads: H,
-        max_pages,
-        max_ctx: ctx,
-        out_stride: ctx,
-    };
+    let shape = DecodeLogitsShape::new(H, ctx);
+    let pb = PagedBatch::new(
+        PagedBatchShape {
+            batch,
+            next_n,
+            max_pages,
+        },
+        &table,
+        &lens,
+    )
+    .unwrap();
     // Once per decode step, outside the per-layer timing.
-    k.indexer_decode_plan(shape, &lens, &mut plan).unwrap();
+    k.indexer_decode_plan(&pb, shape, &mut plan).unwrap();
     let work = common::Work {
         flops: (rows * ctx * 2 * H * D) as f64,
         bytes: (batch * ctx * 132 + rows * ctx * 4 + rows * H * (D + 4)) as f64,
@@ -111,7 +114,7 @@ fn decode(c: &mut Criterion, k: &DsaKernels, batch: usize, ctx: usize, next_n: u
         work,
         true,
         || {
-            k.indexer_logits_decode(shape, &q8, &w, &cache, &lens, &table, &plan, &mut out)
+            k.indexer_logits_decode(&pb, shape, &q8, &w, &cache, &plan, &mut out)
                 .unwrap();
         },
     );
@@ -140,7 +143,7 @@ fn prefill(c: &mut Criterion, k: &DsaKernels, s: usize, s_kv: usize) {
     let stride = prefill_out_stride(s_kv);
     let mut out = stream.alloc_zeros::<f32>(s * stride).unwrap();
     let shape = PrefillLogitsShape {
-        s,
+        s_q: s,
         s_kv,
         heads: H,
         out_stride: stride,
@@ -182,7 +185,7 @@ fn decode_step(c: &mut Criterion, k: &DsaKernels, batch: usize, ctx: usize) {
         .collect();
     let slots = SlotMapping::new(&stream, &slots).unwrap();
     let max_pos = ctx;
-    let (cos, sin) = rope_tables(&YarnRope::deepseek_v32(), max_pos);
+    let (cos, sin) = rope_tables(&YarnRope::deepseek_v32(), max_pos).unwrap();
     let cos = stream.clone_htod(&cos).unwrap();
     let sin = stream.clone_htod(&sin).unwrap();
     let positions = stream.clone_htod(&vec![ctx as i32 - 1; batch]).unwrap();
@@ -208,14 +211,17 @@ fn decode_step(c: &mut Criterion, k: &DsaKernels, batch: usize, ctx: usize) {
     let mut logits = stream.alloc_zeros::<f32>(batch * ctx).unwrap();
     let topk_k = 2048;
     let mut idx = stream.alloc_zeros::<i32>(batch * topk_k).unwrap();
-    let shape = DecodeLogitsShape {
-        batch,
-        next_n: 1,
-        heads: H,
-        max_pages,
-        max_ctx: ctx,
-        out_stride: ctx,
-    };
+    let shape = DecodeLogitsShape::new(H, ctx);
+    let pb = PagedBatch::new(
+        PagedBatchShape {
+            batch,
+            next_n: 1,
+            max_pages,
+        },
+        &table,
+        &lens,
+    )
+    .unwrap();
     let rope = RopeTablesRef {
         cos: &cos,
         sin: &sin,
@@ -263,27 +269,17 @@ fn decode_step(c: &mut Criterion, k: &DsaKernels, batch: usize, ctx: usize) {
                 &slots,
             )
             .unwrap();
-            k.indexer_decode_plan(shape, &lens, &mut plan).unwrap();
-            k.indexer_logits_decode(shape, &q8, &w, &cache, &lens, &table, &plan, &mut logits)
+            k.indexer_decode_plan(&pb, shape, &mut plan).unwrap();
+            k.indexer_logits_decode(&pb, shape, &q8, &w, &cache, &plan, &mut logits)
                 .unwrap();
-            k.topk(
+            k.topk_paged(
+                &pb,
                 &logits,
-                TopkRanges::Lengths(&lens),
-                TopkShape {
-                    rows: batch,
+                PagedTopkShape {
                     cols: ctx,
                     row_stride: ctx,
-                    k: topk_k,
-                },
-                TopkOptions {
+                    topk: topk_k,
                     sorted: false,
-                    row_offsets: None,
-                    translation: Some(TopkTranslation {
-                        block_table: &table,
-                        batch,
-                        max_pages,
-                        next_n: 1,
-                    }),
                 },
                 &mut idx,
             )

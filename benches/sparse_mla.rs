@@ -5,10 +5,10 @@
 mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use dsa_kernels::cache::{CacheKind, PagedCache, PAGE_SIZE};
+use dsa_kernels::cache::{MlaCacheKind, PagedCache, PAGE_SIZE};
 use dsa_kernels::cudarc::driver::CudaSlice;
 use dsa_kernels::sparse_mla::{SparseDecodeConfig, SparseExtras, SparsePrefillConfig};
-use dsa_kernels::DsaKernels;
+use dsa_kernels::{DsaKernels, PagedBatch, PagedBatchShape};
 use half::bf16;
 
 const TOPK: usize = 2048;
@@ -45,7 +45,7 @@ fn distinct(rng: &mut Rng, n: usize, k: usize) -> Vec<usize> {
     v
 }
 
-fn decode_case<K: CacheKind>(
+fn decode_case<K: MlaCacheKind>(
     c: &mut Criterion,
     k: &DsaKernels,
     batch: usize,
@@ -98,19 +98,25 @@ fn decode_case<K: CacheKind>(
         }
     }
     let cfg = SparseDecodeConfig {
-        batch,
-        s_q,
-        h_q,
+        heads: h_q,
         topk: TOPK,
         softmax_scale: SCALE,
     };
+    // Only the batch's geometry matters here (the indices are physical slots already).
+    let shape = PagedBatchShape {
+        batch,
+        next_n: s_q,
+        max_pages: 1,
+    };
+    let dummy = stream.alloc_zeros::<i32>(batch).unwrap();
+    let pb = PagedBatch::new(shape, &dummy, &dummy).unwrap();
     let q = stream
         .clone_htod(&rng.bf16s(batch * s_q * h_q * 576))
         .unwrap();
     let idx = stream.clone_htod(&indices).unwrap();
     let mut out: CudaSlice<bf16> = stream.alloc_zeros(batch * s_q * h_q * 512).unwrap();
     let mut lse: CudaSlice<f32> = stream.alloc_zeros(batch * s_q * h_q).unwrap();
-    let ws_len = k.sparse_mla_decode_workspace_len(&cfg);
+    let ws_len = k.sparse_mla_decode_workspace_len(&shape, &cfg);
     let mut ws: CudaSlice<f32> = stream.alloc_zeros(ws_len.max(1)).unwrap();
     let rows = (batch * s_q) as f64;
     let token_bytes = if K::FP8 { 656.0 } else { 1152.0 };
@@ -124,18 +130,19 @@ fn decode_case<K: CacheKind>(
     let name = format!(
         "{}/b{batch}_sq{s_q}_h128_topk2048_splits{}",
         if K::FP8 { "fp8" } else { "bf16" },
-        cfg.num_splits(k.device().sm_count as usize)
+        cfg.num_splits(shape.rows(), k.sm_count())
     );
     common::bench_case(c, "sparse_mla_decode", &name, &stream, work, true, || {
         k.sparse_mla_decode(
             &cfg,
-            &q,
+            &pb,
             &cache,
+            &q,
             &idx,
             SparseExtras::default(),
             &mut out,
             &mut lse,
-            if ws_len > 0 { Some(&mut ws) } else { None },
+            &mut ws,
         )
         .unwrap();
     });
@@ -158,7 +165,7 @@ fn prefill_case(c: &mut Criterion, k: &DsaKernels) {
     let cfg = SparsePrefillConfig {
         s_q,
         s_kv,
-        h_q,
+        heads: h_q,
         topk: TOPK,
         softmax_scale: SCALE,
     };

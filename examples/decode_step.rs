@@ -24,14 +24,13 @@ use std::time::Instant;
 use dsa_kernels::cache::{
     CacheRows, IndexerKCache, MlaFp8Cache, SlotMapping, INDEXER_DIM, PAGE_SIZE, QK_DIM,
 };
-use dsa_kernels::cudarc::driver::{sys, CudaSlice, CudaStream, DevicePtrMut};
+use dsa_kernels::cudarc::driver::{sys, CudaSlice, CudaStream};
 use dsa_kernels::half::bf16;
-use dsa_kernels::indexer::{
-    decode_plan_len, rope_tables, DecodeLogitsShape, IndexerPrepShape, RopeTablesRef, YarnRope,
+use dsa_kernels::indexer::{rope_tables, IndexerPrepShape, RopeTablesRef, YarnRope};
+use dsa_kernels::{
+    device, DsaDecodeStep, DsaDecodeStepConfig, DsaKernels, DsaLayerInputs, PagedBatch,
+    PagedBatchShape,
 };
-use dsa_kernels::sparse_mla::{SparseDecodeConfig, SparseExtras};
-use dsa_kernels::topk::{TopkOptions, TopkRanges, TopkShape, TopkTranslation};
-use dsa_kernels::{device, DsaKernels};
 
 type Error = Box<dyn std::error::Error>;
 /// Selected slots per sequence (sorted), attention output, lse.
@@ -43,17 +42,6 @@ const IDX_HEADS: usize = 64;
 const TOPK: usize = 2048;
 /// Cached tokens of each sequence before the step (below and above TOPK).
 const HISTORY: [usize; 4] = [700, 4000, 2047, 9000];
-
-fn sparse_cfg(batch: usize) -> SparseDecodeConfig {
-    SparseDecodeConfig {
-        batch,
-        s_q: 1,
-        h_q: H_Q,
-        topk: TOPK,
-        // The model's scale: (128 nope + 64 rope dims)^-0.5, YaRN mscale 1.
-        softmax_scale: 192f32.powf(-0.5),
-    }
-}
 
 /// Deterministic values in [-1, 1) (xorshift), so the example needs no rand crate.
 struct Values(u64);
@@ -103,8 +91,10 @@ impl Layer {
     }
 }
 
-/// Device buffers of one step: inputs, intermediate results, outputs (fixed addresses, so
-/// a captured graph can be replayed after the engine overwrites the inputs).
+/// Device buffers of one step: the raw inputs, the batch, the outputs (fixed addresses,
+/// so a captured graph can be replayed after the engine overwrites the inputs), and the
+/// library's step object, which owns the intermediate buffers (plan, indexer queries,
+/// logits, selected slots, split workspace).
 struct Step {
     kv: CudaSlice<bf16>,
     idx_k: CudaSlice<bf16>,
@@ -112,139 +102,53 @@ struct Step {
     idx_w: CudaSlice<f32>,
     q: CudaSlice<bf16>,
     positions: CudaSlice<i32>,
-    slots: SlotMapping,
-    context_lens: CudaSlice<i32>,
-    q8: CudaSlice<u8>,
-    w_folded: CudaSlice<f32>,
-    plan: CudaSlice<i32>,
-    logits: CudaSlice<f32>,
-    indices: CudaSlice<i32>,
-    workspace: CudaSlice<f32>,
+    slots: CudaSlice<i32>,
+    seq_lens: CudaSlice<i32>,
+    shape: PagedBatchShape,
+    step: DsaDecodeStep,
     out: CudaSlice<bf16>,
     lse: CudaSlice<f32>,
 }
 
 impl Step {
-    fn batch(&self) -> usize {
-        self.positions.len()
-    }
-
-    fn logits_shape(&self, layer: &Layer) -> DecodeLogitsShape {
-        let max_ctx = layer.max_pages * PAGE_SIZE;
-        DecodeLogitsShape {
-            batch: self.batch(),
-            next_n: 1,
-            heads: IDX_HEADS,
-            max_pages: layer.max_pages,
-            max_ctx,
-            out_stride: max_ctx,
-        }
-    }
-
-    fn sparse_cfg(&self) -> SparseDecodeConfig {
-        sparse_cfg(self.batch())
-    }
-
-    /// Everything an engine enqueues for this layer's attention in one decode step. No
-    /// host synchronization, no allocation: capturable.
+    /// Everything an engine enqueues for this layer's attention in one decode step (the
+    /// plan is once per step, for all layers). No host synchronization, no allocation:
+    /// capturable.
     fn run(&mut self, k: &DsaKernels, layer: &mut Layer) -> dsa_kernels::Result<()> {
-        let batch = self.batch();
-        // 1. The new tokens into both caches.
-        k.write_cache(
-            &mut layer.mla_cache,
-            CacheRows {
-                src: &self.kv,
-                rows: batch,
-                row_stride: QK_DIM,
-            },
-            &self.slots,
-            false,
-        )?;
-        let k_shape = IndexerPrepShape {
-            tokens: batch,
-            heads: 1,
-            token_stride: INDEXER_DIM,
+        let batch = PagedBatch::new(self.shape, &layer.block_table, &self.seq_lens)?;
+        self.step.plan(k, &batch)?;
+        let inputs = DsaLayerInputs {
+            index_q: &self.idx_q,
+            index_weights: &self.idx_w,
+            index_k: &self.idx_k,
+            kv: &self.kv,
+            positions: &self.positions,
+            slots: &self.slots,
+            rope: layer.rope.tables(),
         };
-        k.indexer_prepare_k(
-            k_shape,
-            &self.idx_k,
-            &self.positions,
-            layer.rope.tables(),
+        // New tokens into both caches (MLA rows FP8-quantized, indexer keys RoPE'd,
+        // Hadamard-rotated and FP8), indexer queries prepared, every cached key scored,
+        // the top-2048 per sequence translated through the block table to cache slots,
+        // and sparse MLA over them.
+        self.step.layer(
+            k,
+            &batch,
+            &inputs,
             &mut layer.index_cache,
-            &self.slots,
-        )?;
-        // 2. Indexer queries: RoPE, Hadamard, FP8, head weights folded with the q scales.
-        let q_shape = IndexerPrepShape {
-            tokens: batch,
-            heads: IDX_HEADS,
-            token_stride: IDX_HEADS * INDEXER_DIM,
-        };
-        k.indexer_prepare_q(
-            q_shape,
-            &self.idx_q,
-            &self.positions,
-            layer.rope.tables(),
-            &self.idx_w,
-            &mut self.q8,
-            &mut self.w_folded,
-        )?;
-        // 3. Logits of every cached key (the plan is per step, shared by all layers).
-        let shape = self.logits_shape(layer);
-        k.indexer_decode_plan(shape, &self.context_lens, &mut self.plan)?;
-        k.indexer_logits_decode(
-            shape,
-            &self.q8,
-            &self.w_folded,
-            &layer.index_cache,
-            &self.context_lens,
-            &layer.block_table,
-            &self.plan,
-            &mut self.logits,
-        )?;
-        // 4. Top-2048 per sequence, translated through the block table to cache slots.
-        let options = TopkOptions {
-            sorted: false,
-            row_offsets: None,
-            translation: Some(TopkTranslation {
-                block_table: &layer.block_table,
-                batch,
-                max_pages: layer.max_pages,
-                next_n: 1,
-            }),
-        };
-        k.topk(
-            &self.logits,
-            TopkRanges::Lengths(&self.context_lens),
-            TopkShape {
-                rows: batch,
-                cols: shape.max_ctx,
-                row_stride: shape.out_stride,
-                k: TOPK,
-            },
-            options,
-            &mut self.indices,
-        )?;
-        // 5. Sparse MLA over the selected slots.
-        let cfg = self.sparse_cfg();
-        let workspace: &mut dyn DevicePtrMut<f32> = &mut self.workspace;
-        k.sparse_mla_decode(
-            &cfg,
+            &mut layer.mla_cache,
             &self.q,
-            &layer.mla_cache,
-            &self.indices,
-            SparseExtras::default(),
             &mut self.out,
             &mut self.lse,
-            Some(workspace),
         )
     }
 
     /// Overwrites every intermediate and output with garbage, so a replay proves it
     /// recomputes them all.
     fn poison(&mut self, s: &Arc<CudaStream>) -> Result<(), Error> {
-        s.memcpy_htod(&vec![-7i32; self.plan.len()], &mut self.plan)?;
-        s.memcpy_htod(&vec![f32::NAN; self.logits.len()], &mut self.logits)?;
-        s.memcpy_htod(&vec![i32::MIN; self.indices.len()], &mut self.indices)?;
+        let (plan, logits, indices) = self.step.buffers_mut();
+        s.memcpy_htod(&vec![-7i32; plan.len()], plan)?;
+        s.memcpy_htod(&vec![f32::NAN; logits.len()], logits)?;
+        s.memcpy_htod(&vec![i32::MIN; indices.len()], indices)?;
         s.memcpy_htod(&vec![bf16::NAN; self.out.len()], &mut self.out)?;
         s.memcpy_htod(&vec![f32::NAN; self.lse.len()], &mut self.lse)?;
         Ok(())
@@ -252,9 +156,10 @@ impl Step {
 
     /// (selected slots per sequence, sorted; attention output; lse), downloaded.
     fn results(&self, s: &Arc<CudaStream>) -> Result<StepResults, Error> {
-        let idx = s.clone_dtoh(&self.indices)?;
+        let idx = s.clone_dtoh(self.step.indices())?;
         let sets = idx
             .chunks(TOPK)
+            .take(self.shape.rows())
             .map(|row| {
                 let mut v = row.to_vec();
                 v.sort_unstable();
@@ -318,7 +223,7 @@ fn main() -> Result<(), Error> {
     }
     let num_pages = next_page as usize;
     let max_pos = max_pages * PAGE_SIZE;
-    let (cos, sin) = rope_tables(&YarnRope::deepseek_v32(), max_pos);
+    let (cos, sin) = rope_tables(&YarnRope::deepseek_v32(), max_pos)?;
     let mut layer = Layer {
         mla_cache: MlaFp8Cache::new(&stream, num_pages)?,
         index_cache: IndexerKCache::new(&stream, num_pages)?,
@@ -374,7 +279,11 @@ fn main() -> Result<(), Error> {
         .enumerate()
         .map(|(b, &len)| layer.slot(b, len))
         .collect();
-    let max_ctx = max_pages * PAGE_SIZE;
+    let shape = PagedBatchShape {
+        batch,
+        next_n: 1,
+        max_pages,
+    };
     let mut step = Step {
         kv: stream.clone_htod(&vals.bf16(batch * QK_DIM))?,
         idx_k: stream.clone_htod(&vals.bf16(batch * INDEXER_DIM))?,
@@ -386,15 +295,12 @@ fn main() -> Result<(), Error> {
         )?,
         q: stream.clone_htod(&vals.bf16(batch * H_Q * QK_DIM))?,
         positions: stream.clone_htod(&HISTORY.map(|l| l as i32))?,
-        slots: SlotMapping::new(&stream, &new_slots)?,
-        context_lens: stream.clone_htod(&HISTORY.map(|l| l as i32 + 1))?,
-        q8: stream.alloc_zeros(batch * IDX_HEADS * INDEXER_DIM)?,
-        w_folded: stream.alloc_zeros(batch * IDX_HEADS)?,
-        plan: stream.alloc_zeros(decode_plan_len(batch))?,
-        logits: stream.alloc_zeros(batch * max_ctx)?,
-        indices: stream.alloc_zeros(batch * TOPK)?,
-        workspace: stream
-            .alloc_zeros(k.sparse_mla_decode_workspace_len(&sparse_cfg(batch)).max(1))?,
+        slots: stream.clone_htod(&new_slots)?,
+        seq_lens: stream.clone_htod(&HISTORY.map(|l| l as i32 + 1))?,
+        shape,
+        // DeepSeek-V3.2's attention (64 indexer heads, 128 heads, top-2048, its softmax
+        // scale), workspaces sized once for up to `batch` sequences of this table width.
+        step: DsaDecodeStep::new(&k, DsaDecodeStepConfig::deepseek_v32(batch, 1, max_pages))?,
         out: stream.alloc_zeros(batch * H_Q * 512)?,
         lse: stream.alloc_zeros(batch * H_Q)?,
     };

@@ -49,11 +49,10 @@ use crate::cache::{
     CacheKind, CacheRows, IndexerK, MlaBf16, MlaFp8, PagedCache, INDEXER_DIM, INDEXER_PAGE_BYTES,
     KV_LORA_RANK, MLA_FP8_BYTES_PER_TOKEN, PAGE_SIZE, QK_DIM,
 };
-use crate::dense_mla::{DenseMlaArgs, DenseMlaConfig};
 use crate::indexer::{decode_plan_len, DecodeLogitsShape, IndexerPrepShape, RopeTablesRef};
 use crate::sparse_mla::{SparseDecodeConfig, SparseExtras};
-use crate::topk::{TopkOptions, TopkRanges, TopkShape, TopkTranslation};
-use crate::DsaKernels;
+use crate::topk::PagedTopkShape;
+use crate::{DsaKernels, PagedBatch, PagedBatchShape};
 
 type Result<T> = candle_core::Result<T>;
 
@@ -277,10 +276,10 @@ impl CacheWrite<'_> {
                 };
                 // The write lock on the cache tensor is held for this whole call.
                 let cache = MlaCacheRef::new(stream, storage, layout)?;
+                // Slots are device data, bounds-checked in the kernel.
                 with_mla_cache!(cache, |c| {
                     let mut c = c;
-                    // SAFETY: memory-safe (slots are bounds-checked in the kernel).
-                    unsafe { k.write_cache_device_slots(c.get_mut(), src, &slots, false) }
+                    k.write_cache_device_slots(c.get_mut(), src, &slots, false)
                 })
                 .map_err(wrap)
             }
@@ -327,11 +326,9 @@ impl CacheWrite<'_> {
                     sin: &sin,
                     max_pos,
                 };
-                // SAFETY: memory-safe (slots are bounds-checked in the kernel).
-                unsafe {
-                    k.indexer_prepare_k_device_slots(shape, &x, &pos, rope, c.get_mut(), &slots)
-                }
-                .map_err(wrap)
+                // Slots are device data, bounds-checked in the kernel.
+                k.indexer_prepare_k_device_slots(shape, &x, &pos, rope, c.get_mut(), &slots)
+                    .map_err(wrap)
             }
         }
     }
@@ -524,242 +521,199 @@ impl CandleDsa {
         Ok((self.tensor((q8, q8_shape)), self.tensor((w_out, w_shape))))
     }
 
-    /// The decode schedule of a step (i32 `[batch + 1]`) from `context_lens` (i32
-    /// `[batch]`) for a block table of `max_pages` pages per sequence; pass it to every
-    /// layer's [`Self::indexer_logits_decode`] of the step.
-    pub fn indexer_decode_plan(
-        &self,
-        context_lens: &Tensor,
-        max_pages: usize,
-        heads: usize,
-        next_n: usize,
-    ) -> Result<Tensor> {
-        let batch = context_lens.dims().first().copied().unwrap_or(0);
-        expect_dims("context_lens", context_lens, &[batch])?;
-        let shape = logits_shape(batch, next_n, heads, max_pages);
-        let lens = self.lock("context_lens", context_lens)?;
-        let (mut plan, plan_shape) = self.zeros::<i32>(decode_plan_len(batch))?;
+    /// Locks a batch's tensors and checks their shapes (the views then make the
+    /// [`PagedBatch`] of the direct API).
+    fn lock_batch<'t>(&self, b: &CandleBatch<'t>) -> Result<(PagedBatchShape, [Locked<'t>; 2])> {
+        let (batch, max_pages) = match b.block_table.dims() {
+            [n, p] => (*n, *p),
+            d => bail!("dsa: `block_table` has shape {d:?}, expected [batch, max_pages]"),
+        };
+        expect_dims("seq_lens", b.seq_lens, &[batch])?;
+        let shape = PagedBatchShape {
+            batch,
+            next_n: b.next_n,
+            max_pages,
+        };
+        Ok((
+            shape,
+            [
+                self.lock("block_table", b.block_table)?,
+                self.lock("seq_lens", b.seq_lens)?,
+            ],
+        ))
+    }
+
+    /// The indexer's schedule of a step (i32 `[batch + 1]`), once per step after the
+    /// lengths are final; pass it to every layer's [`Self::indexer_logits_decode`].
+    /// `heads` is the indexer's head count (DeepSeek-V3.2: 64).
+    pub fn indexer_decode_plan(&self, batch: &CandleBatch<'_>, heads: usize) -> Result<Tensor> {
+        let (shape, locks) = self.lock_batch(batch)?;
+        let (table, lens) = (locks[0].view::<i32>()?, locks[1].view::<i32>()?);
+        let paged = PagedBatch::new(shape, &table, &lens).map_err(wrap)?;
+        let (mut plan, plan_shape) = self.zeros::<i32>(decode_plan_len(shape.batch))?;
         self.kernels
-            .indexer_decode_plan(shape, &lens.view::<i32>()?, &mut plan)
+            .indexer_decode_plan(&paged, logits_shape(heads, &shape), &mut plan)
             .map_err(wrap)?;
         Ok(self.tensor((plan, plan_shape)))
     }
 
-    /// Indexer logits of a decode step: `q8` `U8 [batch * next_n, heads, 128]` and `w`
-    /// `F32 [batch * next_n, heads]` from [`Self::indexer_prepare_q`], the indexer `cache`,
-    /// `context_lens` i32 `[batch]`, `block_table` i32 `[batch, max_pages]`, and `plan`
-    /// from [`Self::indexer_decode_plan`]. Returns `F32 [batch * next_n, max_pages * 64]`
-    /// (`-inf` past each row's visible keys; layout of [`DecodeLogitsShape`]).
-    #[allow(clippy::too_many_arguments)]
+    /// Indexer logits of a decode step: `q8` `U8 [rows, heads, 128]` and `w`
+    /// `F32 [rows, heads]` from [`Self::indexer_prepare_q`] (`rows = batch * next_n`), the
+    /// indexer `cache`, and `plan` from [`Self::indexer_decode_plan`]. Returns
+    /// `F32 [rows, max_pages * 64]` (`-inf` past each row's visible keys).
     pub fn indexer_logits_decode(
         &self,
+        batch: &CandleBatch<'_>,
         q8: &Tensor,
         w: &Tensor,
         cache: &Tensor,
-        context_lens: &Tensor,
-        block_table: &Tensor,
         plan: &Tensor,
-        next_n: usize,
     ) -> Result<Tensor> {
-        let (batch, max_pages) = match block_table.dims() {
-            [b, p] => (*b, *p),
-            d => bail!("dsa: `block_table` has shape {d:?}, expected [batch, max_pages]"),
-        };
+        let (shape, blocks) = self.lock_batch(batch)?;
+        let rows = shape.rows();
         let heads = q8.dims().get(1).copied().unwrap_or(0);
-        expect_dims("q8", q8, &[batch * next_n, heads, INDEXER_DIM])?;
-        expect_dims("w", w, &[batch * next_n, heads])?;
-        expect_dims("context_lens", context_lens, &[batch])?;
-        expect_dims("plan", plan, &[decode_plan_len(batch)])?;
-        let shape = logits_shape(batch, next_n, heads, max_pages);
+        expect_dims("q8", q8, &[rows, heads, INDEXER_DIM])?;
+        expect_dims("w", w, &[rows, heads])?;
+        expect_dims("plan", plan, &[decode_plan_len(shape.batch)])?;
         let locks = [
             self.lock("q8", q8)?,
             self.lock("w", w)?,
-            self.lock("context_lens", context_lens)?,
-            self.lock("block_table", block_table)?,
             self.lock("plan", plan)?,
             self.lock("cache", cache)?,
         ];
+        let (table, lens) = (blocks[0].view::<i32>()?, blocks[1].view::<i32>()?);
+        let paged = PagedBatch::new(shape, &table, &lens).map_err(wrap)?;
         let c =
-            BorrowedCache::<IndexerK>::new(self.kernels.stream(), locks[5].view::<u8>()?, "cache")?;
-        let (mut out, out_shape) = self.zeros::<f32>((batch * next_n, shape.max_ctx))?;
+            BorrowedCache::<IndexerK>::new(self.kernels.stream(), locks[3].view::<u8>()?, "cache")?;
+        let lshape = logits_shape(heads, &shape);
+        let (mut out, out_shape) = self.zeros::<f32>((rows, lshape.max_ctx))?;
         self.kernels
             .indexer_logits_decode(
-                shape,
+                &paged,
+                lshape,
                 &locks[0].view::<u8>()?,
                 &locks[1].view::<f32>()?,
                 c.get(),
                 &locks[2].view::<i32>()?,
-                &locks[3].view::<i32>()?,
-                &locks[4].view::<i32>()?,
                 &mut out,
             )
             .map_err(wrap)?;
         Ok(self.tensor((out, out_shape)))
     }
 
-    /// Top-`k` of each row of `logits` (f32 `[rows, cols]`) over `[0, lengths[r])`
-    /// (`lengths` i32 `[rows]`), unsorted, `-1`-padded. With `translation = Some((table,
-    /// next_n))` the indices are translated to cache slots through the block table (i32
-    /// `[batch, max_pages]`, row `r` belonging to sequence `r / next_n`). Returns
-    /// `I32 [rows, k]`.
-    pub fn topk(
-        &self,
-        logits: &Tensor,
-        lengths: &Tensor,
-        k: usize,
-        translation: Option<(&Tensor, usize)>,
-    ) -> Result<Tensor> {
-        let (rows, cols) = match logits.dims() {
-            [r, c] => (*r, *c),
-            d => bail!("dsa: `logits` has shape {d:?}, expected [rows, cols]"),
-        };
-        expect_dims("lengths", lengths, &[rows])?;
+    /// Top-`k` of each row of `logits` (f32 `[rows, cols]`, as
+    /// [`Self::indexer_logits_decode`] returns them), over each row's causal range derived
+    /// from the batch's lengths, translated through its block table to cache slots,
+    /// unsorted, `-1`-padded. Returns `I32 [rows, k]`.
+    pub fn topk_paged(&self, batch: &CandleBatch<'_>, logits: &Tensor, k: usize) -> Result<Tensor> {
+        let (shape, blocks) = self.lock_batch(batch)?;
+        let rows = shape.rows();
+        let cols = logits.dims().get(1).copied().unwrap_or(0);
+        expect_dims("logits", logits, &[rows, cols])?;
         let logits_l = self.lock("logits", logits)?;
-        let lengths_l = self.lock("lengths", lengths)?;
-        let table_l = match translation {
-            Some((t, _)) => Some(self.lock("block_table", t)?),
-            None => None,
-        };
-        let table_v = table_l.as_ref().map(|t| t.view::<i32>()).transpose()?;
-        let translation = match (translation, &table_v) {
-            (Some((t, next_n)), Some(v)) => {
-                let (batch, max_pages) = match t.dims() {
-                    [b, p] => (*b, *p),
-                    d => bail!("dsa: `block_table` has shape {d:?}, expected [batch, max_pages]"),
-                };
-                Some(TopkTranslation {
-                    block_table: v,
-                    batch,
-                    max_pages,
-                    next_n,
-                })
-            }
-            _ => None,
-        };
+        let (table, lens) = (blocks[0].view::<i32>()?, blocks[1].view::<i32>()?);
+        let paged = PagedBatch::new(shape, &table, &lens).map_err(wrap)?;
         let (mut out, out_shape) = self.zeros::<i32>((rows, k))?;
-        let lengths_v = lengths_l.view::<i32>()?;
+        let tshape = PagedTopkShape {
+            cols,
+            row_stride: cols,
+            topk: k,
+            sorted: false,
+        };
         self.kernels
-            .topk(
-                &logits_l.view::<f32>()?,
-                TopkRanges::Lengths(&lengths_v),
-                TopkShape {
-                    rows,
-                    cols,
-                    row_stride: cols,
-                    k,
-                },
-                TopkOptions {
-                    sorted: false,
-                    row_offsets: None,
-                    translation,
-                },
-                &mut out,
-            )
+            .topk_paged(&paged, &logits_l.view::<f32>()?, tshape, &mut out)
             .map_err(wrap)?;
         Ok(self.tensor((out, out_shape)))
     }
 
-    /// Sparse MLA decode: `q` bf16 `[batch, s_q, h_q, 576]`, the MLA `cache` (FP8 `U8` or
-    /// bf16 `BF16`), `indices` i32 `[batch, s_q, topk]` (cache slots, `-1` unused).
-    /// Returns `out` bf16 `[batch, s_q, h_q, 512]` and `lse` f32 `[batch, s_q, h_q]`
-    /// (natural log). The split workspace is allocated per call.
+    /// Sparse MLA decode: `q` bf16 `[batch, next_n, heads, 576]`, the MLA `cache` (FP8
+    /// `U8` or bf16 `BF16`), `indices` i32 `[rows, topk]` (cache slots from
+    /// [`Self::topk_paged`], `-1` unused). Returns `out` bf16 `[batch, next_n, heads, 512]`
+    /// and `lse` f32 `[batch, next_n, heads]` (natural log). The split workspace is
+    /// allocated per call.
     pub fn sparse_mla_decode(
         &self,
+        batch: &CandleBatch<'_>,
         q: &Tensor,
         cache: &Tensor,
         indices: &Tensor,
         softmax_scale: f32,
     ) -> Result<(Tensor, Tensor)> {
-        let (batch, s_q, h_q) = match q.dims() {
-            [b, s, h, d] if *d == QK_DIM => (*b, *s, *h),
-            d => bail!("dsa: `q` has shape {d:?}, expected [batch, s_q, h_q, {QK_DIM}]"),
-        };
-        let topk = indices.dims().last().copied().unwrap_or(0);
-        expect_dims("indices", indices, &[batch, s_q, topk])?;
+        let (shape, blocks) = self.lock_batch(batch)?;
+        let heads = q.dims().get(2).copied().unwrap_or(0);
+        expect_dims("q", q, &[shape.batch, shape.next_n, heads, QK_DIM])?;
+        let topk = indices.dims().get(1).copied().unwrap_or(0);
+        expect_dims("indices", indices, &[shape.rows(), topk])?;
         let cfg = SparseDecodeConfig {
-            batch,
-            s_q,
-            h_q,
+            heads,
             topk,
             softmax_scale,
         };
-        let q_l = self.lock("q", q)?;
-        let idx_l = self.lock("indices", indices)?;
-        let cache_l = self.lock("cache", cache)?;
-        let (mut out, out_shape) = self.zeros::<bf16>((batch, s_q, h_q, KV_LORA_RANK))?;
-        let (mut lse, lse_shape) = self.zeros::<f32>((batch, s_q, h_q))?;
-        let (mut ws, _) =
-            self.zeros::<f32>(self.kernels.sparse_mla_decode_workspace_len(&cfg).max(1))?;
-        let (q_v, idx_v) = (q_l.view::<bf16>()?, idx_l.view::<i32>()?);
-        let stream = self.kernels.stream();
-        let ws_ref: &mut dyn cudarc::driver::DevicePtrMut<f32> = &mut ws;
-        let cache = cache_l.mla_cache(stream)?;
+        let locks = [
+            self.lock("q", q)?,
+            self.lock("indices", indices)?,
+            self.lock("cache", cache)?,
+        ];
+        let (table, lens) = (blocks[0].view::<i32>()?, blocks[1].view::<i32>()?);
+        let paged = PagedBatch::new(shape, &table, &lens).map_err(wrap)?;
+        let (mut out, out_shape) =
+            self.zeros::<bf16>((shape.batch, shape.next_n, heads, KV_LORA_RANK))?;
+        let (mut lse, lse_shape) = self.zeros::<f32>((shape.batch, shape.next_n, heads))?;
+        let ws_len = self.kernels.sparse_mla_decode_workspace_len(&shape, &cfg);
+        let (mut ws, _) = self.zeros::<f32>(ws_len.max(1))?;
+        let (q_v, idx_v) = (locks[0].view::<bf16>()?, locks[1].view::<i32>()?);
+        let cache = locks[2].mla_cache(self.kernels.stream())?;
         with_mla_cache!(cache, |c| self.kernels.sparse_mla_decode(
             &cfg,
-            &q_v,
+            &paged,
             c.get(),
+            &q_v,
             &idx_v,
             SparseExtras::default(),
             &mut out,
             &mut lse,
-            Some(ws_ref),
+            &mut ws,
         ))
         .map_err(wrap)?;
         Ok((self.tensor((out, out_shape)), self.tensor((lse, lse_shape))))
     }
 
-    /// Dense paged MLA decode over every cached token (causal within the `s_q` new ones):
-    /// `q` bf16 `[batch, s_q, h_q, 576]`, the MLA `cache`, `block_table` i32
-    /// `[batch, max_pages]`, `seq_lens` i32 `[batch]`. Plans, splits and combines in one
-    /// call (plan and workspace allocated per call). Returns `out` bf16
-    /// `[batch, s_q, h_q, 512]` and `lse` f32 `[batch, s_q, h_q]`.
+    /// Dense paged MLA decode over every cached token of the batch (causal within the
+    /// `next_n` new ones): `q` bf16 `[batch, next_n, heads, 576]` and the MLA `cache`.
+    /// Plans, splits and combines in one call (plan and workspace allocated per call).
+    /// Returns `out` bf16 `[batch, next_n, heads, 512]` and `lse` f32
+    /// `[batch, next_n, heads]`.
     pub fn dense_mla_decode(
         &self,
+        batch: &CandleBatch<'_>,
         q: &Tensor,
         cache: &Tensor,
-        block_table: &Tensor,
-        seq_lens: &Tensor,
         softmax_scale: f32,
     ) -> Result<(Tensor, Tensor)> {
-        let (batch, s_q, h_q) = match q.dims() {
-            [b, s, h, d] if *d == QK_DIM => (*b, *s, *h),
-            d => bail!("dsa: `q` has shape {d:?}, expected [batch, s_q, h_q, {QK_DIM}]"),
-        };
-        let max_pages = block_table.dims().get(1).copied().unwrap_or(0);
-        expect_dims("block_table", block_table, &[batch, max_pages])?;
-        expect_dims("seq_lens", seq_lens, &[batch])?;
-        let sms = self.kernels.device().sm_count.max(1) as usize;
-        let cfg = DenseMlaConfig::new(sms, batch, s_q, h_q, max_pages, softmax_scale);
-        let locks = [
-            self.lock("q", q)?,
-            self.lock("block_table", block_table)?,
-            self.lock("seq_lens", seq_lens)?,
-            self.lock("cache", cache)?,
-        ];
-        let (q_v, table_v, lens_v) = (
-            locks[0].view::<bf16>()?,
-            locks[1].view::<i32>()?,
-            locks[2].view::<i32>()?,
-        );
-        let (mut plan, _) = self.zeros::<i32>(cfg.plan_len())?;
-        let (mut ws, _) = self.zeros::<f32>(cfg.workspace_len().max(1))?;
-        let (mut out, out_shape) = self.zeros::<bf16>((batch, s_q, h_q, KV_LORA_RANK))?;
-        let (mut lse, lse_shape) = self.zeros::<f32>((batch, s_q, h_q))?;
+        let (shape, blocks) = self.lock_batch(batch)?;
+        let heads = q.dims().get(2).copied().unwrap_or(0);
+        expect_dims("q", q, &[shape.batch, shape.next_n, heads, QK_DIM])?;
+        let cfg = self.kernels.dense_mla_config(&shape, heads, softmax_scale);
+        cfg.validate(&shape).map_err(wrap)?;
+        let locks = [self.lock("q", q)?, self.lock("cache", cache)?];
+        let (table, lens) = (blocks[0].view::<i32>()?, blocks[1].view::<i32>()?);
+        let paged = PagedBatch::new(shape, &table, &lens).map_err(wrap)?;
+        let (mut plan, _) = self.zeros::<i32>(cfg.plan_len(&shape))?;
+        let (mut ws, _) = self.zeros::<f32>(cfg.workspace_len(&shape).max(1))?;
+        let (mut out, out_shape) =
+            self.zeros::<bf16>((shape.batch, shape.next_n, heads, KV_LORA_RANK))?;
+        let (mut lse, lse_shape) = self.zeros::<f32>((shape.batch, shape.next_n, heads))?;
         self.kernels
-            .dense_mla_plan(&cfg, &lens_v, &mut plan)
+            .dense_mla_plan(&cfg, &paged, &mut plan)
             .map_err(wrap)?;
-        let args = DenseMlaArgs {
-            q: &q_v,
-            block_table: &table_v,
-            seq_lens: &lens_v,
-            plan: &plan,
-        };
-        let stream = self.kernels.stream();
-        let cache = locks[3].mla_cache(stream)?;
+        let q_v = locks[0].view::<bf16>()?;
+        let cache = locks[1].mla_cache(self.kernels.stream())?;
         with_mla_cache!(cache, |c| self.kernels.dense_mla_decode(
             &cfg,
+            &paged,
             c.get(),
-            args,
+            &q_v,
+            &plan,
             &mut ws,
             &mut out,
             &mut lse
@@ -769,16 +723,19 @@ impl CandleDsa {
     }
 }
 
-fn logits_shape(batch: usize, next_n: usize, heads: usize, max_pages: usize) -> DecodeLogitsShape {
-    let max_ctx = max_pages * PAGE_SIZE;
-    DecodeLogitsShape {
-        batch,
-        next_n,
-        heads,
-        max_pages,
-        max_ctx,
-        out_stride: max_ctx,
-    }
+/// A decode step's batch as candle tensors: `block_table` i32 `[batch, max_pages]` (page
+/// ids, bounds-checked on the device), `seq_lens` i32 `[batch]` (each sequence's length
+/// including its `next_n` new tokens), `next_n` query rows per sequence (1 for plain
+/// decode). Row `b * next_n + j` of every per-row tensor belongs to sequence `b`.
+#[derive(Debug, Clone, Copy)]
+pub struct CandleBatch<'t> {
+    pub block_table: &'t Tensor,
+    pub seq_lens: &'t Tensor,
+    pub next_n: usize,
+}
+
+fn logits_shape(heads: usize, batch: &PagedBatchShape) -> DecodeLogitsShape {
+    DecodeLogitsShape::new(heads, batch.max_tokens())
 }
 
 /// The bf16 MLA cache write as a two-operand in-place op: candle rejects a `kv` that

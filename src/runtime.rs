@@ -4,10 +4,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use cudarc::driver::{
-    sys, CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
+    sys, CudaContext, CudaFunction, CudaModule, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
+    LaunchConfig, PushKernelArg, SyncOnDrop,
 };
 use cudarc::nvrtc::Ptx;
 
+use crate::check;
 use crate::device::{check_device, device_info, DeviceInfo};
 use crate::error::{DsaError, Result};
 use crate::kernels;
@@ -210,6 +212,21 @@ impl DsaKernels {
         Ok(f)
     }
 
+    /// The SM count every scheduling decision of the crate uses (read from the device
+    /// when the handle was created).
+    pub fn sm_count(&self) -> usize {
+        self.info.sm_count.max(1) as usize
+    }
+
+    /// Collects the device pointers of one launch (see [`LaunchArgs`]).
+    pub(crate) fn args(&self) -> LaunchArgs<'_> {
+        LaunchArgs {
+            kernels: self,
+            guards: std::array::from_fn(|_| None),
+            n: 0,
+        }
+    }
+
     /// Launches `family::kernel` with one by-value parameter struct (the `*_params.h`
     /// mirror). The caller keeps the `SyncOnDrop` guards of every pointer inside `params`
     /// alive across this call.
@@ -244,4 +261,90 @@ fn set_smem(f: &CudaFunction, kernel: &'static str, smem: u32) -> Result<()> {
         smem as i32,
     )
     .map_err(|source| DsaError::Kernel { kernel, source })
+}
+
+/// Most device buffers one launch takes.
+const MAX_LAUNCH_BUFFERS: usize = 12;
+
+/// The device pointers of one launch, gathered with their cudarc guards (which order the
+/// buffers' use on the handle's stream); the guards are released once the launch is
+/// enqueued. Replaces the per-call `device_ptr` / alignment / guard boilerplate and holds
+/// no heap memory.
+pub(crate) struct LaunchArgs<'a> {
+    kernels: &'a DsaKernels,
+    guards: [Option<SyncOnDrop<'a>>; MAX_LAUNCH_BUFFERS],
+    n: usize,
+}
+
+impl<'a> LaunchArgs<'a> {
+    fn keep(&mut self, guard: SyncOnDrop<'a>) {
+        // A launch with more buffers than slots is a bug of this crate, not of the caller:
+        // the extra guard is dropped at once, which only orders the stream earlier.
+        if self.n < MAX_LAUNCH_BUFFERS {
+            self.guards[self.n] = Some(guard);
+            self.n += 1;
+        }
+    }
+
+    /// A buffer the kernel reads; its address must be `align`-byte aligned.
+    pub(crate) fn read<T, B: DevicePtr<T> + ?Sized>(
+        &mut self,
+        what: &'static str,
+        buf: &'a B,
+        align: u64,
+    ) -> Result<*const T> {
+        let (ptr, guard) = buf.device_ptr(self.kernels.stream());
+        self.keep(guard);
+        check::aligned(what, ptr, align)?;
+        Ok(ptr as *const T)
+    }
+
+    /// An optional buffer the kernel reads: null when absent.
+    pub(crate) fn read_opt<T, B: DevicePtr<T> + ?Sized>(
+        &mut self,
+        what: &'static str,
+        buf: Option<&'a B>,
+        align: u64,
+    ) -> Result<*const T> {
+        buf.map_or(Ok(std::ptr::null()), |b| self.read(what, b, align))
+    }
+
+    /// A buffer the kernel writes; its address must be `align`-byte aligned.
+    pub(crate) fn write<T, B: DevicePtrMut<T> + ?Sized>(
+        &mut self,
+        what: &'static str,
+        buf: &'a mut B,
+        align: u64,
+    ) -> Result<*mut T> {
+        let (ptr, guard) = buf.device_ptr_mut(self.kernels.stream());
+        self.keep(guard);
+        check::aligned(what, ptr, align)?;
+        Ok(ptr as *mut T)
+    }
+
+    /// Enqueues `family::kernel` with `params`, then releases the guards.
+    ///
+    /// # Safety
+    /// As [`DsaKernels::launch`]: `params` matches the kernel's parameter struct and every
+    /// access the kernel makes through its pointers stays inside the buffers gathered here.
+    pub(crate) unsafe fn launch<P: DeviceRepr>(
+        self,
+        family: &'static str,
+        kernel: &'static str,
+        cfg: LaunchConfig,
+        params: &P,
+    ) -> Result<()> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.kernels.launch(family, kernel, cfg, params) }
+    }
+}
+
+/// A 1-D launch of `blocks` blocks of `threads` threads and `smem` bytes of dynamic shared
+/// memory.
+pub(crate) fn linear(blocks: u32, threads: u32, smem: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: smem,
+    }
 }

@@ -9,15 +9,13 @@ use candle_core::{DType, Device, Tensor};
 use dsa_kernels::cache::{
     CacheRows, IndexerKCache, MlaFp8Cache, SlotMapping, INDEXER_DIM, PAGE_SIZE, QK_DIM,
 };
-use dsa_kernels::candle::CandleDsa;
-use dsa_kernels::cudarc::driver::{CudaSlice, DevicePtrMut};
-use dsa_kernels::dense_mla::{DenseMlaArgs, DenseMlaConfig};
+use dsa_kernels::candle::{CandleBatch, CandleDsa};
+use dsa_kernels::cudarc::driver::CudaSlice;
 use dsa_kernels::half::bf16;
-use dsa_kernels::indexer::{
-    decode_plan_len, rope_tables, DecodeLogitsShape, IndexerPrepShape, RopeTablesRef, YarnRope,
+use dsa_kernels::indexer::{rope_tables, IndexerPrepShape, RopeTablesRef, YarnRope};
+use dsa_kernels::{
+    DsaDecodeStep, DsaDecodeStepConfig, DsaLayerInputs, PagedBatch, PagedBatchShape,
 };
-use dsa_kernels::sparse_mla::{SparseDecodeConfig, SparseExtras};
-use dsa_kernels::topk::{TopkOptions, TopkRanges, TopkShape, TopkTranslation};
 
 const H_Q: usize = 64;
 const IDX_HEADS: usize = 64;
@@ -42,8 +40,8 @@ impl Rng {
     }
 }
 
-/// Host inputs: every token of every sequence is written this step (the last one of each
-/// sequence is the decoding token).
+/// Host inputs: the history of every sequence (all but its last token) is written first,
+/// then the step writes and decodes the last token of each.
 struct Inputs {
     block_table: Vec<i32>,
     max_pages: usize,
@@ -86,7 +84,7 @@ fn inputs() -> Inputs {
         }
     }
     let n = slots.len();
-    let (cos, sin) = rope_tables(&YarnRope::deepseek_v32(), max_pages * PAGE_SIZE);
+    let (cos, sin) = rope_tables(&YarnRope::deepseek_v32(), max_pages * PAGE_SIZE).unwrap();
     Inputs {
         kv: r.bf16(n * QK_DIM),
         idx_k: r.bf16(n * INDEXER_DIM),
@@ -129,41 +127,64 @@ fn sets(indices: &[i32]) -> Vec<Vec<i32>> {
         .collect()
 }
 
+/// Row indices of the history tokens and of the new (last) token of each sequence.
+fn split(x: &Inputs) -> (Vec<usize>, Vec<usize>) {
+    let mut hist = Vec::new();
+    let mut new = Vec::new();
+    let mut row = 0;
+    for &l in &LENS {
+        hist.extend(row..row + l - 1);
+        new.push(row + l - 1);
+        row += l;
+    }
+    assert_eq!(row, x.slots.len());
+    (hist, new)
+}
+
+fn gather<T: Copy>(v: &[T], width: usize, rows: &[usize]) -> Vec<T> {
+    rows.iter()
+        .flat_map(|&r| v[r * width..(r + 1) * width].iter().copied())
+        .collect()
+}
+
 fn through_adapter(dsa: &CandleDsa, dev: &Device, x: &Inputs) -> candle_core::Result<Outputs> {
     let batch = LENS.len();
-    let n = x.slots.len();
-    let t_i32 = |v: &[i32], s: &[usize]| Tensor::from_slice(v, s, dev);
+    let (hist, new) = split(x);
     let mla = dsa.new_mla_fp8_cache(x.pages)?;
     let idx = dsa.new_indexer_cache(x.pages)?;
-    let slots = t_i32(&x.slots, &[n])?;
-    let positions = t_i32(&x.positions, &[n])?;
     let cos = Tensor::from_slice(&x.cos, (x.cos.len() / 32, 32), dev)?;
     let sin = Tensor::from_slice(&x.sin, (x.sin.len() / 32, 32), dev)?;
-    dsa.write_mla_cache(&mla, &Tensor::from_slice(&x.kv, (n, QK_DIM), dev)?, &slots)?;
-    dsa.indexer_prepare_k(
-        &idx,
-        &Tensor::from_slice(&x.idx_k, (n, INDEXER_DIM), dev)?,
-        &positions,
-        &cos,
-        &sin,
-        &slots,
-    )?;
-    let last: Vec<i32> = x.lens.iter().map(|l| l - 1).collect();
+    // History, then the new tokens, through the same two writes.
+    for rows in [&hist, &new] {
+        let n = rows.len();
+        let slots = Tensor::from_vec(gather(&x.slots, 1, rows), n, dev)?;
+        let positions = Tensor::from_vec(gather(&x.positions, 1, rows), n, dev)?;
+        let kv = Tensor::from_vec(gather(&x.kv, QK_DIM, rows), (n, QK_DIM), dev)?;
+        let idx_k = Tensor::from_vec(gather(&x.idx_k, INDEXER_DIM, rows), (n, INDEXER_DIM), dev)?;
+        dsa.write_mla_cache(&mla, &kv, &slots)?;
+        dsa.indexer_prepare_k(&idx, &idx_k, &positions, &cos, &sin, &slots)?;
+    }
+    let positions = Tensor::from_vec(gather(&x.positions, 1, &new), batch, dev)?;
     let (q8, w) = dsa.indexer_prepare_q(
         &Tensor::from_slice(&x.idx_q, (batch, IDX_HEADS, INDEXER_DIM), dev)?,
-        &t_i32(&last, &[batch])?,
+        &positions,
         &cos,
         &sin,
         &Tensor::from_slice(&x.idx_w, (batch, IDX_HEADS), dev)?,
     )?;
-    let lens = t_i32(&x.lens, &[batch])?;
-    let table = t_i32(&x.block_table, &[batch, x.max_pages])?;
-    let plan = dsa.indexer_decode_plan(&lens, x.max_pages, IDX_HEADS, 1)?;
-    let logits = dsa.indexer_logits_decode(&q8, &w, &idx, &lens, &table, &plan, 1)?;
-    let indices = dsa.topk(&logits, &lens, TOPK, Some((&table, 1)))?;
+    let seq_lens = Tensor::from_slice(&x.lens, batch, dev)?;
+    let table = Tensor::from_slice(&x.block_table, (batch, x.max_pages), dev)?;
+    let b = CandleBatch {
+        block_table: &table,
+        seq_lens: &seq_lens,
+        next_n: 1,
+    };
+    let plan = dsa.indexer_decode_plan(&b, IDX_HEADS)?;
+    let logits = dsa.indexer_logits_decode(&b, &q8, &w, &idx, &plan)?;
+    let indices = dsa.topk_paged(&b, &logits, TOPK)?;
     let q = Tensor::from_slice(&x.q, (batch, 1, H_Q, QK_DIM), dev)?;
-    let (out, lse) = dsa.sparse_mla_decode(&q, &mla, &indices.reshape((batch, 1, TOPK))?, SCALE)?;
-    let (dout, dlse) = dsa.dense_mla_decode(&q, &mla, &table, &lens, SCALE)?;
+    let (out, lse) = dsa.sparse_mla_decode(&b, &q, &mla, &indices, SCALE)?;
+    let (dout, dlse) = dsa.dense_mla_decode(&b, &q, &mla, SCALE)?;
     let f32s = |t: &Tensor| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
     Ok(Outputs {
         mla_cache: mla.flatten_all()?.to_vec1::<u8>()?,
@@ -183,16 +204,15 @@ fn through_adapter(dsa: &CandleDsa, dev: &Device, x: &Inputs) -> candle_core::Re
     })
 }
 
+/// The same step through the direct API: the history with the checked writes, the new
+/// tokens through the library's `DsaDecodeStep`, the dense decode by hand.
 fn through_direct_api(dsa: &CandleDsa, x: &Inputs) -> Outputs {
     let k = dsa.kernels();
     let s = k.stream().clone();
     let batch = LENS.len();
-    let n = x.slots.len();
-    let up_i32 = |v: &[i32]| s.clone_htod(v).unwrap();
+    let (hist, new) = split(x);
     let mut mla = MlaFp8Cache::new(&s, x.pages).unwrap();
     let mut idx = IndexerKCache::new(&s, x.pages).unwrap();
-    let slots = SlotMapping::new(&s, &x.slots).unwrap();
-    let positions = up_i32(&x.positions);
     let cos = s.clone_htod(&x.cos).unwrap();
     let sin = s.clone_htod(&x.sin).unwrap();
     let rope = RopeTablesRef {
@@ -200,19 +220,17 @@ fn through_direct_api(dsa: &CandleDsa, x: &Inputs) -> Outputs {
         sin: &sin,
         max_pos: x.cos.len() / 32,
     };
-    let kv = s.clone_htod(&x.kv).unwrap();
-    k.write_cache(
-        &mut mla,
-        CacheRows {
-            src: &kv,
-            rows: n,
-            row_stride: QK_DIM,
-        },
-        &slots,
-        false,
-    )
-    .unwrap();
-    let idx_k = s.clone_htod(&x.idx_k).unwrap();
+    let n = hist.len();
+    let slots = SlotMapping::new(&s, &gather(&x.slots, 1, &hist)).unwrap();
+    let positions = s.clone_htod(&gather(&x.positions, 1, &hist)).unwrap();
+    let kv = s.clone_htod(&gather(&x.kv, QK_DIM, &hist)).unwrap();
+    let rows = CacheRows {
+        src: &kv,
+        rows: n,
+        row_stride: QK_DIM,
+    };
+    k.write_cache(&mut mla, rows, &slots, false).unwrap();
+    let idx_k = s.clone_htod(&gather(&x.idx_k, INDEXER_DIM, &hist)).unwrap();
     let kshape = IndexerPrepShape {
         tokens: n,
         heads: 1,
@@ -220,111 +238,61 @@ fn through_direct_api(dsa: &CandleDsa, x: &Inputs) -> Outputs {
     };
     k.indexer_prepare_k(kshape, &idx_k, &positions, rope, &mut idx, &slots)
         .unwrap();
-    let last: Vec<i32> = x.lens.iter().map(|l| l - 1).collect();
-    let mut q8: CudaSlice<u8> = s.alloc_zeros(batch * IDX_HEADS * INDEXER_DIM).unwrap();
-    let mut w: CudaSlice<f32> = s.alloc_zeros(batch * IDX_HEADS).unwrap();
-    let qshape = IndexerPrepShape {
-        tokens: batch,
-        heads: IDX_HEADS,
-        token_stride: IDX_HEADS * INDEXER_DIM,
-    };
-    k.indexer_prepare_q(
-        qshape,
-        &s.clone_htod(&x.idx_q).unwrap(),
-        &up_i32(&last),
-        rope,
-        &s.clone_htod(&x.idx_w).unwrap(),
-        &mut q8,
-        &mut w,
-    )
-    .unwrap();
-    let lens = up_i32(&x.lens);
-    let table = up_i32(&x.block_table);
-    let max_ctx = x.max_pages * PAGE_SIZE;
-    let shape = DecodeLogitsShape {
-        batch,
-        next_n: 1,
-        heads: IDX_HEADS,
-        max_pages: x.max_pages,
-        max_ctx,
-        out_stride: max_ctx,
-    };
-    let mut plan: CudaSlice<i32> = s.alloc_zeros(decode_plan_len(batch)).unwrap();
-    k.indexer_decode_plan(shape, &lens, &mut plan).unwrap();
-    let mut logits: CudaSlice<f32> = s.alloc_zeros(batch * max_ctx).unwrap();
-    k.indexer_logits_decode(shape, &q8, &w, &idx, &lens, &table, &plan, &mut logits)
-        .unwrap();
-    let mut indices: CudaSlice<i32> = s.alloc_zeros(batch * TOPK).unwrap();
-    let options = TopkOptions {
-        sorted: false,
-        row_offsets: None,
-        translation: Some(TopkTranslation {
-            block_table: &table,
-            batch,
-            max_pages: x.max_pages,
-            next_n: 1,
-        }),
-    };
-    let tshape = TopkShape {
-        rows: batch,
-        cols: max_ctx,
-        row_stride: max_ctx,
-        k: TOPK,
-    };
-    k.topk(
-        &logits,
-        TopkRanges::Lengths(&lens),
-        tshape,
-        options,
-        &mut indices,
-    )
-    .unwrap();
-    let q = s.clone_htod(&x.q).unwrap();
-    let cfg = SparseDecodeConfig {
-        batch,
-        s_q: 1,
-        h_q: H_Q,
+
+    let cfg = DsaDecodeStepConfig {
+        index_heads: IDX_HEADS,
+        heads: H_Q,
         topk: TOPK,
         softmax_scale: SCALE,
+        ..DsaDecodeStepConfig::deepseek_v32(batch, 1, x.max_pages)
     };
-    let mut ws: CudaSlice<f32> = s
-        .alloc_zeros(k.sparse_mla_decode_workspace_len(&cfg).max(1))
-        .unwrap();
+    let mut step = DsaDecodeStep::new(k, cfg).unwrap();
+    let shape = PagedBatchShape {
+        batch,
+        next_n: 1,
+        max_pages: x.max_pages,
+    };
+    let table = s.clone_htod(&x.block_table).unwrap();
+    let seq_lens = s.clone_htod(&x.lens).unwrap();
+    let paged = PagedBatch::new(shape, &table, &seq_lens).unwrap();
+    step.plan(k, &paged).unwrap();
+    let up_bf16 = |v: Vec<bf16>| s.clone_htod(&v).unwrap();
+    let (new_kv, new_k) = (
+        up_bf16(gather(&x.kv, QK_DIM, &new)),
+        up_bf16(gather(&x.idx_k, INDEXER_DIM, &new)),
+    );
+    let idx_q = s.clone_htod(&x.idx_q).unwrap();
+    let idx_w = s.clone_htod(&x.idx_w).unwrap();
+    let new_pos = s.clone_htod(&gather(&x.positions, 1, &new)).unwrap();
+    let new_slots = s.clone_htod(&gather(&x.slots, 1, &new)).unwrap();
+    let inputs = DsaLayerInputs {
+        index_q: &idx_q,
+        index_weights: &idx_w,
+        index_k: &new_k,
+        kv: &new_kv,
+        positions: &new_pos,
+        slots: &new_slots,
+        rope,
+    };
+    let q = s.clone_htod(&x.q).unwrap();
     let mut out: CudaSlice<bf16> = s.alloc_zeros(batch * H_Q * 512).unwrap();
     let mut lse: CudaSlice<f32> = s.alloc_zeros(batch * H_Q).unwrap();
-    let ws_ref: &mut dyn DevicePtrMut<f32> = &mut ws;
-    k.sparse_mla_decode(
-        &cfg,
-        &q,
-        &mla,
-        &indices,
-        SparseExtras::default(),
-        &mut out,
-        &mut lse,
-        Some(ws_ref),
+    step.layer(
+        k, &paged, &inputs, &mut idx, &mut mla, &q, &mut out, &mut lse,
     )
     .unwrap();
-    let dcfg = DenseMlaConfig::new(
-        k.device().sm_count as usize,
-        batch,
-        1,
-        H_Q,
-        x.max_pages,
-        SCALE,
-    );
-    let mut dplan: CudaSlice<i32> = s.alloc_zeros(dcfg.plan_len()).unwrap();
-    let mut dws: CudaSlice<f32> = s.alloc_zeros(dcfg.workspace_len()).unwrap();
+    let q8 = s.clone_dtoh(&*step.prepared_queries_mut().0).unwrap();
+
+    let dcfg = k.dense_mla_config(&shape, H_Q, SCALE);
+    let mut dplan: CudaSlice<i32> = s.alloc_zeros(dcfg.plan_len(&shape)).unwrap();
+    let mut dws: CudaSlice<f32> = s.alloc_zeros(dcfg.workspace_len(&shape)).unwrap();
     let mut dout: CudaSlice<bf16> = s.alloc_zeros(batch * H_Q * 512).unwrap();
     let mut dlse: CudaSlice<f32> = s.alloc_zeros(batch * H_Q).unwrap();
-    k.dense_mla_plan(&dcfg, &lens, &mut dplan).unwrap();
-    let args = DenseMlaArgs {
-        q: &q,
-        block_table: &table,
-        seq_lens: &lens,
-        plan: &dplan,
-    };
-    k.dense_mla_decode(&dcfg, &mla, args, &mut dws, &mut dout, &mut dlse)
-        .unwrap();
+    k.dense_mla_plan(&dcfg, &paged, &mut dplan).unwrap();
+    k.dense_mla_decode(
+        &dcfg, &paged, &mla, &q, &dplan, &mut dws, &mut dout, &mut dlse,
+    )
+    .unwrap();
     let f = |v: &CudaSlice<bf16>| {
         s.clone_dtoh(v)
             .unwrap()
@@ -335,14 +303,14 @@ fn through_direct_api(dsa: &CandleDsa, x: &Inputs) -> Outputs {
     Outputs {
         mla_cache: s.clone_dtoh(mla.data()).unwrap(),
         index_cache: s.clone_dtoh(idx.data()).unwrap(),
-        q8: s.clone_dtoh(&q8).unwrap(),
+        q8,
         logits: s
-            .clone_dtoh(&logits)
+            .clone_dtoh(step.logits())
             .unwrap()
             .iter()
             .map(|v| v.to_bits())
             .collect(),
-        topk_sets: sets(&s.clone_dtoh(&indices).unwrap()),
+        topk_sets: sets(&s.clone_dtoh(step.indices()).unwrap()),
         sparse_out: f(&out),
         sparse_lse: s.clone_dtoh(&lse).unwrap(),
         dense_out: f(&dout),
@@ -433,23 +401,17 @@ fn candle_adapter_rejects_bad_tensors() {
     let ragged = Tensor::zeros((3, 100), DType::U8, &dev).unwrap();
     let e = err(dsa.write_mla_cache(&ragged, &kv, &slots));
     assert!(e.contains("pages"), "{e}");
+    let table = Tensor::zeros((2, 1), DType::I32, &dev).unwrap();
+    let lens = Tensor::new(&[3i32, 0], &dev).unwrap();
+    let b = CandleBatch {
+        block_table: &table,
+        seq_lens: &lens,
+        next_n: 1,
+    };
+    let ok = dsa.topk_paged(&b, &Tensor::zeros((2, 64), DType::F32, &dev).unwrap(), 8);
+    assert!(ok.is_ok(), "a paged top-k over valid tensors works: {ok:?}");
     let e = dsa
-        .topk(
-            &Tensor::zeros((2, 64), DType::F32, &dev).unwrap(),
-            &slots,
-            8,
-            None,
-        )
-        .map(|_| ())
-        .map_err(|e| e.to_string());
-    assert!(e.is_ok(), "a plain top-k works: {e:?}");
-    let e = dsa
-        .topk(
-            &Tensor::zeros((2, 64), DType::BF16, &dev).unwrap(),
-            &slots,
-            8,
-            None,
-        )
+        .topk_paged(&b, &Tensor::zeros((2, 64), DType::BF16, &dev).unwrap(), 8)
         .expect_err("bf16 logits")
         .to_string();
     assert!(e.contains("logits"), "{e}");

@@ -5,12 +5,12 @@
 use std::sync::Arc;
 
 use dsa_kernels::cache::{
-    encode_mla_fp8_token, CacheKind, MlaBf16Cache, MlaFp8Cache, PagedCache,
+    encode_mla_fp8_token, MlaBf16Cache, MlaCacheKind, MlaFp8Cache, PagedCache,
     MLA_FP8_BYTES_PER_TOKEN, PAGE_SIZE, QK_DIM,
 };
 use dsa_kernels::cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
-use dsa_kernels::dense_mla::{DenseMlaArgs, DenseMlaConfig};
-use dsa_kernels::DsaKernels;
+use dsa_kernels::dense_mla::DenseMlaConfig;
+use dsa_kernels::{DsaKernels, PagedBatch, PagedBatchShape};
 use half::bf16;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -72,6 +72,7 @@ pub fn fp8_cache(stream: &Arc<CudaStream>, pages: usize) -> MlaFp8Cache {
 
 /// Buffers of one decode step: `batch` sequences of `ctx` tokens on shuffled pages.
 pub struct DenseStep {
+    pub shape: PagedBatchShape,
     pub cfg: DenseMlaConfig,
     pub q: CudaSlice<bf16>,
     pub bt: CudaSlice<i32>,
@@ -91,14 +92,12 @@ impl DenseStep {
         let mut perm: Vec<i32> = (0..cache_pages as i32).collect();
         perm.shuffle(&mut rng);
         let bt: Vec<i32> = perm[..batch * max_pages].to_vec();
-        let cfg = DenseMlaConfig::new(
-            k.device().sm_count as usize,
+        let shape = PagedBatchShape {
             batch,
-            s_q,
-            H_Q,
+            next_n: s_q,
             max_pages,
-            SCALE,
-        );
+        };
+        let cfg = k.dense_mla_config(&shape, H_Q, SCALE);
         let q: Vec<bf16> = (0..batch * s_q * H_Q * QK_DIM)
             .map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0)))
             .collect();
@@ -107,28 +106,31 @@ impl DenseStep {
             q: stream.clone_htod(&q).unwrap(),
             bt: stream.clone_htod(&bt).unwrap(),
             lens: stream.clone_htod(&vec![ctx as i32; batch]).unwrap(),
-            plan: stream.alloc_zeros(cfg.plan_len()).unwrap(),
-            ws: stream.alloc_zeros(cfg.workspace_len()).unwrap(),
+            plan: stream.alloc_zeros(cfg.plan_len(&shape)).unwrap(),
+            ws: stream.alloc_zeros(cfg.workspace_len(&shape)).unwrap(),
             out: stream.alloc_zeros(rows * 512).unwrap(),
             lse: stream.alloc_zeros(rows).unwrap(),
+            shape,
             cfg,
         };
-        k.dense_mla_plan(&s.cfg, &s.lens, &mut s.plan).unwrap();
+        s.plan(k);
         s
     }
 
+    /// The step's paged batch.
+    pub fn batch(&self) -> PagedBatch<'_, CudaSlice<i32>, CudaSlice<i32>> {
+        PagedBatch::new(self.shape, &self.bt, &self.lens).unwrap()
+    }
+
     /// One layer: split + combine over the step's plan.
-    pub fn layer<K: CacheKind>(&mut self, k: &DsaKernels, cache: &PagedCache<K>) {
-        let args = DenseMlaArgs {
-            q: &self.q,
-            block_table: &self.bt,
-            seq_lens: &self.lens,
-            plan: &self.plan,
-        };
+    pub fn layer<K: MlaCacheKind>(&mut self, k: &DsaKernels, cache: &PagedCache<K>) {
+        let batch = PagedBatch::new(self.shape, &self.bt, &self.lens).unwrap();
         k.dense_mla_decode(
             &self.cfg,
+            &batch,
             cache,
-            args,
+            &self.q,
+            &self.plan,
             &mut self.ws,
             &mut self.out,
             &mut self.lse,
@@ -137,8 +139,8 @@ impl DenseStep {
     }
 
     pub fn plan(&mut self, k: &DsaKernels) {
-        k.dense_mla_plan(&self.cfg, &self.lens, &mut self.plan)
-            .unwrap();
+        let batch = PagedBatch::new(self.shape, &self.bt, &self.lens).unwrap();
+        k.dense_mla_plan(&self.cfg, &batch, &mut self.plan).unwrap();
     }
 }
 

@@ -452,7 +452,14 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) dsa_topk_f32(const Dsa
     const int tid = threadIdx.x;
     const float *__restrict__ row = p.logits + (int64_t)r * p.row_stride;
     int s = p.starts ? p.starts[r] : 0;
-    int e = p.ends[r];
+    int e;
+    if (p.seq_lens) {
+        // 64-bit: the lengths are device data, any value must clamp, not wrap.
+        const int64_t len = (int64_t)p.seq_lens[r / p.next_n] - (p.next_n - 1 - r % p.next_n);
+        e = len <= 0 ? 0 : (len >= p.cols ? p.cols : (int)len);
+    } else {
+        e = p.ends[r];
+    }
     s = min(max(s, 0), p.cols);
     e = max(min(e, p.cols), s);
     const int n = e - s;
@@ -685,7 +692,9 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) dsa_topk_f32(const Dsa
             if (bt) {
                 const int page = v >> 6;
                 const int entry = (v >= 0 && page < p.max_pages) ? bt[page] : -1;
-                v = entry >= 0 ? entry * DSA_PAGE_SIZE + (v & (DSA_PAGE_SIZE - 1)) : -1;
+                // An entry whose slot would not fit an int32 is as unusable as a negative one.
+                v = (entry >= 0 && entry <= INT32_MAX / DSA_PAGE_SIZE - 1)
+                        ? entry * DSA_PAGE_SIZE + (v & (DSA_PAGE_SIZE - 1)) : -1;
             }
         }
         out[j] = v;

@@ -18,7 +18,9 @@
  *
  * Row r is logits[r * row_stride + c] for c in [0, cols). Its valid range is
  * [start_r, end_r) with start_r = starts ? starts[r] : 0 and end_r = ends[r], clamped to
- * [0, cols]. NaN and -inf never compete; +inf does. Output row r is out[r * k .. r * k + k]:
+ * [0, cols]. With seq_lens (paged decode, ends unused), row r is query j = r % next_n of
+ * sequence b = r / next_n and end_r = seq_lens[b] - next_n + 1 + j: the causal rule of the
+ * decode logits, derived here from the per-sequence lengths. NaN and -inf never compete; +inf does. Output row r is out[r * k .. r * k + k]:
  * the column indices of the k largest values (ties: smaller index first), -1 padding past
  * the number of selected values. sorted != 0: by value descending, then index ascending;
  * otherwise in no particular order (the padding is always last).
@@ -26,12 +28,13 @@
  * Fused outputs, applied to every selected index i in this order:
  *   offsets: i += offsets[r];
  *   block_table: i -> block_table[(r / next_n) * max_pages + i / 64] * 64 + i % 64, and -1
- *   where i < 0, i / 64 >= max_pages, or the table entry is negative. */
+ *   where i < 0, i / 64 >= max_pages, or the table entry is negative or too large for the
+ *   slot to fit an int32. */
 typedef struct DsaTopkParams {
     const float *logits;
     int64_t row_stride;
     const int32_t *starts;      /* [rows] or NULL */
-    const int32_t *ends;        /* [rows] */
+    const int32_t *ends;        /* [rows], unused with seq_lens */
     const int32_t *offsets;     /* [rows] or NULL */
     const int32_t *block_table; /* [batch, max_pages] or NULL */
     int32_t *out;               /* [rows, k] */
@@ -41,6 +44,7 @@ typedef struct DsaTopkParams {
     int32_t sorted;
     int32_t max_pages;
     int32_t next_n;
+    const int32_t *seq_lens;    /* [rows / next_n] or NULL */
 } DsaTopkParams;
 
 #endif

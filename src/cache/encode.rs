@@ -62,7 +62,7 @@ pub fn write_host_token<K: super::CacheKind>(
         });
     }
     let page_bytes = K::ELEMS_PER_PAGE * std::mem::size_of::<K::Elem>();
-    let needed = (slot / PAGE_SIZE + 1) * page_bytes;
+    let needed = crate::check::product(K::NAME, &[slot / PAGE_SIZE + 1, page_bytes])?;
     if image.len() < needed {
         return Err(DsaError::Capacity {
             what: K::NAME,

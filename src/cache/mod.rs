@@ -16,11 +16,11 @@ mod write;
 
 pub use encode::{encode_indexer_k_token, encode_mla_fp8_token, write_host_token};
 pub use paged::{
-    CacheKind, CacheLayout, IndexerK, IndexerKCache, MlaBf16, MlaBf16Cache, MlaFp8, MlaFp8Cache,
-    PagedCache,
+    CacheKind, CacheLayout, IndexerK, IndexerKCache, MlaBf16, MlaBf16Cache, MlaCacheKind, MlaFp8,
+    MlaFp8Cache, PagedCache,
 };
 pub use slots::SlotMapping;
-pub use write::CacheRows;
+pub use write::{check_cache_rows, CacheRows};
 
 /// Tokens per page of every paged cache.
 pub const PAGE_SIZE: usize = 64;

@@ -6,6 +6,7 @@ use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use half::bf16;
 
 use super::{INDEXER_PAGE_BYTES, MLA_FP8_BYTES_PER_TOKEN, PAGE_SIZE, QK_DIM};
+use crate::check;
 use crate::error::{DsaError, Result};
 
 /// What distinguishes one paged cache layout from another.
@@ -24,6 +25,40 @@ pub trait CacheKind {
     const FP8: bool;
     /// Which byte layout this is.
     const LAYOUT: CacheLayout;
+}
+
+/// The two MLA cache layouts: only these can be passed to an MLA decode, so passing the
+/// indexer K cache to one is a compile error. Implemented by [`MlaFp8`] and [`MlaBf16`]
+/// (sealed: the kernels exist for these two only).
+///
+/// ```compile_fail
+/// fn mla_only<K: dsa_kernels::cache::MlaCacheKind>() {}
+/// mla_only::<dsa_kernels::cache::IndexerK>(); // the indexer K cache is no MLA cache
+/// ```
+pub trait MlaCacheKind: CacheKind + sealed::Sealed {
+    /// The dense decode split kernel over this layout.
+    const DENSE_KERNEL: &'static str;
+    /// Its dynamic shared memory.
+    const DENSE_SMEM: u32;
+    /// The sparse decode kernel over this layout.
+    const SPARSE_KERNEL: &'static str;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::MlaFp8 {}
+    impl Sealed for super::MlaBf16 {}
+}
+
+impl MlaCacheKind for MlaFp8 {
+    const DENSE_KERNEL: &'static str = "dsa_dense_mla_decode_fp8";
+    const DENSE_SMEM: u32 = crate::sys::dense_mla::DSA_DENSE_SMEM_FP8;
+    const SPARSE_KERNEL: &'static str = "dsa_sparse_mla_decode_fp8";
+}
+impl MlaCacheKind for MlaBf16 {
+    const DENSE_KERNEL: &'static str = "dsa_dense_mla_decode_bf16";
+    const DENSE_SMEM: u32 = crate::sys::dense_mla::DSA_DENSE_SMEM_BF16;
+    const SPARSE_KERNEL: &'static str = "dsa_sparse_mla_decode_bf16";
 }
 
 /// The three paged layouts of the crate.
@@ -95,8 +130,10 @@ impl<K: CacheKind> std::fmt::Debug for PagedCache<K> {
 }
 
 impl<K: CacheKind> PagedCache<K> {
-    /// Allocates a zeroed cache of `num_pages` pages (an allocation: do it at start-up).
-    pub fn new(stream: &Arc<CudaStream>, num_pages: usize) -> Result<Self> {
+    /// Elements of a cache of `num_pages` pages, after checking that the count is positive,
+    /// that its size and token capacity do not overflow, and that its slots fit the
+    /// kernels' 32-bit slot indices (so every token of the cache is addressable). Pure.
+    pub fn elements_for(num_pages: usize) -> Result<usize> {
         if num_pages == 0 {
             return Err(DsaError::Capacity {
                 what: K::NAME,
@@ -104,7 +141,16 @@ impl<K: CacheKind> PagedCache<K> {
                 capacity: 0,
             });
         }
-        let data = stream.alloc_zeros::<K::Elem>(num_pages * K::ELEMS_PER_PAGE)?;
+        let tokens = check::product(K::NAME, &[num_pages, PAGE_SIZE])?;
+        check::fits_i32("cache slots (64 * pages)", tokens)?;
+        let elems = check::product(K::NAME, &[num_pages, K::ELEMS_PER_PAGE])?;
+        check::product(K::NAME, &[elems, std::mem::size_of::<K::Elem>()])?;
+        Ok(elems)
+    }
+
+    /// Allocates a zeroed cache of `num_pages` pages (an allocation: do it at start-up).
+    pub fn new(stream: &Arc<CudaStream>, num_pages: usize) -> Result<Self> {
+        let data = stream.alloc_zeros::<K::Elem>(Self::elements_for(num_pages)?)?;
         Ok(Self {
             data,
             num_pages,
@@ -122,6 +168,7 @@ impl<K: CacheKind> PagedCache<K> {
                 got: vec![len],
             });
         }
+        Self::elements_for(len / K::ELEMS_PER_PAGE)?;
         Ok(Self {
             num_pages: len / K::ELEMS_PER_PAGE,
             data,

@@ -1,11 +1,11 @@
 //! Cache-write launches: new tokens, bf16 rows, scattered into a paged cache.
-use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut, LaunchConfig};
+use cudarc::driver::DevicePtr;
 use half::bf16;
 
 use super::{CacheKind, PagedCache, SlotMapping};
 use crate::check;
-use crate::error::{DsaError, Result};
-use crate::runtime::DsaKernels;
+use crate::error::Result;
+use crate::runtime::{linear, DsaKernels};
 use crate::sys::cache::DsaCacheWriteParams;
 
 /// Where the new tokens come from: `rows` bf16 rows of `K::SRC_DIM` values (576 for MLA:
@@ -31,68 +31,65 @@ impl DsaKernels {
         pow2_scale: bool,
     ) -> Result<()> {
         let slots = slots.checked_for(src.rows, cache.capacity_tokens())?;
-        // SAFETY: every slot was checked against the cache's capacity above.
-        unsafe { self.write_cache_device_slots(cache, src, &slots, pow2_scale) }
+        self.write_cache_device_slots(cache, src, &slots, pow2_scale)
     }
 
     /// As [`Self::write_cache`], with slots already on the device (an engine's own slot
-    /// mapping). Negative slots are skipped (padding); slots at or past the capacity are
-    /// skipped too, so no write leaves the cache.
-    ///
-    /// # Safety
-    /// None for memory: the kernel bounds-checks slots. Marked unsafe because a bad slot
-    /// is silently dropped rather than reported; prefer [`Self::write_cache`].
-    pub unsafe fn write_cache_device_slots<K: CacheKind, S: DevicePtr<bf16>>(
+    /// mapping, i32 `[rows]`). Negative slots are skipped (padding); slots at or past the
+    /// capacity are skipped too (the kernel bounds-checks every slot), so no write leaves
+    /// the cache whatever the slots hold; a bad slot is dropped silently rather than
+    /// reported, so prefer [`Self::write_cache`] where the slots are on the host.
+    pub fn write_cache_device_slots<K: CacheKind, S: DevicePtr<bf16>, I: DevicePtr<i32>>(
         &self,
         cache: &mut PagedCache<K>,
         src: CacheRows<'_, S>,
-        slots: &CudaView<'_, i32>,
+        slots: &I,
         pow2_scale: bool,
     ) -> Result<()> {
-        let n = src.rows;
-        check::at_least("slots", slots.len(), n, &[n])?;
-        if n == 0 {
+        let (num_tokens, stride) = crate::validate::write_cache::<K>(
+            src.src.len(),
+            src.rows,
+            src.row_stride,
+            slots.len(),
+        )?;
+        if src.rows == 0 {
             return Ok(());
         }
-        if src.row_stride < K::SRC_DIM || src.row_stride % 8 != 0 {
-            return Err(DsaError::Alignment {
-                what: "cache write source",
-                detail: format!(
-                    "row stride {} must be >= {} and a multiple of 8",
-                    src.row_stride,
-                    K::SRC_DIM
-                ),
-            });
-        }
-        check::at_least(
-            K::NAME,
-            src.src.len(),
-            (n - 1) * src.row_stride + K::SRC_DIM,
-            &[n, K::SRC_DIM],
-        )?;
-        let num_tokens = check::fits_i32("cache write rows", n)?;
-        let stream = self.stream().clone();
-        let (src_ptr, _g0) = src.src.device_ptr(&stream);
-        check::aligned("cache write source", src_ptr, 16)?;
-        let (slots_ptr, _g1) = slots.device_ptr(&stream);
         let capacity_tokens = cache.capacity_tokens() as i64;
-        let (cache_ptr, _g2) = cache.data_mut().device_ptr_mut(&stream);
+        let mut a = self.args();
         let params = DsaCacheWriteParams {
-            src: src_ptr as *const _,
-            src_row_stride: src.row_stride as i64,
-            slots: slots_ptr as *const i32,
-            cache: cache_ptr as *mut _,
+            src: a.read("cache write source", src.src, 16)? as *const _,
+            src_row_stride: stride,
+            slots: a.read("slots", slots, 4)?,
+            cache: a.write(K::NAME, cache.data_mut(), 16)? as *mut _,
             num_tokens,
             pow2_scale: i32::from(pow2_scale && K::FP8),
             capacity_tokens,
         };
-        const WARPS: u32 = 4;
-        let cfg = LaunchConfig {
-            grid_dim: ((n as u32).div_ceil(WARPS), 1, 1),
-            block_dim: (32 * WARPS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: shapes and alignment checked above; slots are bounds-checked in the kernel.
-        unsafe { self.launch("cache_write", K::WRITE_KERNEL, cfg, &params) }
+        const WARPS: usize = 4;
+        let cfg = linear(
+            check::grid("cache write grid", src.rows, WARPS)?,
+            32 * WARPS as u32,
+            0,
+        );
+        // SAFETY: the source holds every row the kernel reads (checked above, with checked
+        // arithmetic and the stride bounded by the kernel's i64); slots holds `rows`
+        // entries and each is bounds-checked against the capacity in the kernel.
+        unsafe { a.launch("cache_write", K::WRITE_KERNEL, cfg, &params) }
     }
+}
+
+/// The source rules of a cache write, pure: the row stride (>= the row's values, a
+/// multiple of 8 for the kernel's 16-byte loads, within i64) and a source buffer of
+/// `src_len` elements that holds every row. Returns the row count and stride as the
+/// kernel takes them.
+pub fn check_cache_rows<K: CacheKind>(
+    src_len: usize,
+    rows: usize,
+    row_stride: usize,
+) -> Result<(i32, i64)> {
+    let stride = check::row_stride("cache write source", row_stride, K::SRC_DIM, 8)?;
+    let need = check::span(K::NAME, rows, row_stride, K::SRC_DIM)?;
+    check::at_least(K::NAME, src_len, need, &[rows, K::SRC_DIM])?;
+    Ok((check::fits_i32("cache write rows", rows)?, stride))
 }

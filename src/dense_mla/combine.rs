@@ -1,18 +1,19 @@
 //! The split-KV combine: lse-weighted merge of each sequence's partial results.
-use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
+use cudarc::driver::{DevicePtr, DevicePtrMut};
 use half::bf16;
 
 use super::DenseMlaConfig;
 use crate::cache::KV_LORA_RANK;
 use crate::check;
 use crate::error::Result;
-use crate::runtime::DsaKernels;
+use crate::paged_batch::PagedBatchShape;
+use crate::runtime::{linear, DsaKernels};
 use crate::sys::dense_mla::DsaMlaCombineParams;
 
 impl DsaKernels {
     /// Merges the partials the split kernel wrote into `workspace` (layout in
     /// [`DenseMlaConfig::workspace_len`]), following `plan`, into `out` (bf16
-    /// `[batch, s_q, h_q, 512]`) and `lse` (f32 `[batch, s_q, h_q]`, natural log):
+    /// `[batch, next_n, heads, 512]`) and `lse` (f32 `[batch, next_n, heads]`, natural log):
     /// `lse = ln sum_i exp(lse_i)`, `out = sum_i exp(lse_i - lse) out_i`. A row with no
     /// split or only empty ones gets out 0 and lse `+inf`.
     ///
@@ -21,6 +22,7 @@ impl DsaKernels {
     pub fn dense_mla_combine<P, W, O, L>(
         &self,
         cfg: &DenseMlaConfig,
+        batch: &PagedBatchShape,
         plan: &P,
         workspace: &W,
         out: &mut O,
@@ -32,63 +34,38 @@ impl DsaKernels {
         O: DevicePtrMut<bf16>,
         L: DevicePtrMut<f32>,
     {
-        cfg.validate()?;
-        let rows = cfg.batch * cfg.s_q * cfg.h_q;
-        check_combine_buffers(cfg, plan.len(), workspace.len(), out.len(), lse.len())?;
-        check::fits_i32("dense MLA rows", rows)?;
-        let stream = self.stream().clone();
-        let (plan_ptr, _g0) = plan.device_ptr(&stream);
-        let (ws_ptr, _g1) = workspace.device_ptr(&stream);
-        let (out_ptr, _g2) = out.device_ptr_mut(&stream);
-        check::aligned("dense MLA out", out_ptr, 8)?;
-        check::aligned("dense MLA workspace", ws_ptr, 16)?;
-        let (lse_ptr, _g3) = lse.device_ptr_mut(&stream);
-        let lse_part = ws_ptr + (cfg.max_splits() * cfg.s_q * cfg.h_q * KV_LORA_RANK * 4) as u64;
+        crate::validate::dense_mla_combine(
+            cfg,
+            batch,
+            plan.len(),
+            workspace.len(),
+            out.len(),
+            lse.len(),
+        )?;
+        let rows = batch.rows() * cfg.heads;
+        let lse_offset = cfg.max_splits(batch) * batch.next_n * cfg.heads * KV_LORA_RANK;
+        let mut a = self.args();
+        let ws = a.read::<f32, _>("dense MLA workspace", workspace, 16)?;
         let params = DsaMlaCombineParams {
-            partial_out: ws_ptr as *const f32,
-            partial_lse: lse_part as *const f32,
-            plan: plan_ptr as *const i32,
-            out: out_ptr as *mut _,
-            lse: lse_ptr as *mut f32,
-            batch: cfg.batch as i32,
-            s_q: cfg.s_q as i32,
-            h_q: cfg.h_q as i32,
+            partial_out: ws,
+            // SAFETY: inside the workspace, checked to hold the partial outputs and lse.
+            partial_lse: unsafe { ws.add(lse_offset) },
+            plan: a.read("dense MLA plan", plan, 4)?,
+            out: a.write::<bf16, _>("dense MLA out", out, 8)? as *mut _,
+            lse: a.write("dense MLA lse", lse, 4)?,
+            batch: batch.batch as i32,
+            s_q: batch.next_n as i32,
+            h_q: cfg.heads as i32,
             num_parts: cfg.num_parts as i32,
         };
         const WARPS: usize = 8;
-        let launch = LaunchConfig {
-            grid_dim: (rows.div_ceil(WARPS) as u32, 1, 1),
-            block_dim: (32 * WARPS as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let launch = linear(
+            check::grid("dense MLA combine grid", rows, WARPS)?,
+            32 * WARPS as u32,
+            0,
+        );
         // SAFETY: every buffer was checked against the sizes the kernel indexes; the
         // split indices it reads come from a plan of this geometry (at most max_splits).
-        unsafe { self.launch("mla_combine", "dsa_mla_combine", launch, &params) }
+        unsafe { a.launch("mla_combine", "dsa_mla_combine", launch, &params) }
     }
-}
-
-/// Sizes of the buffers the combine reads and writes (the decode call checks them too,
-/// before its first launch).
-pub(super) fn check_combine_buffers(
-    cfg: &DenseMlaConfig,
-    plan: usize,
-    workspace: usize,
-    out: usize,
-    lse: usize,
-) -> Result<()> {
-    let rows = cfg.batch * cfg.s_q * cfg.h_q;
-    check::at_least("dense MLA plan", plan, cfg.plan_len(), &[cfg.plan_len()])?;
-    check::at_least(
-        "dense MLA workspace",
-        workspace,
-        cfg.workspace_len(),
-        &[cfg.workspace_len()],
-    )?;
-    check::at_least(
-        "dense MLA out",
-        out,
-        rows * KV_LORA_RANK,
-        &[cfg.batch, cfg.s_q, cfg.h_q, KV_LORA_RANK],
-    )?;
-    check::at_least("dense MLA lse", lse, rows, &[cfg.batch, cfg.s_q, cfg.h_q])
 }

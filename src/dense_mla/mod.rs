@@ -17,19 +17,19 @@
 //! 3. (inside 2) [`DsaKernels::dense_mla_combine`](crate::DsaKernels::dense_mla_combine), also callable alone.
 //!
 //! # Layouts
-//! * `q`: bf16 `[batch, s_q, h_q, 576]` (absorbed form: 512 latent then 64 rope),
+//! * the batch: a [`PagedBatch`] (block table i32 `[batch, max_pages]`, entry `i` of
+//!   sequence `b` is the cache page of its tokens `64 i .. 64 i + 63`; `seq_lens` i32
+//!   `[batch]`, counting the `next_n` new tokens, already in the cache);
+//! * `q`: bf16 `[batch, next_n, heads, 576]` (absorbed form: 512 latent then 64 rope),
 //!   contiguous, 16-byte aligned;
 //! * cache: [`crate::cache::MlaBf16Cache`] or [`crate::cache::MlaFp8Cache`] (FP8 values are
 //!   dequantized to bf16 with their block scale, once per token and CTA, then multiplied
 //!   on bf16 tensor cores with f32 accumulation);
-//! * `block_table`: i32 `[batch, max_pages]`, entry `i` of sequence `b` is the cache page of
-//!   its tokens `64 i .. 64 i + 63`;
-//! * `seq_lens`: i32 `[batch]`, counting the `s_q` new tokens (already in the cache);
-//! * `out`: bf16 `[batch, s_q, h_q, 512]`; `lse`: f32 `[batch, s_q, h_q]`, natural log.
+//! * `out`: bf16 `[batch, next_n, heads, 512]`; `lse`: f32 `[batch, next_n, heads]`, natural log.
 //!
 //! # Semantics
-//! Query `j` of sequence `b` sees tokens `0 ..= seq_lens[b] - s_q + j` (causal for
-//! `s_q > 1`); scores are `softmax_scale * q . k` over all 576 dims, the value is the first
+//! Query `j` of sequence `b` sees tokens `0 ..= seq_lens[b] - next_n + j` (causal for
+//! `next_n > 1`); scores are `softmax_scale * q . k` over all 576 dims, the value is the first
 //! 512 dims of the key. A query that sees no token (an empty sequence) gets out 0 and
 //! lse `+inf`. Negative lengths count as 0; a length past `64 * max_pages` is cut there.
 //!
@@ -41,97 +41,108 @@ mod combine;
 mod decode;
 mod plan;
 
-pub use decode::DenseMlaArgs;
-
+use crate::check;
 use crate::error::{DsaError, Result};
+#[allow(unused_imports)] // named by the docs
+use crate::paged_batch::PagedBatch;
+use crate::paged_batch::PagedBatchShape;
+use crate::runtime::DsaKernels;
 use crate::sys::dense_mla as sys;
 
-/// Heads per CTA of the split kernel (the MMA's M): `h_q` is processed in groups of 64
+/// Heads per CTA of the split kernel (the MMA's M): `heads` is processed in groups of 64
 /// (a partial group costs as much as a full one).
 pub const HEADS_PER_CTA: usize = sys::DSA_DENSE_HEADS_PER_CTA as usize;
 /// Largest batch a plan supports.
 pub const MAX_BATCH: usize = sys::DSA_DENSE_PLAN_MAX_BATCH as usize;
 
-/// Geometry of one dense decode step, shared by the plan and every layer's decode.
+/// The attention side of a dense decode step (the batch side is a [`PagedBatch`]): query
+/// heads, the part count of the split-KV schedule and the softmax scale. Shared by the
+/// plan and every layer's decode.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DenseMlaConfig {
-    /// Sequences.
-    pub batch: usize,
-    /// New tokens (queries) per sequence, `>= 1`.
-    pub s_q: usize,
     /// Query heads, `>= 1` (64 and 128 are the model's; any count works, in groups of 64).
-    pub h_q: usize,
-    /// Width of the block table (pages per sequence).
-    pub max_pages: usize,
-    /// Parts the KV work is split into; [`DenseMlaConfig::new`] picks
-    /// `max(1, SMs / (s_q * ceil(h_q / 64)))` so one wave of CTAs fills the GPU.
+    pub heads: usize,
+    /// Parts the KV work is split into; [`DsaKernels::dense_mla_config`] picks
+    /// `max(1, SMs / (next_n * ceil(heads / 64)))` so one wave of CTAs fills the GPU.
     pub num_parts: usize,
     /// Softmax scale (DeepSeek-V3.2: 0.135234); always explicit.
     pub softmax_scale: f32,
 }
 
-impl DenseMlaConfig {
-    /// A configuration with the part count that fills `sm_count` SMs with one wave.
-    pub fn new(
-        sm_count: usize,
-        batch: usize,
-        s_q: usize,
-        h_q: usize,
-        max_pages: usize,
+/// Parts that fill `sm_count` SMs with one wave of `next_n * ceil(heads / 64)` CTAs each.
+pub(crate) fn one_wave_parts(sm_count: usize, next_n: usize, heads: usize) -> usize {
+    let ctas_per_part = next_n
+        .max(1)
+        .saturating_mul(heads.max(1).div_ceil(HEADS_PER_CTA));
+    (sm_count / ctas_per_part).max(1)
+}
+
+impl DsaKernels {
+    /// The configuration of a dense decode over batches of `batch`'s `next_n`, with the
+    /// part count that fills this device's SMs with one wave.
+    pub fn dense_mla_config(
+        &self,
+        batch: &PagedBatchShape,
+        heads: usize,
         softmax_scale: f32,
-    ) -> Self {
-        let ctas_per_part = s_q.max(1) * h_q.max(1).div_ceil(HEADS_PER_CTA);
-        Self {
-            batch,
-            s_q,
-            h_q,
-            max_pages,
-            num_parts: (sm_count / ctas_per_part).max(1),
+    ) -> DenseMlaConfig {
+        DenseMlaConfig {
+            heads,
+            num_parts: one_wave_parts(self.sm_count(), batch.next_n, heads),
             softmax_scale,
         }
     }
+}
 
-    /// Head groups of 64 (the second grid dimension is `s_q * head_groups`).
+impl DenseMlaConfig {
+    /// Head groups of 64 (the second grid dimension is `next_n * head_groups`).
     pub fn head_groups(&self) -> usize {
-        self.h_q.div_ceil(HEADS_PER_CTA)
+        self.heads.div_ceil(HEADS_PER_CTA)
     }
 
-    /// `i32` elements of the plan workspace.
-    pub fn plan_len(&self) -> usize {
-        (sys::DSA_DENSE_PLAN_HEADER
-            + sys::DSA_DENSE_PLAN_PART_INTS * self.num_parts as u32
-            + sys::DSA_DENSE_PLAN_SEQ_INTS * self.batch as u32) as usize
+    /// `i32` elements of the plan workspace for `batch` (saturating; exact once
+    /// [`Self::validate`] passed).
+    pub fn plan_len(&self, batch: &PagedBatchShape) -> usize {
+        (sys::DSA_DENSE_PLAN_HEADER as usize)
+            .saturating_add((sys::DSA_DENSE_PLAN_PART_INTS as usize).saturating_mul(self.num_parts))
+            .saturating_add((sys::DSA_DENSE_PLAN_SEQ_INTS as usize).saturating_mul(batch.batch))
     }
 
     /// Upper bound on the pieces (splits) of a step: each part starts at most one piece
     /// per sequence it touches, so at most `num_parts + batch`.
-    pub fn max_splits(&self) -> usize {
-        self.num_parts + self.batch
+    pub fn max_splits(&self, batch: &PagedBatchShape) -> usize {
+        self.num_parts.saturating_add(batch.batch)
     }
 
     /// `f32` elements of the split workspace: partial outputs
-    /// `[max_splits, s_q, h_q, 512]`, then partial lse `[max_splits, s_q, h_q]`.
-    pub fn workspace_len(&self) -> usize {
-        self.max_splits() * self.s_q * self.h_q * (crate::cache::KV_LORA_RANK + 1)
+    /// `[max_splits, next_n, heads, 512]`, then partial lse `[max_splits, next_n, heads]`
+    /// (saturating; exact once [`Self::validate`] passed).
+    pub fn workspace_len(&self, batch: &PagedBatchShape) -> usize {
+        check::product(
+            "dense MLA workspace",
+            &[
+                self.max_splits(batch),
+                batch.next_n,
+                self.heads,
+                crate::cache::KV_LORA_RANK + 1,
+            ],
+        )
+        .unwrap_or(usize::MAX)
     }
 
-    /// Checks the geometry against the kernels' limits (32-bit indexing, grid size).
-    pub(crate) fn validate(&self) -> Result<()> {
+    /// Checks the configuration with `batch` against the kernels' limits (32-bit
+    /// indexing, grid size, the plan kernel's batch). Pure.
+    pub fn validate(&self, batch: &PagedBatchShape) -> Result<()> {
+        batch.validate()?;
         let unsupported = |what, detail: String| Err(DsaError::Unsupported { what, detail });
-        if self.batch == 0 || self.batch > MAX_BATCH {
+        if batch.batch > MAX_BATCH {
             return unsupported(
                 "dense MLA batch",
-                format!("{} is outside 1..={MAX_BATCH}", self.batch),
+                format!("{} is outside 1..={MAX_BATCH}", batch.batch),
             );
         }
-        if self.s_q == 0 || self.h_q == 0 || self.max_pages == 0 {
-            return unsupported(
-                "dense MLA shape",
-                format!(
-                    "s_q {}, h_q {} and max_pages {} must all be >= 1",
-                    self.s_q, self.h_q, self.max_pages
-                ),
-            );
+        if self.heads == 0 {
+            return unsupported("dense MLA heads", "heads must be >= 1".into());
         }
         if self.num_parts == 0 || self.num_parts > 65535 {
             return unsupported(
@@ -139,13 +150,11 @@ impl DenseMlaConfig {
                 format!("{} is outside 1..=65535", self.num_parts),
             );
         }
-        if self.s_q * self.head_groups() > 65535 {
+        let y = batch.next_n.saturating_mul(self.head_groups());
+        if y > 65535 {
             return unsupported(
-                "dense MLA s_q x head groups",
-                format!(
-                    "{} exceeds the grid limit 65535",
-                    self.s_q * self.head_groups()
-                ),
+                "dense MLA next_n x head groups",
+                format!("{y} exceeds the grid limit 65535"),
             );
         }
         if !self.softmax_scale.is_finite() {
@@ -154,17 +163,29 @@ impl DenseMlaConfig {
                 format!("{} is not finite", self.softmax_scale),
             );
         }
-        // Cost units (blocks + overhead) and token counts are 32-bit on the device.
+        // Cost units (blocks + overhead) are 32-bit on the device.
         let cost =
-            self.batch as u128 * (self.max_pages as u128 + sys::DSA_DENSE_PIECE_OVERHEAD as u128);
-        let tokens = self.max_pages as u128 * crate::cache::PAGE_SIZE as u128;
-        if cost > i32::MAX as u128 || tokens > i32::MAX as u128 {
+            batch.batch as u128 * (batch.max_pages as u128 + sys::DSA_DENSE_PIECE_OVERHEAD as u128);
+        if cost > i32::MAX as u128 {
             return Err(DsaError::Capacity {
                 what: "dense MLA batch x max_pages",
-                needed: cost.max(tokens) as usize,
+                needed: cost as usize,
                 capacity: i32::MAX as usize,
             });
         }
+        check::fits_i32("dense MLA plan", self.plan_len(batch))?;
+        let rows = check::product("dense MLA rows", &[batch.rows(), self.heads])?;
+        check::fits_i32("dense MLA rows", rows)?;
+        check::product(
+            "dense MLA workspace",
+            &[
+                self.max_splits(batch),
+                batch.next_n,
+                self.heads,
+                crate::cache::KV_LORA_RANK + 1,
+                4,
+            ],
+        )?;
         Ok(())
     }
 }
@@ -173,43 +194,49 @@ impl DenseMlaConfig {
 mod tests {
     use super::*;
 
+    fn shape(batch: usize, next_n: usize, max_pages: usize) -> PagedBatchShape {
+        PagedBatchShape {
+            batch,
+            next_n,
+            max_pages,
+        }
+    }
+
     #[test]
     fn one_wave_of_parts() {
-        // 132 SMs: two head groups at h_q = 128, four CTAs per part at s_q = 2.
-        assert_eq!(
-            DenseMlaConfig::new(132, 128, 1, 128, 512, 0.1).num_parts,
-            66
-        );
-        assert_eq!(
-            DenseMlaConfig::new(132, 128, 2, 128, 512, 0.1).num_parts,
-            33
-        );
-        assert_eq!(DenseMlaConfig::new(132, 1, 1, 64, 1, 0.1).num_parts, 132);
-        assert_eq!(DenseMlaConfig::new(132, 1, 4, 2200, 1, 0.1).num_parts, 1);
+        // 132 SMs: two head groups at 128 heads, four CTAs per part at next_n = 2.
+        assert_eq!(one_wave_parts(132, 1, 128), 66);
+        assert_eq!(one_wave_parts(132, 2, 128), 33);
+        assert_eq!(one_wave_parts(132, 1, 64), 132);
+        assert_eq!(one_wave_parts(132, 4, 2200), 1);
     }
 
     #[test]
     fn workspace_sizes() {
-        let c = DenseMlaConfig::new(132, 3, 2, 96, 10, 0.1);
+        let c = DenseMlaConfig {
+            heads: 96,
+            num_parts: 66,
+            softmax_scale: 0.1,
+        };
+        let b = shape(3, 2, 10);
         assert_eq!(c.head_groups(), 2);
-        assert_eq!(c.plan_len(), 4 + 2 * c.num_parts + 4 * 3);
-        assert_eq!(c.max_splits(), c.num_parts + 3);
-        assert_eq!(c.workspace_len(), c.max_splits() * 2 * 96 * 513);
+        assert_eq!(c.plan_len(&b), 4 + 2 * 66 + 4 * 3);
+        assert_eq!(c.max_splits(&b), 66 + 3);
+        assert_eq!(c.workspace_len(&b), 69 * 2 * 96 * 513);
     }
 
     #[test]
     fn validation_rejects_bad_geometry() {
-        let ok = DenseMlaConfig::new(132, 4, 1, 128, 100, 0.135);
-        assert!(ok.validate().is_ok());
+        let ok = DenseMlaConfig {
+            heads: 128,
+            num_parts: 66,
+            softmax_scale: 0.135,
+        };
+        let b = shape(4, 1, 100);
+        assert!(ok.validate(&b).is_ok());
+        assert!(ok.validate(&shape(MAX_BATCH + 1, 1, 1)).is_err());
         for bad in [
-            DenseMlaConfig { batch: 0, ..ok },
-            DenseMlaConfig {
-                batch: MAX_BATCH + 1,
-                ..ok
-            },
-            DenseMlaConfig { s_q: 0, ..ok },
-            DenseMlaConfig { h_q: 0, ..ok },
-            DenseMlaConfig { max_pages: 0, ..ok },
+            DenseMlaConfig { heads: 0, ..ok },
             DenseMlaConfig { num_parts: 0, ..ok },
             DenseMlaConfig {
                 softmax_scale: f32::NAN,
@@ -217,15 +244,13 @@ mod tests {
             },
         ] {
             assert!(
-                matches!(bad.validate(), Err(DsaError::Unsupported { .. })),
+                matches!(bad.validate(&b), Err(DsaError::Unsupported { .. })),
                 "{bad:?}"
             );
         }
-        let huge = DenseMlaConfig {
-            batch: 30000,
-            max_pages: 1 << 20,
-            ..ok
-        };
-        assert!(matches!(huge.validate(), Err(DsaError::Capacity { .. })));
+        assert!(matches!(
+            ok.validate(&shape(20000, 1, 1 << 17)),
+            Err(DsaError::Capacity { .. })
+        ));
     }
 }

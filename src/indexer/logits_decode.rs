@@ -1,41 +1,75 @@
 //! Paged decode logits and their schedule (kernels-cuda/indexer/indexer_logits.cu,
 //! `dsa_indexer_decode_plan`, `dsa_indexer_logits_decode_h*_q*`).
-use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
+use cudarc::driver::{DevicePtr, DevicePtrMut};
 
 use super::{check_heads, MAX_NEXT_N};
-use crate::cache::{IndexerKCache, INDEXER_DIM};
+use crate::cache::IndexerKCache;
 use crate::check;
 use crate::error::{DsaError, Result};
-use crate::runtime::DsaKernels;
+use crate::paged_batch::{PagedBatch, PagedBatchShape};
+use crate::runtime::{linear, DsaKernels};
 use crate::sys::indexer::{DsaIndexerDecodeParams, DsaIndexerPlanParams};
 
-/// Shape of a paged decode step.
+/// The logits side of a paged decode step (the batch side is a [`PagedBatch`]).
 ///
 /// * `q8`: e4m3 `[batch, next_n, heads, 128]`; `w`: f32 `[batch * next_n, heads]`;
-/// * `context_lens`: i32 `[batch]`, each counting the `next_n` new tokens (negative reads
-///   as 0);
-/// * `block_table`: i32 `[batch, max_pages]`: logical key `s` of batch `b` is at physical
-///   slot `block_table[b, s / 64] * 64 + s % 64` of the indexer cache;
 /// * `out`: f32 `[batch * next_n, out_stride]`, `out_stride >= max_ctx`. Row `b * next_n +
-///   j` holds logical keys `0 ..= len_b - next_n + j`; every other column of `[0, max_ctx)`
-///   is `-inf`, and columns `[max_ctx, out_stride)` are left untouched. Keys at or past
-///   `max_ctx` or past `max_pages` pages are not represented.
+///   j` holds logical keys `0 ..= seq_lens[b] - next_n + j`; every other column of
+///   `[0, max_ctx)` is `-inf`, and columns `[max_ctx, out_stride)` are left untouched.
+///   Keys at or past `max_ctx` or past `max_pages` pages are not represented.
 ///
 /// The block table stays on the device and is bounds-checked there: a page id outside
 /// `[0, cache pages)` makes that page's 64 keys `-inf`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeLogitsShape {
-    pub batch: usize,
-    pub next_n: usize,
+    /// Indexer heads (16, 32 or 64).
     pub heads: usize,
-    pub max_pages: usize,
+    /// Logits columns per row.
     pub max_ctx: usize,
+    /// Elements between the starts of consecutive rows of `out`.
     pub out_stride: usize,
+}
+
+impl DecodeLogitsShape {
+    /// `max_ctx` columns, contiguous rows.
+    pub fn new(heads: usize, max_ctx: usize) -> Self {
+        Self {
+            heads,
+            max_ctx,
+            out_stride: max_ctx,
+        }
+    }
+
+    /// The rules of a decode logits call over `batch`, pure: supported heads and `next_n`,
+    /// `out_stride >= max_ctx` within i64, `max_ctx` within i32. Returns the elements of
+    /// `out` the call spans (checked arithmetic).
+    pub fn validate(&self, batch: &PagedBatchShape) -> Result<usize> {
+        batch.validate()?;
+        check_heads(self.heads)?;
+        if batch.next_n > MAX_NEXT_N {
+            return Err(DsaError::Unsupported {
+                what: "decode next_n",
+                detail: format!("next_n {} must be in 1..={MAX_NEXT_N}", batch.next_n),
+            });
+        }
+        if self.out_stride < self.max_ctx {
+            return Err(DsaError::Unsupported {
+                what: "decode logits out_stride",
+                detail: format!(
+                    "row stride {} is below max_ctx {}",
+                    self.out_stride, self.max_ctx
+                ),
+            });
+        }
+        check::fits_i64("decode logits out_stride", self.out_stride)?;
+        check::fits_i32("decode max_ctx", self.max_ctx)?;
+        check::span("decode logits", batch.rows(), self.out_stride, self.max_ctx)
+    }
 }
 
 /// i32 entries of the decode plan workspace for `batch` sequences (`batch + 1`).
 pub fn decode_plan_len(batch: usize) -> usize {
-    batch + 1
+    batch.saturating_add(1)
 }
 
 const STAGES: usize = 6;
@@ -69,180 +103,103 @@ fn kernel_for(heads: usize, next_n: usize) -> (&'static str, usize) {
     }
 }
 
-fn check_shape(shape: &DecodeLogitsShape) -> Result<()> {
-    check_heads(shape.heads)?;
-    if shape.next_n == 0 || shape.next_n > MAX_NEXT_N {
-        return Err(DsaError::Unsupported {
-            what: "decode next_n",
-            detail: format!("next_n {} must be in 1..=4", shape.next_n),
-        });
-    }
-    if shape.out_stride < shape.max_ctx {
-        return Err(DsaError::Unsupported {
-            what: "decode logits out_stride",
-            detail: format!(
-                "row stride {} is below max_ctx {}",
-                shape.out_stride, shape.max_ctx
-            ),
-        });
-    }
-    check::fits_i32("decode batch", shape.batch * shape.next_n)?;
-    check::fits_i32("decode max_pages", shape.max_pages)?;
-    check::fits_i32("decode max_ctx", shape.max_ctx)?;
-    check::fits_i32("decode block table", shape.batch * shape.max_pages)?;
-    Ok(())
-}
-
 impl DsaKernels {
     /// Computes the decode schedule into `plan` (i32, [`decode_plan_len`] entries): the
     /// prefix sums of each sequence's page count. Run it once per decode step, after
-    /// `context_lens` is final, and pass the same `plan` to every layer's
-    /// [`Self::indexer_logits_decode`] with the same `shape` and `context_lens`. Entirely
-    /// on the device (no host sync), so it can be captured in a CUDA graph.
-    pub fn indexer_decode_plan<L: DevicePtr<i32>, P: DevicePtrMut<i32>>(
+    /// the batch's `seq_lens` are final, and pass the same `plan` to every layer's
+    /// [`Self::indexer_logits_decode`] with the same batch and `shape`. Entirely on the
+    /// device (no host sync), so it can be captured in a CUDA graph.
+    pub fn indexer_decode_plan<B: DevicePtr<i32>, L: DevicePtr<i32>, P: DevicePtrMut<i32>>(
         &self,
+        batch: &PagedBatch<'_, B, L>,
         shape: DecodeLogitsShape,
-        context_lens: &L,
         plan: &mut P,
     ) -> Result<()> {
-        check_shape(&shape)?;
-        check::at_least(
-            "context_lens",
-            context_lens.len(),
-            shape.batch,
-            &[shape.batch],
-        )?;
-        check::at_least(
-            "decode plan",
-            plan.len(),
-            decode_plan_len(shape.batch),
-            &[decode_plan_len(shape.batch)],
-        )?;
-        let stream = self.stream().clone();
-        let (len_ptr, _g0) = context_lens.device_ptr(&stream);
-        let (plan_ptr, _g1) = plan.device_ptr_mut(&stream);
+        let b = batch.shape();
+        crate::validate::indexer_decode_plan(&b, shape, plan.len())?;
+        let mut a = self.args();
         let params = DsaIndexerPlanParams {
-            context_lens: len_ptr as *const i32,
-            plan: plan_ptr as *mut i32,
-            batch: shape.batch as i32,
-            max_pages: shape.max_pages as i32,
+            context_lens: a.read("seq_lens", batch.seq_lens(), 4)?,
+            plan: a.write("decode plan", plan, 4)?,
+            batch: b.batch as i32,
+            max_pages: b.max_pages as i32,
             max_ctx: shape.max_ctx as i32,
             _pad: 0,
         };
-        let cfg = LaunchConfig {
-            grid_dim: (1, 1, 1),
-            block_dim: (1024, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: plan holds batch + 1 entries and context_lens batch (checked above).
-        unsafe { self.launch("indexer_logits", "dsa_indexer_decode_plan", cfg, &params) }
+        // SAFETY: plan holds batch + 1 entries and seq_lens batch (checked above).
+        unsafe {
+            a.launch(
+                "indexer_logits",
+                "dsa_indexer_decode_plan",
+                linear(1, 1024, 0),
+                &params,
+            )
+        }
     }
 
     /// Indexer logits of one decode step over the paged K cache (layouts in
-    /// [`DecodeLogitsShape`]), scheduled by `plan` from [`Self::indexer_decode_plan`]:
-    /// the pages of all sequences are split evenly over a fixed grid (two or three CTAs
-    /// per SM, by the kernel's shared memory),
-    /// and each page is read once for all `next_n * heads` query rows of its sequence.
+    /// [`DecodeLogitsShape`] and [`PagedBatchShape`]), scheduled by `plan` from
+    /// [`Self::indexer_decode_plan`]: the pages of all sequences are split evenly over a
+    /// fixed grid (two or three CTAs per SM, by the kernel's shared memory), and each page
+    /// is read once for all `next_n * heads` query rows of its sequence.
     ///
-    /// `q8` must be 16-byte aligned. A stale or foreign `plan` cannot make the kernel
-    /// access memory out of bounds (pages are re-checked against `max_pages`, the block
-    /// table against the cache), but then the logits are wrong.
+    /// `q8` must be 16-byte aligned. The plan is device data: the kernel re-checks pages
+    /// against `max_pages` and the block table against the cache, so a stale or foreign
+    /// plan gives wrong logits, never an access outside the buffers.
     #[allow(clippy::too_many_arguments)]
     pub fn indexer_logits_decode<
+        B: DevicePtr<i32>,
+        L: DevicePtr<i32>,
         Q: DevicePtr<u8>,
         W: DevicePtr<f32>,
-        L: DevicePtr<i32>,
-        B: DevicePtr<i32>,
         P: DevicePtr<i32>,
         O: DevicePtrMut<f32>,
     >(
         &self,
+        batch: &PagedBatch<'_, B, L>,
         shape: DecodeLogitsShape,
         q8: &Q,
         w: &W,
         cache: &IndexerKCache,
-        context_lens: &L,
-        block_table: &B,
         plan: &P,
         out: &mut O,
     ) -> Result<()> {
-        check_shape(&shape)?;
-        let DecodeLogitsShape {
-            batch,
-            next_n,
-            heads,
-            max_pages,
-            max_ctx,
-            out_stride,
-        } = shape;
-        let rows = batch * next_n;
-        check::at_least(
-            "q8",
+        let b = batch.shape();
+        crate::validate::indexer_logits_decode(
+            &b,
+            shape,
             q8.len(),
-            rows * heads * INDEXER_DIM,
-            &[batch, next_n, heads, INDEXER_DIM],
-        )?;
-        check::at_least("head weights", w.len(), rows * heads, &[rows, heads])?;
-        check::at_least("context_lens", context_lens.len(), batch, &[batch])?;
-        check::at_least(
-            "block_table",
-            block_table.len(),
-            batch * max_pages,
-            &[batch, max_pages],
-        )?;
-        check::at_least(
-            "decode plan",
+            w.len(),
             plan.len(),
-            decode_plan_len(batch),
-            &[decode_plan_len(batch)],
-        )?;
-        check::at_least(
-            "decode logits",
             out.len(),
-            if rows == 0 {
-                0
-            } else {
-                (rows - 1) * out_stride + max_ctx
-            },
-            &[rows, out_stride],
         )?;
-        if rows == 0 || max_ctx == 0 {
+        let heads = shape.heads;
+        let num_pages = check::fits_i64("indexer cache pages", cache.num_pages())?;
+        if shape.max_ctx == 0 {
             return Ok(());
         }
-        let stream = self.stream().clone();
-        let (q_ptr, _g0) = q8.device_ptr(&stream);
-        check::aligned("q8", q_ptr, 16)?;
-        let (w_ptr, _g1) = w.device_ptr(&stream);
-        let (c_ptr, _g2) = cache.data().device_ptr(&stream);
-        let (l_ptr, _g3) = context_lens.device_ptr(&stream);
-        let (b_ptr, _g4) = block_table.device_ptr(&stream);
-        let (p_ptr, _g5) = plan.device_ptr(&stream);
-        let (o_ptr, _g6) = out.device_ptr_mut(&stream);
+        let mut a = self.args();
         let params = DsaIndexerDecodeParams {
-            q8: q_ptr as *const u8,
-            w: w_ptr as *const f32,
-            cache: c_ptr as *const u8,
-            context_lens: l_ptr as *const i32,
-            block_table: b_ptr as *const i32,
-            plan: p_ptr as *const i32,
-            out: o_ptr as *mut f32,
-            out_stride: out_stride as i64,
-            num_pages: cache.num_pages() as i64,
-            batch: batch as i32,
-            next_n: next_n as i32,
-            max_pages: max_pages as i32,
-            max_ctx: max_ctx as i32,
+            q8: a.read("q8", q8, 16)?,
+            w: a.read("head weights", w, 4)?,
+            cache: a.read("indexer K cache", cache.data(), 16)?,
+            context_lens: a.read("seq_lens", batch.seq_lens(), 4)?,
+            block_table: a.read("block table", batch.block_table(), 4)?,
+            plan: a.read("decode plan", plan, 4)?,
+            out: a.write("decode logits", out, 4)?,
+            out_stride: shape.out_stride as i64,
+            num_pages,
+            batch: b.batch as i32,
+            next_n: b.next_n as i32,
+            max_pages: b.max_pages as i32,
+            max_ctx: shape.max_ctx as i32,
         };
-        let (kernel, nq) = kernel_for(heads, next_n);
+        let (kernel, nq) = kernel_for(heads, b.next_n);
         let smem = smem_bytes(heads * nq);
-        let splits = ctas_per_sm(smem) * self.device().sm_count.max(1) as u32;
-        let cfg = LaunchConfig {
-            grid_dim: (splits, 1, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: smem,
-        };
-        // SAFETY: buffers checked above; block-table entries, page counts and the plan
-        // are bounds-checked in the kernel.
-        unsafe { self.launch("indexer_logits", kernel, cfg, &params) }
+        let splits = ctas_per_sm(smem) * self.sm_count() as u32;
+        // SAFETY: every buffer holds what the kernel indexes for this batch and shape
+        // (checked arithmetic above); block-table entries, page counts and the plan are
+        // bounds-checked in the kernel.
+        unsafe { a.launch("indexer_logits", kernel, linear(splits, 128, smem), &params) }
     }
 }

@@ -2,7 +2,6 @@
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 
 use super::check_heads;
-use crate::cache::INDEXER_DIM;
 use crate::check;
 use crate::error::{DsaError, Result};
 use crate::runtime::DsaKernels;
@@ -10,17 +9,18 @@ use crate::sys::indexer::DsaIndexerPrefillParams;
 
 /// Shape of a prefill logits call.
 ///
-/// * `q8`: e4m3 `[s, heads, 128]`; `w`: f32 `[s, heads]` folded weights;
+/// * `q8`: e4m3 `[s_q, heads, 128]`; `w`: f32 `[s_q, heads]` folded weights;
 /// * `k8`: e4m3 `[s_kv, 128]`; `kscale`: f32 `[s_kv]` (several sequences may share one key
 ///   space, each query's range selecting its own);
-/// * `ks`, `ke`: i32 `[s]`, query `t` sees keys `ks[t] <= s < ke[t]` (clamped to `[0,
+/// * `ks`, `ke`: i32 `[s_q]`, query `t` sees keys `ks[t] <= s < ke[t]` (clamped to `[0,
 ///   s_kv]`; `ke <= ks` is an empty row);
-/// * `out`: f32 `[s, out_stride]`, `out_stride >= s_kv`: columns `[0, s_kv)` of every row
+/// * `out`: f32 `[s_q, out_stride]`, `out_stride >= s_kv`: columns `[0, s_kv)` of every row
 ///   are written (`-inf` outside the row's range), columns `[s_kv, out_stride)` are left
 ///   untouched. [`prefill_out_stride`] gives the padded stride the crate's top-k prefers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PrefillLogitsShape {
-    pub s: usize,
+    /// Query tokens.
+    pub s_q: usize,
     pub s_kv: usize,
     pub heads: usize,
     pub out_stride: usize,
@@ -51,6 +51,24 @@ fn smem_bytes(heads: usize) -> u32 {
         + 2 * qpc * 4) as u32
 }
 
+impl PrefillLogitsShape {
+    /// The shape's rules, pure: supported heads, `out_stride >= s_kv` within i64, `s_q` and
+    /// `s_kv` within i32. Returns the elements of `out` the call spans (checked).
+    pub fn validate(&self) -> Result<usize> {
+        check_heads(self.heads)?;
+        if self.out_stride < self.s_kv {
+            return Err(DsaError::Unsupported {
+                what: "prefill logits out_stride",
+                detail: format!("row stride {} is below s_kv {}", self.out_stride, self.s_kv),
+            });
+        }
+        check::fits_i64("prefill logits out_stride", self.out_stride)?;
+        check::fits_i32("prefill queries", self.s_q)?;
+        check::fits_i32("prefill keys", self.s_kv)?;
+        check::span("prefill logits", self.s_q, self.out_stride, self.s_kv)
+    }
+}
+
 impl DsaKernels {
     /// Indexer logits of a ragged prefill batch: `out[t, s] = kscale[s] * sum_h w[t, h] *
     /// relu(q8[t, h] . k8[s])` for `s` in `[ks[t], ke[t])`, `-inf` elsewhere in `[0, s_kv)`
@@ -79,70 +97,41 @@ impl DsaKernels {
         out: &mut O,
     ) -> Result<()> {
         let PrefillLogitsShape {
-            s,
-            s_kv,
-            heads,
-            out_stride,
+            s_q, s_kv, heads, ..
         } = shape;
-        check_heads(heads)?;
-        if out_stride < s_kv {
-            return Err(DsaError::Unsupported {
-                what: "prefill logits out_stride",
-                detail: format!("row stride {out_stride} is below s_kv {s_kv}"),
-            });
-        }
-        check::fits_i32("prefill queries", s)?;
-        check::fits_i32("prefill keys", s_kv)?;
-        check::at_least(
-            "q8",
-            q8.len(),
-            s * heads * INDEXER_DIM,
-            &[s, heads, INDEXER_DIM],
-        )?;
-        check::at_least("head weights", w.len(), s * heads, &[s, heads])?;
-        check::at_least("k8", k8.len(), s_kv * INDEXER_DIM, &[s_kv, INDEXER_DIM])?;
-        check::at_least("kscale", kscale.len(), s_kv, &[s_kv])?;
-        check::at_least("ks", ks.len(), s, &[s])?;
-        check::at_least("ke", ke.len(), s, &[s])?;
-        check::at_least(
-            "prefill logits",
-            out.len(),
-            if s == 0 {
-                0
-            } else {
-                (s - 1) * out_stride + s_kv
-            },
-            &[s, out_stride],
-        )?;
-        if s == 0 {
+        let lens = crate::validate::PrefillLogitsLens {
+            q8: q8.len(),
+            w: w.len(),
+            k8: k8.len(),
+            kscale: kscale.len(),
+            ks: ks.len(),
+            ke: ke.len(),
+            out: out.len(),
+        };
+        crate::validate::indexer_logits_prefill(shape, lens)?;
+        if s_q == 0 {
             return Ok(());
         }
-        let stream = self.stream().clone();
-        let (q_ptr, _g0) = q8.device_ptr(&stream);
-        let (w_ptr, _g1) = w.device_ptr(&stream);
-        let (k_ptr, _g2) = k8.device_ptr(&stream);
-        let (sc_ptr, _g3) = kscale.device_ptr(&stream);
-        let (ks_ptr, _g4) = ks.device_ptr(&stream);
-        let (ke_ptr, _g5) = ke.device_ptr(&stream);
-        let (o_ptr, _g6) = out.device_ptr_mut(&stream);
-        check::aligned("q8", q_ptr, 16)?;
-        check::aligned("k8", k_ptr, 16)?;
-        check::aligned("kscale", sc_ptr, 16)?;
+        let mut a = self.args();
         let params = DsaIndexerPrefillParams {
-            q8: q_ptr as *const u8,
-            w: w_ptr as *const f32,
-            k8: k_ptr as *const u8,
-            kscale: sc_ptr as *const f32,
-            ks: ks_ptr as *const i32,
-            ke: ke_ptr as *const i32,
-            out: o_ptr as *mut f32,
-            out_stride: out_stride as i64,
-            s: s as i32,
+            q8: a.read("q8", q8, 16)?,
+            w: a.read("head weights", w, 4)?,
+            k8: a.read("k8", k8, 16)?,
+            kscale: a.read("kscale", kscale, 16)?,
+            ks: a.read("ks", ks, 4)?,
+            ke: a.read("ke", ke, 4)?,
+            out: a.write("prefill logits", out, 4)?,
+            out_stride: shape.out_stride as i64,
+            s: s_q as i32,
             s_kv: s_kv as i32,
         };
         let queries_per_cta = GROUPS * COLUMNS / heads;
         let cfg = LaunchConfig {
-            grid_dim: (s.div_ceil(queries_per_cta) as u32, KEY_SPLITS as u32, 1),
+            grid_dim: (
+                check::grid("prefill logits grid", s_q, queries_per_cta)?,
+                KEY_SPLITS as u32,
+                1,
+            ),
             block_dim: (128, 1, 1),
             shared_mem_bytes: smem_bytes(heads),
         };
@@ -153,6 +142,6 @@ impl DsaKernels {
         };
         // SAFETY: every buffer holds what the kernel reads or writes (checked above);
         // ranges are clamped to [0, s_kv] in the kernel.
-        unsafe { self.launch("indexer_logits", kernel, cfg, &params) }
+        unsafe { a.launch("indexer_logits", kernel, cfg, &params) }
     }
 }

@@ -1,12 +1,12 @@
 //! Fused q/k preparation launches (kernels-cuda/indexer/indexer_prep.cu).
-use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
+use cudarc::driver::{DevicePtr, DevicePtrMut};
 use half::bf16;
 
 use super::rope::INDEXER_ROPE_PAIRS;
 use crate::cache::{IndexerKCache, SlotMapping, INDEXER_DIM};
 use crate::check;
 use crate::error::{DsaError, Result};
-use crate::runtime::DsaKernels;
+use crate::runtime::{linear, DsaKernels};
 use crate::sys::indexer::DsaIndexerPrepParams;
 
 /// Caller-owned device RoPE tables: f32 `cos`, `sin`, each `[max_pos, 32]` row-major
@@ -45,53 +45,47 @@ fn sqrt_half_128() -> (f32, f64) {
     )
 }
 
-impl DsaKernels {
-    #[allow(clippy::too_many_arguments)]
-    fn prep_common<X: DevicePtr<bf16>, P: DevicePtr<i32>, R: DevicePtr<f32>>(
-        &self,
-        shape: IndexerPrepShape,
-        x: &X,
-        positions: &P,
-        rope: &RopeTablesRef<'_, R>,
-    ) -> Result<()> {
+impl IndexerPrepShape {
+    /// The shape's rules against an input of `x_len` elements and rope tables of
+    /// `rope_len` entries each, pure: at least one head, the token stride at least one
+    /// token's `heads * 128` values, a multiple of 8 and within i64, every size checked
+    /// (no wrap), rows and positions within i32. Returns the rows `tokens * heads`.
+    pub fn validate(&self, x_len: usize, max_pos: usize, rope_len: usize) -> Result<usize> {
         let IndexerPrepShape {
             tokens,
             heads,
             token_stride,
-        } = shape;
-        if heads == 0 || token_stride < heads * INDEXER_DIM || token_stride % 8 != 0 {
+        } = *self;
+        if heads == 0 {
             return Err(DsaError::Unsupported {
-                what: "indexer prep shape",
-                detail: format!(
-                    "heads {heads} must be >= 1 and token stride {token_stride} >= heads * 128 and a multiple of 8"
-                ),
+                what: "indexer prep heads",
+                detail: "heads must be >= 1".into(),
             });
         }
+        let width = check::product("indexer prep row", &[heads, INDEXER_DIM])?;
+        check::row_stride("indexer prep token stride", token_stride, width, 8)?;
+        let need = check::span("indexer prep input", tokens, token_stride, width)?;
         check::at_least(
             "indexer prep input",
-            x.len(),
-            (tokens.max(1) - 1) * token_stride + heads * INDEXER_DIM,
+            x_len,
+            need,
             &[tokens, heads, INDEXER_DIM],
         )?;
-        check::at_least("positions", positions.len(), tokens, &[tokens])?;
-        let table = rope.max_pos * INDEXER_ROPE_PAIRS;
+        let table = check::product("rope tables", &[max_pos, INDEXER_ROPE_PAIRS])?;
         check::at_least(
-            "rope cos",
-            rope.cos.len(),
+            "rope tables",
+            rope_len,
             table,
-            &[rope.max_pos, INDEXER_ROPE_PAIRS],
+            &[max_pos, INDEXER_ROPE_PAIRS],
         )?;
-        check::at_least(
-            "rope sin",
-            rope.sin.len(),
-            table,
-            &[rope.max_pos, INDEXER_ROPE_PAIRS],
-        )?;
-        check::fits_i32("rope positions", rope.max_pos)?;
-        check::fits_i32("indexer prep rows", tokens * heads)?;
-        Ok(())
+        check::fits_i32("rope positions", max_pos)?;
+        let rows = check::product("indexer prep rows", &[tokens, heads])?;
+        check::fits_i32("indexer prep rows", rows)?;
+        Ok(rows)
     }
+}
 
+impl DsaKernels {
     /// Prepares indexer queries: RoPE (rotate-half, dims 0..63, at `positions[t]`),
     /// Hadamard over 128 scaled by `128^-0.5`, e4m3 with one power-of-two scale per head
     /// row. Writes `q8 [tokens, heads, 128]` (e4m3 codes) and `w_out [tokens, heads]` =
@@ -119,60 +113,46 @@ impl DsaKernels {
         q8: &mut Q,
         w_out: &mut O,
     ) -> Result<()> {
-        self.prep_common(shape, x, positions, &rope)?;
-        let rows = shape.tokens * shape.heads;
-        check::at_least("head weights", w.len(), rows, &[shape.tokens, shape.heads])?;
-        check::at_least(
-            "q8",
-            q8.len(),
-            rows * INDEXER_DIM,
-            &[shape.tokens, shape.heads, INDEXER_DIM],
-        )?;
-        check::at_least(
-            "folded weights",
-            w_out.len(),
-            rows,
-            &[shape.tokens, shape.heads],
-        )?;
+        let lens = crate::validate::PrepQLens {
+            x: x.len(),
+            positions: positions.len(),
+            rope: rope.cos.len().min(rope.sin.len()),
+            w: w.len(),
+            q8: q8.len(),
+            w_out: w_out.len(),
+        };
+        let rows = crate::validate::indexer_prepare_q(shape, rope.max_pos, lens)?;
         if rows == 0 {
             return Ok(());
         }
-        let stream = self.stream().clone();
-        let (x_ptr, _g0) = x.device_ptr(&stream);
-        check::aligned("indexer prep input", x_ptr, 16)?;
-        let (pos_ptr, _g1) = positions.device_ptr(&stream);
-        let (cos_ptr, _g2) = rope.cos.device_ptr(&stream);
-        let (sin_ptr, _g3) = rope.sin.device_ptr(&stream);
-        let (w_ptr, _g4) = w.device_ptr(&stream);
-        let (q8_ptr, _g5) = q8.device_ptr_mut(&stream);
-        let (wo_ptr, _g6) = w_out.device_ptr_mut(&stream);
         let (fold, hs) = sqrt_half_128();
+        let mut a = self.args();
         let params = DsaIndexerPrepParams {
-            x: x_ptr as *const _,
+            x: a.read("indexer prep input", x, 16)? as *const _,
             x_token_stride: shape.token_stride as i64,
-            positions: pos_ptr as *const i32,
-            rope_cos: cos_ptr as *const f32,
-            rope_sin: sin_ptr as *const f32,
+            positions: a.read("positions", positions, 4)?,
+            rope_cos: a.read("rope cos", rope.cos, 4)?,
+            rope_sin: a.read("rope sin", rope.sin, 4)?,
             max_pos: rope.max_pos as i32,
             num_tokens: shape.tokens as i32,
             heads: shape.heads as i32,
             w_fold: fold,
             hadamard_scale: hs,
-            q8: q8_ptr as *mut u8,
-            w: w_ptr as *const f32,
-            w_out: wo_ptr as *mut f32,
+            q8: a.write("q8", q8, 16)?,
+            w: a.read("head weights", w, 4)?,
+            w_out: a.write("folded weights", w_out, 4)?,
             slots: std::ptr::null(),
             cache: std::ptr::null_mut(),
             capacity_tokens: 0,
         };
-        let cfg = LaunchConfig {
-            grid_dim: ((rows as u32).div_ceil(WARPS), 1, 1),
-            block_dim: (32 * WARPS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: every buffer was checked to hold the rows the kernel touches; positions
-        // are bounds-checked in the kernel.
-        unsafe { self.launch("indexer_prep", "dsa_indexer_prep_q", cfg, &params) }
+        let cfg = linear(
+            check::grid("indexer prep grid", rows, WARPS as usize)?,
+            32 * WARPS,
+            0,
+        );
+        // SAFETY: every buffer was checked to hold the rows the kernel touches (checked
+        // arithmetic, stride within i64); positions are bounds-checked in the kernel.
+        unsafe { a.launch("indexer_prep", "dsa_indexer_prep_q", cfg, &params) }
     }
 
     /// Prepares indexer keys (RoPE, Hadamard, e4m3 with a power-of-two scale, as for q)
@@ -188,19 +168,25 @@ impl DsaKernels {
         cache: &mut IndexerKCache,
         slots: &SlotMapping,
     ) -> Result<()> {
-        self.check_k_args(shape, x, positions, &rope)?;
+        // The shape and table rules first, then the slots against this cache.
+        crate::validate::indexer_prepare_k(
+            shape,
+            rope.max_pos,
+            x.len(),
+            positions.len(),
+            rope.cos.len().min(rope.sin.len()),
+            slots.len(),
+        )?;
         let slots = slots.checked_for(shape.tokens, cache.capacity_tokens())?;
-        self.launch_prepare_k(shape, x, positions, rope, cache, &slots)
+        self.indexer_prepare_k_device_slots(shape, x, positions, rope, cache, &slots)
     }
 
     /// As [`Self::indexer_prepare_k`], with the slots already on the device (an engine's
     /// own slot mapping, `i32 [tokens]`). Negative slots are skipped (padding); slots at or
-    /// past the cache's capacity are skipped too, so no write leaves the cache.
-    ///
-    /// # Safety
-    /// None for memory: the kernel bounds-checks every slot. Marked unsafe because a bad
-    /// slot is silently dropped rather than reported; prefer [`Self::indexer_prepare_k`].
-    pub unsafe fn indexer_prepare_k_device_slots<
+    /// past the cache's capacity are skipped too (the kernel bounds-checks every slot), so
+    /// no write leaves the cache whatever the slots hold. A bad slot is dropped silently
+    /// rather than reported; prefer [`Self::indexer_prepare_k`] where slots are on the host.
+    pub fn indexer_prepare_k_device_slots<
         X: DevicePtr<bf16>,
         P: DevicePtr<i32>,
         R: DevicePtr<f32>,
@@ -214,27 +200,15 @@ impl DsaKernels {
         cache: &mut IndexerKCache,
         slots: &S,
     ) -> Result<()> {
-        self.check_k_args(shape, x, positions, &rope)?;
-        check::at_least("slots", slots.len(), shape.tokens, &[shape.tokens])?;
+        crate::validate::indexer_prepare_k(
+            shape,
+            rope.max_pos,
+            x.len(),
+            positions.len(),
+            rope.cos.len().min(rope.sin.len()),
+            slots.len(),
+        )?;
         self.launch_prepare_k(shape, x, positions, rope, cache, slots)
-    }
-
-    /// The k-prep shape checks (one head per token, then those shared with q).
-    fn check_k_args<X: DevicePtr<bf16>, P: DevicePtr<i32>, R: DevicePtr<f32>>(
-        &self,
-        shape: IndexerPrepShape,
-        x: &X,
-        positions: &P,
-        rope: &RopeTablesRef<'_, R>,
-    ) -> Result<()> {
-        if shape.heads != 1 {
-            return Err(DsaError::Shape {
-                what: "indexer k heads",
-                expected: vec![1],
-                got: vec![shape.heads],
-            });
-        }
-        self.prep_common(shape, x, positions, rope)
     }
 
     /// Launches the k prep once its arguments are checked; slots are bounds-checked in the
@@ -256,22 +230,15 @@ impl DsaKernels {
         if shape.tokens == 0 {
             return Ok(());
         }
-        let stream = self.stream().clone();
-        let (x_ptr, _g0) = x.device_ptr(&stream);
-        check::aligned("indexer prep input", x_ptr, 16)?;
-        let (pos_ptr, _g1) = positions.device_ptr(&stream);
-        let (cos_ptr, _g2) = rope.cos.device_ptr(&stream);
-        let (sin_ptr, _g3) = rope.sin.device_ptr(&stream);
-        let (slots_ptr, _g4) = slots.device_ptr(&stream);
         let capacity_tokens = cache.capacity_tokens() as i64;
-        let (cache_ptr, _g5) = cache.data_mut().device_ptr_mut(&stream);
         let (fold, hs) = sqrt_half_128();
+        let mut a = self.args();
         let params = DsaIndexerPrepParams {
-            x: x_ptr as *const _,
+            x: a.read("indexer prep input", x, 16)? as *const _,
             x_token_stride: shape.token_stride as i64,
-            positions: pos_ptr as *const i32,
-            rope_cos: cos_ptr as *const f32,
-            rope_sin: sin_ptr as *const f32,
+            positions: a.read("positions", positions, 4)?,
+            rope_cos: a.read("rope cos", rope.cos, 4)?,
+            rope_sin: a.read("rope sin", rope.sin, 4)?,
             max_pos: rope.max_pos as i32,
             num_tokens: shape.tokens as i32,
             heads: 1,
@@ -280,16 +247,17 @@ impl DsaKernels {
             q8: std::ptr::null_mut(),
             w: std::ptr::null(),
             w_out: std::ptr::null_mut(),
-            slots: slots_ptr as *const i32,
-            cache: cache_ptr as *mut u8,
+            slots: a.read("slots", slots, 4)?,
+            cache: a.write("indexer K cache", cache.data_mut(), 16)?,
             capacity_tokens,
         };
-        let cfg = LaunchConfig {
-            grid_dim: ((shape.tokens as u32).div_ceil(WARPS), 1, 1),
-            block_dim: (32 * WARPS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: shapes checked above; slots and positions are bounds-checked in the kernel.
-        unsafe { self.launch("indexer_prep", "dsa_indexer_prep_k", cfg, &params) }
+        let cfg = linear(
+            check::grid("indexer prep grid", shape.tokens, WARPS as usize)?,
+            32 * WARPS,
+            0,
+        );
+        // SAFETY: shapes checked above (checked arithmetic, stride within i64); slots and
+        // positions are bounds-checked in the kernel.
+        unsafe { a.launch("indexer_prep", "dsa_indexer_prep_k", cfg, &params) }
     }
 }

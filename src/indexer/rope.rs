@@ -71,7 +71,9 @@ fn inv_freq(p: &YarnRope) -> Vec<f64> {
 }
 
 /// `(cos, sin)`, each f32 `[max_pos, 32]` row-major, computed in f64 and rounded once.
-pub fn rope_tables(p: &YarnRope, max_pos: usize) -> (Vec<f32>, Vec<f32>) {
+/// `max_pos` must fit the kernels' i32 positions.
+pub fn rope_tables(p: &YarnRope, max_pos: usize) -> crate::Result<(Vec<f32>, Vec<f32>)> {
+    crate::check::fits_i32("rope positions", max_pos)?;
     let inv = inv_freq(p);
     let r = yarn_mscale(p.factor, p.mscale) / yarn_mscale(p.factor, p.mscale_all_dim);
     let mut cos = Vec::with_capacity(max_pos * INDEXER_ROPE_PAIRS);
@@ -83,5 +85,5 @@ pub fn rope_tables(p: &YarnRope, max_pos: usize) -> (Vec<f32>, Vec<f32>) {
             sin.push((a.sin() * r) as f32);
         }
     }
-    (cos, sin)
+    Ok((cos, sin))
 }

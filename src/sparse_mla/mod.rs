@@ -8,11 +8,11 @@
 //! uses 0.135234), accumulated in fp32 on bf16 tensor cores, softmax online in the exp2
 //! domain.
 //!
-//! * [`DsaKernels::sparse_mla_decode`](crate::DsaKernels::sparse_mla_decode): queries `[batch, s_q, h_q, 576]` over a paged MLA
+//! * [`DsaKernels::sparse_mla_decode`](crate::DsaKernels::sparse_mla_decode): queries `[batch, next_n, heads, 576]` over a paged MLA
 //!   cache ([`crate::cache::MlaFp8Cache`] or [`crate::cache::MlaBf16Cache`]), indices are
 //!   physical slots (`page * 64 + offset`). The FP8 cache is dequantized once per gathered
 //!   token into shared memory and shared by all heads of a CTA.
-//! * [`DsaKernels::sparse_mla_prefill`](crate::DsaKernels::sparse_mla_prefill): queries `[s_q, h_q, 576]` over a flat bf16 kv
+//! * [`DsaKernels::sparse_mla_prefill`](crate::DsaKernels::sparse_mla_prefill): queries `[s_q, heads, 576]` over a flat bf16 kv
 //!   `[s_kv, 576]`, indices are kv rows; also returns the max logit per (query, head).
 //!
 //! **FP8 cache**: each latent value is dequantized as `bf16(e4m3 * scale)` (the product in
@@ -26,12 +26,12 @@
 //! position is at or past `topk_length[b]`. A query with no used index gets output 0,
 //! lse `+inf` and max_logits `-inf`. A duplicated index is attended twice.
 //!
-//! **Attention sink** (optional, f32 `[h_q]`): adds `exp(sink[h])` to the softmax
+//! **Attention sink** (optional, f32 `[heads]`): adds `exp(sink[h])` to the softmax
 //! denominator only, so the output is the sink-free output times `1 / (1 + exp(sink[h] -
 //! lse))`; the returned lse does not include it.
 //!
-//! **Head counts**: a CTA computes 64 heads (the wgmma M). `h_q` = 64 and 128 are the
-//! designed cases; any other `h_q` (16 and 32 for tensor-parallel shards) runs with its last
+//! **Head counts**: a CTA computes 64 heads (the wgmma M). `heads` = 64 and 128 are the
+//! designed cases; any other `heads` (16 and 32 for tensor-parallel shards) runs with its last
 //! head group padded to 64 rows: the same time per CTA as 64 heads, so 16 heads cost 4x the
 //! tensor-core work per head (decode at small batch is bound by the gather, not the MMA, so
 //! the wall-clock cost is far smaller than 4x).
@@ -41,26 +41,34 @@ mod prefill;
 pub use decode::SparseDecodeConfig;
 pub use prefill::SparsePrefillConfig;
 
-use cudarc::driver::DevicePtr;
+use cudarc::driver::CudaSlice;
 
-/// Optional inputs of the sparse attention calls.
-#[derive(Default, Clone, Copy)]
-pub struct SparseExtras<'a> {
+/// Optional inputs of the sparse attention calls, generic like every other argument
+/// (`CudaSlice` or `CudaView`); `SparseExtras::default()` has none.
+#[derive(Debug)]
+pub struct SparseExtras<'a, T = CudaSlice<i32>, S = CudaSlice<f32>> {
     /// Decode only: i32 `[batch]`; index positions at or past `topk_length[b]` are unused
     /// (values are clamped to `[0, topk]`).
-    pub topk_length: Option<&'a dyn DevicePtr<i32>>,
-    /// f32 `[h_q]`: attention sink per head (module docs).
-    pub attn_sink: Option<&'a dyn DevicePtr<f32>>,
+    pub topk_length: Option<&'a T>,
+    /// f32 `[heads]`: attention sink per head (module docs).
+    pub attn_sink: Option<&'a S>,
 }
 
-impl std::fmt::Debug for SparseExtras<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SparseExtras")
-            .field("topk_length", &self.topk_length.map(|t| t.len()))
-            .field("attn_sink", &self.attn_sink.map(|t| t.len()))
-            .finish()
+impl Default for SparseExtras<'_> {
+    fn default() -> Self {
+        Self {
+            topk_length: None,
+            attn_sink: None,
+        }
     }
 }
+
+impl<T, S> Clone for SparseExtras<'_, T, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T, S> Copy for SparseExtras<'_, T, S> {}
 
 /// Heads per CTA (the wgmma M dimension).
 pub(crate) const HEADS_PER_CTA: usize = 64;

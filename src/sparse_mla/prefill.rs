@@ -1,22 +1,22 @@
 //! Sparse MLA prefill over a flat bf16 kv.
-use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
+use cudarc::driver::{DevicePtr, DevicePtrMut};
 use half::bf16;
 
 use super::{SparseExtras, HEADS_PER_CTA, SMEM_BYTES, THREADS};
-use crate::cache::{KV_LORA_RANK, QK_DIM};
+use crate::cache::QK_DIM;
 use crate::check;
-use crate::error::{DsaError, Result};
-use crate::runtime::DsaKernels;
+use crate::error::Result;
+use crate::runtime::{linear, DsaKernels};
 use crate::sys::sparse_mla::DsaSparseMlaParams;
 
 /// Shape and scale of one sparse prefill call.
 ///
 /// Layouts (all row-major, contiguous):
-/// * `q`: bf16 `[s_q, h_q, 576]` (512 latent then 64 rope per head);
+/// * `q`: bf16 `[s_q, heads, 576]` (512 latent then 64 rope per head);
 /// * `kv`: bf16 `[s_kv, 576]`, one latent row per key token (its first 512 values are the
 ///   value);
 /// * `indices`: i32 `[s_q, topk]`, rows of `kv`; negative or `>= s_kv` is unused;
-/// * `out`: bf16 `[s_q, h_q, 512]`; `max_logits`, `lse`: f32 `[s_q, h_q]` (natural log).
+/// * `out`: bf16 `[s_q, heads, 512]`; `max_logits`, `lse`: f32 `[s_q, heads]` (natural log).
 ///
 /// **Batches** are flattened: concatenate the sequences' queries into `q` and their key rows
 /// into `kv`, and give each query indices that are already offset by its sequence's first
@@ -27,17 +27,31 @@ use crate::sys::sparse_mla::DsaSparseMlaParams;
 pub struct SparsePrefillConfig {
     pub s_q: usize,
     pub s_kv: usize,
-    pub h_q: usize,
+    pub heads: usize,
     pub topk: usize,
     pub softmax_scale: f32,
 }
 
 impl SparsePrefillConfig {
-    /// Checks the scalar arguments.
+    /// Checks the scalar arguments, pure: supported heads and topk, `s_q * heads` and the
+    /// grid within i32, `s_kv` within the kernel's i64 row count, every buffer size
+    /// computable without overflow.
     pub fn validate(&self) -> Result<()> {
-        super::decode::check_common(self.h_q, self.topk, self.softmax_scale)?;
+        super::decode::check_common(self.heads, self.topk, self.softmax_scale)?;
         check::fits_i32("sparse prefill s_q", self.s_q)?;
-        check::fits_i32("sparse prefill s_q * h_q", self.s_q * self.h_q)?;
+        let rows = check::product("sparse prefill s_q * heads", &[self.s_q, self.heads])?;
+        check::fits_i32("sparse prefill s_q * heads", rows)?;
+        check::fits_i64("sparse prefill s_kv", self.s_kv)?;
+        check::product("sparse prefill kv", &[self.s_kv, QK_DIM, 2])?;
+        check::product("sparse prefill indices", &[self.s_q, self.topk])?;
+        check::product("sparse prefill q", &[rows, QK_DIM])?;
+        check::fits_i32(
+            "sparse prefill grid",
+            check::product(
+                "sparse prefill grid",
+                &[self.heads.div_ceil(HEADS_PER_CTA), self.s_q],
+            )?,
+        )?;
         Ok(())
     }
 }
@@ -47,13 +61,13 @@ impl DsaKernels {
     /// `lse` of every (query, head). `extras.topk_length` must be `None` (use `-1` entries);
     /// `extras.attn_sink` is honoured.
     #[allow(clippy::too_many_arguments)]
-    pub fn sparse_mla_prefill<Q, KV, I, O, M, L>(
+    pub fn sparse_mla_prefill<Q, KV, I, T, S, O, M, L>(
         &self,
         cfg: &SparsePrefillConfig,
         q: &Q,
         kv: &KV,
         indices: &I,
-        extras: SparseExtras<'_>,
+        extras: SparseExtras<'_, T, S>,
         out: &mut O,
         max_logits: &mut M,
         lse: &mut L,
@@ -62,98 +76,53 @@ impl DsaKernels {
         Q: DevicePtr<bf16>,
         KV: DevicePtr<bf16>,
         I: DevicePtr<i32>,
+        T: DevicePtr<i32>,
+        S: DevicePtr<f32>,
         O: DevicePtrMut<bf16>,
         M: DevicePtrMut<f32>,
         L: DevicePtrMut<f32>,
     {
-        cfg.validate()?;
-        let (s_q, h_q, topk) = (cfg.s_q, cfg.h_q, cfg.topk);
-        if extras.topk_length.is_some() {
-            return Err(DsaError::Unsupported {
-                what: "sparse prefill topk_length",
-                detail: "prefill has no batch dimension: mark unused indices with -1".into(),
-            });
-        }
-        check::at_least(
-            "sparse prefill q",
-            q.len(),
-            s_q * h_q * QK_DIM,
-            &[s_q, h_q, QK_DIM],
-        )?;
-        check::at_least(
-            "sparse prefill kv",
-            kv.len(),
-            cfg.s_kv * QK_DIM,
-            &[cfg.s_kv, QK_DIM],
-        )?;
-        check::at_least(
-            "sparse prefill indices",
-            indices.len(),
-            s_q * topk,
-            &[s_q, topk],
-        )?;
-        check::at_least(
-            "sparse prefill out",
-            out.len(),
-            s_q * h_q * KV_LORA_RANK,
-            &[s_q, h_q, KV_LORA_RANK],
-        )?;
-        check::at_least(
-            "sparse prefill max_logits",
-            max_logits.len(),
-            s_q * h_q,
-            &[s_q, h_q],
-        )?;
-        check::at_least("sparse prefill lse", lse.len(), s_q * h_q, &[s_q, h_q])?;
-        if let Some(s) = extras.attn_sink {
-            check::at_least("attn_sink", s.len(), h_q, &[h_q])?;
-        }
-        let hgroups = h_q.div_ceil(HEADS_PER_CTA);
-        let ctas = check::fits_i32("sparse prefill grid", hgroups * s_q)?;
+        let lens = crate::validate::SparsePrefillLens {
+            q: q.len(),
+            kv: kv.len(),
+            indices: indices.len(),
+            out: out.len(),
+            max_logits: max_logits.len(),
+            lse: lse.len(),
+            attn_sink: extras.attn_sink.map(|s| s.len()),
+        };
+        crate::validate::sparse_mla_prefill(cfg, extras.topk_length.is_some(), lens)?;
+        let (s_q, heads, topk) = (cfg.s_q, cfg.heads, cfg.topk);
         if s_q == 0 {
             return Ok(());
         }
-        let stream = self.stream().clone();
-        let (q_ptr, _g0) = q.device_ptr(&stream);
-        check::aligned("sparse prefill q", q_ptr, 16)?;
-        let (kv_ptr, _g1) = kv.device_ptr(&stream);
-        check::aligned("sparse prefill kv", kv_ptr, 16)?;
-        let (idx_ptr, _g2) = indices.device_ptr(&stream);
-        let sink = extras.attn_sink.map(|s| s.device_ptr(&stream));
-        let (out_ptr, _g3) = out.device_ptr_mut(&stream);
-        check::aligned("sparse prefill out", out_ptr, 4)?;
-        let (ml_ptr, _g4) = max_logits.device_ptr_mut(&stream);
-        let (lse_ptr, _g5) = lse.device_ptr_mut(&stream);
+        let ctas = heads.div_ceil(HEADS_PER_CTA) * s_q;
+        let mut a = self.args();
         let params = DsaSparseMlaParams {
-            q: q_ptr as *const _,
-            kv: kv_ptr as *const _,
-            indices: idx_ptr as *const i32,
+            q: a.read::<bf16, _>("sparse prefill q", q, 16)? as *const _,
+            kv: a.read::<bf16, _>("sparse prefill kv", kv, 16)? as *const _,
+            indices: a.read("sparse prefill indices", indices, 4)?,
             topk_length: std::ptr::null(),
-            attn_sink: sink
-                .as_ref()
-                .map_or(std::ptr::null(), |s| s.0 as *const f32),
-            out: out_ptr as *mut _,
-            lse: lse_ptr as *mut f32,
-            max_logits: ml_ptr as *mut f32,
+            attn_sink: a.read_opt("attn_sink", extras.attn_sink, 4)?,
+            out: a.write::<bf16, _>("sparse prefill out", out, 4)? as *mut _,
+            lse: a.write("sparse prefill lse", lse, 4)?,
+            max_logits: a.write("sparse prefill max_logits", max_logits, 4)?,
             partial_out: std::ptr::null_mut(),
             partial_lse: std::ptr::null_mut(),
             kv_rows: cfg.s_kv as i64,
             rows: s_q as i32,
             s_q: s_q as i32,
-            h_q: h_q as i32,
+            h_q: heads as i32,
             topk: topk as i32,
             num_splits: 1,
             blocks_per_split: topk.div_ceil(super::BLOCK) as i32,
             scale: cfg.softmax_scale,
             scale_log2: cfg.softmax_scale * std::f32::consts::LOG2_E,
         };
-        let lc = LaunchConfig {
-            grid_dim: (ctas as u32, 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: SMEM_BYTES,
-        };
-        // SAFETY: every buffer was checked against the shape above; indices are
-        // bounds-checked against s_kv in the kernel.
-        unsafe { self.launch("sparse_mla_prefill", "dsa_sparse_mla_prefill", lc, &params) }
+        let lc = linear(ctas as u32, THREADS, SMEM_BYTES);
+        // SAFETY: every buffer was checked against the shape above (checked arithmetic, so
+        // kv holds all s_kv rows the kernel may index); indices are bounds-checked against
+        // s_kv in the kernel.
+        unsafe { a.launch("sparse_mla_prefill", "dsa_sparse_mla_prefill", lc, &params) }
     }
 }

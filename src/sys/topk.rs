@@ -20,10 +20,11 @@ pub struct DsaTopkParams {
     pub sorted: i32,
     pub max_pages: i32,
     pub next_n: i32,
+    pub seq_lens: *const i32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of DsaTopkParams"][::core::mem::size_of::<DsaTopkParams>() - 80usize];
+    ["Size of DsaTopkParams"][::core::mem::size_of::<DsaTopkParams>() - 88usize];
     ["Alignment of DsaTopkParams"][::core::mem::align_of::<DsaTopkParams>() - 8usize];
     ["Offset of field: DsaTopkParams::logits"]
         [::core::mem::offset_of!(DsaTopkParams, logits) - 0usize];
@@ -49,6 +50,8 @@ const _: () = {
         [::core::mem::offset_of!(DsaTopkParams, max_pages) - 72usize];
     ["Offset of field: DsaTopkParams::next_n"]
         [::core::mem::offset_of!(DsaTopkParams, next_n) - 76usize];
+    ["Offset of field: DsaTopkParams::seq_lens"]
+        [::core::mem::offset_of!(DsaTopkParams, seq_lens) - 80usize];
 };
 impl Default for DsaTopkParams {
     fn default() -> Self {

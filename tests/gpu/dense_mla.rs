@@ -13,8 +13,9 @@
 //! the attention, the dequantization is pinned bit for bit by the cache tests.
 use dsa_kernels::cache::{MlaBf16Cache, MlaFp8Cache, PAGE_SIZE};
 use dsa_kernels::cudarc::driver::{sys as cu, CudaSlice, CudaStream};
-use dsa_kernels::dense_mla::{DenseMlaArgs, DenseMlaConfig};
+use dsa_kernels::dense_mla::DenseMlaConfig;
 use dsa_kernels::{device, DsaError, DsaKernels};
+use dsa_kernels::{PagedBatch, PagedBatchShape};
 use dsa_reference::attention;
 use dsa_reference::cache as rcache;
 use half::bf16;
@@ -120,6 +121,14 @@ impl Step {
         }
     }
 
+    fn shape(&self) -> PagedBatchShape {
+        PagedBatchShape {
+            batch: self.batch,
+            next_n: self.s_q,
+            max_pages: self.max_pages,
+        }
+    }
+
     fn fp8_bytes(&self, pow2: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.num_pages * PAGE_SIZE * 656);
         for r in self.rows.chunks(DIM) {
@@ -145,6 +154,7 @@ impl Step {
 
 /// Device buffers of one step, outputs poisoned with NaN.
 struct Bufs {
+    shape: PagedBatchShape,
     q: CudaSlice<bf16>,
     bt: CudaSlice<i32>,
     lens: CudaSlice<i32>,
@@ -157,33 +167,33 @@ struct Bufs {
 impl Bufs {
     fn new(stream: &Arc<CudaStream>, st: &Step, cfg: &DenseMlaConfig) -> Self {
         let rows = st.batch * st.s_q * st.h_q;
+        let shape = st.shape();
         Bufs {
+            shape,
             q: upload(stream, &st.q),
             bt: upload(stream, &st.block_table),
             lens: upload(stream, &st.lens),
-            plan: upload(stream, &vec![-0x5A5A5A5Ai32; cfg.plan_len()]),
-            ws: upload(stream, &vec![f32::NAN; cfg.workspace_len()]),
+            plan: upload(stream, &vec![-0x5A5A5A5Ai32; cfg.plan_len(&shape)]),
+            ws: upload(stream, &vec![f32::NAN; cfg.workspace_len(&shape)]),
             out: upload(stream, &vec![bf16::NAN; rows * DV]),
             lse: upload(stream, &vec![f32::NAN; rows]),
         }
     }
 
-    fn run<K: dsa_kernels::cache::CacheKind>(
+    fn run<K: dsa_kernels::cache::MlaCacheKind>(
         &mut self,
         k: &DsaKernels,
         cfg: &DenseMlaConfig,
         cache: &dsa_kernels::cache::PagedCache<K>,
     ) -> Result<(), DsaError> {
-        k.dense_mla_plan(cfg, &self.lens, &mut self.plan)?;
+        let pb = PagedBatch::new(self.shape, &self.bt, &self.lens)?;
+        k.dense_mla_plan(cfg, &pb, &mut self.plan)?;
         k.dense_mla_decode(
             cfg,
+            &pb,
             cache,
-            DenseMlaArgs {
-                q: &self.q,
-                block_table: &self.bt,
-                seq_lens: &self.lens,
-                plan: &self.plan,
-            },
+            &self.q,
+            &self.plan,
             &mut self.ws,
             &mut self.out,
             &mut self.lse,
@@ -226,14 +236,7 @@ fn check(what: &str, out: &[f32], lse: &[f32], r_out: &[f32], r_lse: &[f32]) {
 }
 
 fn parts_for(k: &DsaKernels, st: &Step, sel: usize) -> DenseMlaConfig {
-    let mut cfg = DenseMlaConfig::new(
-        k.device().sm_count as usize,
-        st.batch,
-        st.s_q,
-        st.h_q,
-        st.max_pages,
-        SCALE,
-    );
+    let mut cfg = k.dense_mla_config(&st.shape(), st.h_q, SCALE);
     // The default one-wave split, a single part (no split at all), a few parts (pieces
     // spanning sequences), and far more parts than work (many empty or one-block pieces).
     cfg.num_parts = match sel {
@@ -386,18 +389,16 @@ fn dense_decode_rejects_bad_arguments() {
     let cfg = parts_for(&k, &st, 0);
     let cache = MlaBf16Cache::from_slice(upload(&stream, &st.rows)).unwrap();
     let mut bufs = Bufs::new(&stream, &st, &cfg);
+    let pb = PagedBatch::new(bufs.shape, &bufs.bt, &bufs.lens).unwrap();
     // q one row short.
     let short = upload(&stream, &st.q[..st.q.len() - DIM]);
     let err = k
         .dense_mla_decode(
             &cfg,
+            &pb,
             &cache,
-            DenseMlaArgs {
-                q: &short,
-                block_table: &bufs.bt,
-                seq_lens: &bufs.lens,
-                plan: &bufs.plan,
-            },
+            &short,
+            &bufs.plan,
             &mut bufs.ws,
             &mut bufs.out,
             &mut bufs.lse,
@@ -405,17 +406,14 @@ fn dense_decode_rejects_bad_arguments() {
         .unwrap_err();
     assert!(matches!(err, DsaError::Shape { .. }), "{err}");
     // Workspace too small.
-    let mut small_ws = upload(&stream, &vec![0f32; cfg.workspace_len() - 1]);
+    let mut small_ws = upload(&stream, &vec![0f32; cfg.workspace_len(&bufs.shape) - 1]);
     let err = k
         .dense_mla_decode(
             &cfg,
+            &pb,
             &cache,
-            DenseMlaArgs {
-                q: &bufs.q,
-                block_table: &bufs.bt,
-                seq_lens: &bufs.lens,
-                plan: &bufs.plan,
-            },
+            &bufs.q,
+            &bufs.plan,
             &mut small_ws,
             &mut bufs.out,
             &mut bufs.lse,
@@ -423,40 +421,20 @@ fn dense_decode_rejects_bad_arguments() {
         .unwrap_err();
     assert!(matches!(err, DsaError::Shape { .. }), "{err}");
     // Plan too small.
-    let mut small_plan = upload(&stream, &vec![0i32; cfg.plan_len() - 1]);
-    let err = k
-        .dense_mla_plan(&cfg, &bufs.lens, &mut small_plan)
-        .unwrap_err();
+    let mut small_plan = upload(&stream, &vec![0i32; cfg.plan_len(&bufs.shape) - 1]);
+    let err = k.dense_mla_plan(&cfg, &pb, &mut small_plan).unwrap_err();
     assert!(matches!(err, DsaError::Shape { .. }), "{err}");
-    // Not an MLA cache.
-    let icache = dsa_kernels::cache::IndexerKCache::new(&stream, 1).unwrap();
-    let err = k
-        .dense_mla_decode(
-            &cfg,
-            &icache,
-            DenseMlaArgs {
-                q: &bufs.q,
-                block_table: &bufs.bt,
-                seq_lens: &bufs.lens,
-                plan: &bufs.plan,
-            },
-            &mut bufs.ws,
-            &mut bufs.out,
-            &mut bufs.lse,
-        )
-        .unwrap_err();
-    assert!(matches!(err, DsaError::Unsupported { .. }), "{err}");
+    // (The indexer K cache is not an MLA cache: passing it does not compile.)
     // Zero heads, zero parts.
+    let mut plan = upload(&stream, &vec![0i32; cfg.plan_len(&bufs.shape)]);
     for bad in [
-        DenseMlaConfig { h_q: 0, ..cfg },
+        DenseMlaConfig { heads: 0, ..cfg },
         DenseMlaConfig {
             num_parts: 0,
             ..cfg
         },
     ] {
-        let err = k
-            .dense_mla_plan(&bad, &bufs.lens, &mut bufs.plan)
-            .unwrap_err();
+        let err = k.dense_mla_plan(&bad, &pb, &mut plan).unwrap_err();
         assert!(matches!(err, DsaError::Unsupported { .. }), "{err}");
     }
 }
@@ -486,13 +464,8 @@ fn dense_decode_step_replays_from_cuda_graph() {
     let mut lse2 = upload(&stream, &vec![f32::NAN; st.batch * st.s_q * st.h_q]);
     let step = |a: &mut Bufs, out2: &mut CudaSlice<bf16>, lse2: &mut CudaSlice<f32>| {
         a.run(&k, &cfg, &cache).unwrap();
-        let args = DenseMlaArgs {
-            q: &a.q,
-            block_table: &a.bt,
-            seq_lens: &a.lens,
-            plan: &a.plan,
-        };
-        k.dense_mla_decode(&cfg, &fp8, args, &mut a.ws, out2, lse2)
+        let pb = PagedBatch::new(a.shape, &a.bt, &a.lens).unwrap();
+        k.dense_mla_decode(&cfg, &pb, &fp8, &a.q, &a.plan, &mut a.ws, out2, lse2)
             .unwrap();
     };
     step(&mut a, &mut out2, &mut lse2);

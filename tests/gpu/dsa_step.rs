@@ -1,16 +1,15 @@
-//! One DSA decode step end to end: indexer plan + paged logits + top-k with block-table
-//! translation + sparse FP8 MLA decode, chained on the device exactly as an engine chains
-//! them, checked stage by stage against the reference, and replayed from a CUDA graph.
+//! One DSA decode step end to end through the library's [`DsaDecodeStep`]: indexer plan +
+//! paged logits + top-k with block-table translation + sparse FP8 MLA decode, checked
+//! stage by stage against the reference, and replayed from a CUDA graph.
 use std::sync::Arc;
 
 use dsa_kernels::cache::{
     write_host_token, IndexerK, IndexerKCache, MlaFp8, MlaFp8Cache, PAGE_SIZE,
 };
 use dsa_kernels::cudarc::driver::{sys as cu, CudaSlice, CudaStream};
-use dsa_kernels::indexer::{decode_plan_len, DecodeLogitsShape};
-use dsa_kernels::sparse_mla::{SparseDecodeConfig, SparseExtras};
-use dsa_kernels::topk::{TopkOptions, TopkRanges, TopkShape, TopkTranslation};
-use dsa_kernels::{device, fp8, DsaKernels};
+use dsa_kernels::{
+    device, fp8, DsaDecodeStep, DsaDecodeStepConfig, DsaKernels, PagedBatch, PagedBatchShape,
+};
 use dsa_reference as reference;
 use half::bf16;
 use proptest::prelude::*;
@@ -49,10 +48,11 @@ impl Problem {
         if batch > 2 {
             lens[1] = 0;
         }
-        let max_ctx = (*lens.iter().max().unwrap() as usize)
+        let max_pages = (*lens.iter().max().unwrap() as usize)
             .max(1)
-            .next_multiple_of(4);
-        let max_pages = max_ctx.div_ceil(PAGE_SIZE);
+            .div_ceil(PAGE_SIZE);
+        // The step's logits rows cover the whole block table.
+        let max_ctx = max_pages * PAGE_SIZE;
         // Shuffled, non-contiguous pages with spare ones no sequence uses.
         let used: usize = lens.iter().map(|&l| (l as usize).div_ceil(PAGE_SIZE)).sum();
         let total_pages = used + 3;
@@ -103,22 +103,21 @@ impl Problem {
         }
     }
 
-    fn logits_shape(&self) -> DecodeLogitsShape {
-        DecodeLogitsShape {
+    fn shape(&self) -> PagedBatchShape {
+        PagedBatchShape {
             batch: self.batch,
             next_n: 1,
-            heads: IDX_HEADS,
             max_pages: self.max_pages,
-            max_ctx: self.max_ctx,
-            out_stride: self.max_ctx,
         }
     }
 
-    fn sparse_cfg(&self) -> SparseDecodeConfig {
-        SparseDecodeConfig {
-            batch: self.batch,
-            s_q: 1,
-            h_q: H_Q,
+    fn step_config(&self) -> DsaDecodeStepConfig {
+        DsaDecodeStepConfig {
+            max_batch: self.batch,
+            next_n: 1,
+            max_pages: self.max_pages,
+            index_heads: IDX_HEADS,
+            heads: H_Q,
             topk: self.topk,
             softmax_scale: SCALE,
         }
@@ -127,17 +126,13 @@ impl Problem {
 
 /// Device buffers of one step; outputs poisoned at creation.
 struct Step {
+    shape: PagedBatchShape,
     lens: CudaSlice<i32>,
     block_table: CudaSlice<i32>,
     index_cache: IndexerKCache,
     mla_cache: MlaFp8Cache,
-    q8: CudaSlice<u8>,
-    w: CudaSlice<f32>,
     q: CudaSlice<bf16>,
-    plan: CudaSlice<i32>,
-    logits: CudaSlice<f32>,
-    indices: CudaSlice<i32>,
-    workspace: CudaSlice<f32>,
+    step: DsaDecodeStep,
     out: CudaSlice<bf16>,
     lse: CudaSlice<f32>,
 }
@@ -145,83 +140,69 @@ struct Step {
 impl Step {
     fn new(k: &DsaKernels, p: &Problem) -> Self {
         let s = k.stream();
-        let ws = k.sparse_mla_decode_workspace_len(&p.sparse_cfg()).max(1);
-        Self {
+        let mut step = DsaDecodeStep::new(k, p.step_config()).unwrap();
+        // The test starts from prepared indexer queries (the prep kernels have their own
+        // tests): write them where the step's prep would.
+        let (q8, w) = step.prepared_queries_mut();
+        s.memcpy_htod(&p.q8, &mut q8.slice_mut(..p.q8.len()))
+            .unwrap();
+        s.memcpy_htod(&p.w, &mut w.slice_mut(..p.w.len())).unwrap();
+        let mut st = Self {
+            shape: p.shape(),
             lens: upload(s, &p.lens),
             block_table: upload(s, &p.block_table),
             index_cache: IndexerKCache::from_slice(upload(s, &p.index_cache)).unwrap(),
             mla_cache: MlaFp8Cache::from_slice(upload(s, &p.mla_cache)).unwrap(),
-            q8: upload(s, &p.q8),
-            w: upload(s, &p.w),
             q: upload(s, &p.q),
-            plan: upload(s, &vec![-7i32; decode_plan_len(p.batch)]),
-            logits: upload(s, &vec![f32::NAN; p.batch * p.max_ctx]),
-            indices: upload(s, &vec![i32::MIN; p.batch * p.topk]),
-            workspace: upload(s, &vec![f32::NAN; ws]),
+            step,
             out: upload(s, &vec![bf16::NAN; p.batch * H_Q * 512]),
             lse: upload(s, &vec![f32::NAN; p.batch * H_Q]),
-        }
+        };
+        st.poison(s);
+        st
     }
 
-    /// The whole step: what a decode engine enqueues per layer (plus the plan, once).
-    fn run(&mut self, k: &DsaKernels, p: &Problem) {
-        let shape = p.logits_shape();
-        k.indexer_decode_plan(shape, &self.lens, &mut self.plan)
+    fn poison(&mut self, s: &Arc<CudaStream>) {
+        let (plan, logits, indices) = self.step.buffers_mut();
+        s.memcpy_htod(&vec![-7i32; plan.len()], plan).unwrap();
+        s.memcpy_htod(&vec![f32::NAN; logits.len()], logits)
             .unwrap();
-        k.indexer_logits_decode(
-            shape,
-            &self.q8,
-            &self.w,
-            &self.index_cache,
-            &self.lens,
-            &self.block_table,
-            &self.plan,
-            &mut self.logits,
-        )
-        .unwrap();
-        let tshape = TopkShape {
-            rows: p.batch,
-            cols: p.max_ctx,
-            row_stride: p.max_ctx,
-            k: p.topk,
-        };
-        let options = TopkOptions {
-            sorted: false,
-            row_offsets: None,
-            translation: Some(TopkTranslation {
-                block_table: &self.block_table,
-                batch: p.batch,
-                max_pages: p.max_pages,
-                next_n: 1,
-            }),
-        };
-        k.topk(
-            &self.logits,
-            TopkRanges::Lengths(&self.lens),
-            tshape,
-            options,
-            &mut self.indices,
-        )
-        .unwrap();
-        let ws: &mut dyn dsa_kernels::cudarc::driver::DevicePtrMut<f32> = &mut self.workspace;
-        k.sparse_mla_decode(
-            &p.sparse_cfg(),
-            &self.q,
-            &self.mla_cache,
-            &self.indices,
-            SparseExtras::default(),
-            &mut self.out,
-            &mut self.lse,
-            Some(ws),
-        )
-        .unwrap();
+        s.memcpy_htod(&vec![i32::MIN; indices.len()], indices)
+            .unwrap();
+        s.memcpy_htod(&vec![bf16::NAN; self.out.len()], &mut self.out)
+            .unwrap();
+        s.memcpy_htod(&vec![f32::NAN; self.lse.len()], &mut self.lse)
+            .unwrap();
     }
 
-    fn results(&self, s: &Arc<CudaStream>) -> (Vec<f32>, Vec<i32>, Vec<f32>, Vec<f32>) {
+    /// The whole step: the plan once, then what a decode engine enqueues per layer.
+    fn run(&mut self, k: &DsaKernels) {
+        let batch = PagedBatch::new(self.shape, &self.block_table, &self.lens).unwrap();
+        self.step.plan(k, &batch).unwrap();
+        self.step
+            .decode_prepared(
+                k,
+                &batch,
+                &self.index_cache,
+                &self.mla_cache,
+                &self.q,
+                &mut self.out,
+                &mut self.lse,
+            )
+            .unwrap();
+    }
+
+    fn results(
+        &self,
+        p: &Problem,
+        s: &Arc<CudaStream>,
+    ) -> (Vec<f32>, Vec<i32>, Vec<f32>, Vec<f32>) {
         let out = download(s, &self.out).iter().map(|v| v.to_f32()).collect();
+        let logits = download(s, self.step.logits());
+        let indices = download(s, self.step.indices());
         (
-            download(s, &self.logits),
-            download(s, &self.indices),
+            logits[..p.batch * p.max_ctx].to_vec(),
+            indices[..p.batch * p.topk].to_vec(),
             out,
             download(s, &self.lse),
         )
@@ -328,8 +309,8 @@ proptest! {
         let k = crate::common::kernels();
         let p = Problem::new(seed, batch, 64 * topk_blocks, max_len);
         let mut st = Step::new(&k, &p);
-        st.run(&k, &p);
-        check(&p, &st.results(k.stream()));
+        st.run(&k);
+        check(&p, &st.results(&p, k.stream()));
     }
 }
 
@@ -346,35 +327,21 @@ fn dsa_decode_step_replays_from_cuda_graph() {
     let k = DsaKernels::new(stream.clone()).unwrap();
     let p = Problem::new(7, 4, 128, 600);
     let mut st = Step::new(&k, &p);
-    st.run(&k, &p);
-    let eager = st.results(&stream);
+    st.run(&k);
+    let eager = st.results(&p, &stream);
     check(&p, &eager);
 
     stream
         .begin_capture(cu::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         .unwrap();
-    st.run(&k, &p);
+    st.run(&k);
     let graph = stream
         .end_capture(cu::CUgraphInstantiate_flags(0))
         .unwrap()
         .expect("captured graph");
-    stream
-        .memcpy_htod(&vec![-7i32; st.plan.len()], &mut st.plan)
-        .unwrap();
-    stream
-        .memcpy_htod(&vec![f32::NAN; st.logits.len()], &mut st.logits)
-        .unwrap();
-    stream
-        .memcpy_htod(&vec![i32::MIN; st.indices.len()], &mut st.indices)
-        .unwrap();
-    stream
-        .memcpy_htod(&vec![bf16::NAN; st.out.len()], &mut st.out)
-        .unwrap();
-    stream
-        .memcpy_htod(&vec![f32::NAN; st.lse.len()], &mut st.lse)
-        .unwrap();
+    st.poison(&stream);
     graph.launch().unwrap();
-    let replay = st.results(&stream);
+    let replay = st.results(&p, &stream);
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&eager.0), bits(&replay.0), "logits differ on replay");
     // Top-k output order is unspecified, so compare per-row sets.

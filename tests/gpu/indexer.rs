@@ -20,6 +20,7 @@ use dsa_kernels::indexer::{
     RopeTablesRef, YarnRope,
 };
 use dsa_kernels::DsaError;
+use dsa_kernels::{PagedBatch, PagedBatchShape};
 use dsa_reference as reference;
 use half::bf16;
 use proptest::prelude::*;
@@ -345,7 +346,7 @@ fn prefill_case(seed: u64, heads: usize, nseq: usize, max_kv: usize, max_q: usiz
     let mut d_out = upload(&stream, &vec![f32::NAN; s * stride]);
     k.indexer_logits_prefill(
         PrefillLogitsShape {
-            s,
+            s_q: s,
             s_kv,
             heads,
             out_stride: stride,
@@ -499,10 +500,7 @@ fn decode_case(
         }
     }
     let shape = DecodeLogitsShape {
-        batch,
-        next_n,
         heads,
-        max_pages,
         max_ctx,
         out_stride: max_ctx + rng.random_range(0..5),
     };
@@ -510,17 +508,25 @@ fn decode_case(
     let d_cache = IndexerKCache::from_slice(upload(&stream, &cache)).unwrap();
     let d_lens = upload(&stream, &lens);
     let d_table = upload(&stream, &table);
+    let pb = PagedBatch::new(
+        PagedBatchShape {
+            batch,
+            next_n,
+            max_pages,
+        },
+        &d_table,
+        &d_lens,
+    )
+    .unwrap();
     let mut d_plan = upload(&stream, &vec![-99i32; decode_plan_len(batch)]);
-    k.indexer_decode_plan(shape, &d_lens, &mut d_plan).unwrap();
+    k.indexer_decode_plan(&pb, shape, &mut d_plan).unwrap();
     let d_q8 = upload(&stream, &q8);
     let d_w = upload(&stream, &wf);
     let mut d_out = upload(&stream, &vec![f32::NAN; rows * stride]);
     // Twice with one plan: the plan is reusable across layers.
     for _ in 0..2 {
-        k.indexer_logits_decode(
-            shape, &d_q8, &d_w, &d_cache, &d_lens, &d_table, &d_plan, &mut d_out,
-        )
-        .unwrap();
+        k.indexer_logits_decode(&pb, shape, &d_q8, &d_w, &d_cache, &d_plan, &mut d_out)
+            .unwrap();
     }
     let out = download(&stream, &d_out);
     let plan = download(&stream, &d_plan);
@@ -637,7 +643,7 @@ fn indexer_bad_arguments_are_errors_before_launch() {
     let r = upload(&stream, &[0i32; 4]);
     let mut out = upload(&stream, &vec![0f32; 4 * 100]);
     let shape = PrefillLogitsShape {
-        s: 4,
+        s_q: 4,
         s_kv: 100,
         heads: 48,
         out_stride: 100,
@@ -647,7 +653,7 @@ fn indexer_bad_arguments_are_errors_before_launch() {
     let e = k.indexer_logits_prefill(
         PrefillLogitsShape {
             heads: 64,
-            s: 5,
+            s_q: 5,
             ..shape
         },
         &q8,
@@ -679,34 +685,36 @@ fn indexer_bad_arguments_are_errors_before_launch() {
     let lens = upload(&stream, &[10i32; 2]);
     let table = upload(&stream, &[0i32; 2]);
     let mut plan = upload(&stream, &[0i32; 3]);
-    let dshape = DecodeLogitsShape {
+    let b5 = PagedBatchShape {
         batch: 2,
         next_n: 5,
-        heads: 64,
         max_pages: 1,
-        max_ctx: 64,
-        out_stride: 64,
     };
-    let e = k.indexer_decode_plan(dshape, &lens, &mut plan);
+    let dshape = DecodeLogitsShape::new(64, 64);
+    let pb = PagedBatch::new(b5, &table, &lens).unwrap();
+    let e = k.indexer_decode_plan(&pb, dshape, &mut plan);
     assert!(matches!(e, Err(DsaError::Unsupported { .. })), "{e:?}");
-    let dshape = DecodeLogitsShape {
-        next_n: 2,
-        ..dshape
-    };
+    let pb = PagedBatch::new(PagedBatchShape { next_n: 2, ..b5 }, &table, &lens).unwrap();
     let mut small = upload(&stream, &[0i32; 2]);
-    let e = k.indexer_decode_plan(dshape, &lens, &mut small);
+    let e = k.indexer_decode_plan(&pb, dshape, &mut small);
+    assert!(matches!(e, Err(DsaError::Shape { .. })), "{e:?}");
+    let e = PagedBatch::new(
+        PagedBatchShape {
+            next_n: 2,
+            max_pages: 2,
+            ..b5
+        },
+        &table,
+        &lens,
+    );
     assert!(matches!(e, Err(DsaError::Shape { .. })), "{e:?}");
     let mut dout = upload(&stream, &vec![0f32; 4 * 64]);
     let e = k.indexer_logits_decode(
-        DecodeLogitsShape {
-            max_pages: 2,
-            ..dshape
-        },
+        &pb,
+        DecodeLogitsShape::new(64, 65),
         &q8,
         &w,
         &cache,
-        &lens,
-        &table,
         &plan,
         &mut dout,
     );
@@ -757,7 +765,7 @@ fn indexer_bad_arguments_are_errors_before_launch() {
 /// The crate's host YaRN tables equal the reference's bit for bit (no GPU needed).
 #[test]
 fn indexer_rope_tables_match_reference() {
-    let (cos, sin) = rope_tables(&YarnRope::deepseek_v32(), 3000);
+    let (cos, sin) = rope_tables(&YarnRope::deepseek_v32(), 3000).unwrap();
     let r = rope(3000);
     assert_eq!(cos, r.cos);
     assert_eq!(sin, r.sin);

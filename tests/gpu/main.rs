@@ -4,6 +4,7 @@
 //! device fails them (as does `DSA_REQUIRE_GPU=1`).
 mod common;
 
+mod adversarial;
 mod cache;
 mod dense_mla;
 mod dsa_step;

@@ -5,10 +5,10 @@
 //! output must satisfy cos_diff < 1e-5 and max |out - ref| <= 1e-2 * max |ref|; lse and
 //! max_logits are fp32 sums of exp2 of fp32 logits computed from bf16 products: within
 //! 1e-3 absolute. inf/NaN positions must match exactly (lonely queries: out 0, lse +inf).
-use dsa_kernels::cache::{MlaBf16Cache, MlaFp8Cache, PagedCache, PAGE_SIZE};
+use dsa_kernels::cache::{MlaBf16Cache, MlaFp8Cache, PAGE_SIZE};
 use dsa_kernels::cudarc::driver::{sys, CudaSlice};
 use dsa_kernels::sparse_mla::{SparseDecodeConfig, SparseExtras, SparsePrefillConfig};
-use dsa_kernels::{DsaError, DsaKernels};
+use dsa_kernels::{DsaError, DsaKernels, PagedBatch, PagedBatchShape};
 use dsa_reference::attention as ra;
 use dsa_reference::cache as rc;
 use half::bf16;
@@ -73,6 +73,25 @@ fn nan_f32(
     upload(stream, &vec![f32::NAN; n])
 }
 
+/// A paged batch of `batch` sequences of `next_n` rows for calls that only need its
+/// geometry (the indices are already physical slots): a one-page table and lengths.
+fn dummy_batch(
+    stream: &std::sync::Arc<dsa_kernels::cudarc::driver::CudaStream>,
+    batch: usize,
+    next_n: usize,
+) -> (PagedBatchShape, CudaSlice<i32>, CudaSlice<i32>) {
+    let shape = PagedBatchShape {
+        batch,
+        next_n,
+        max_pages: 1,
+    };
+    (
+        shape,
+        upload(stream, &vec![0i32; batch]),
+        upload(stream, &vec![0i32; batch]),
+    )
+}
+
 /// Host images of both caches holding the same random tokens in every slot.
 struct Caches {
     fp8: Vec<u8>,
@@ -129,22 +148,22 @@ struct DecodeCase {
 fn run_decode(k: &DsaKernels, c: &DecodeCase, caches: &Caches) {
     let stream = k.stream().clone();
     let cfg = SparseDecodeConfig {
-        batch: c.batch,
-        s_q: c.s_q,
-        h_q: c.h_q,
+        heads: c.h_q,
         topk: c.topk,
         softmax_scale: SCALE,
     };
-    let rows = cfg.rows();
+    let (shape, bt, lens) = dummy_batch(&stream, c.batch, c.s_q);
+    let pb = PagedBatch::new(shape, &bt, &lens).unwrap();
+    let rows = shape.rows();
     let d_q = upload(&stream, &c.q);
     let d_idx = upload(&stream, &c.indices);
     let d_tl = c.topk_length.as_ref().map(|t| upload(&stream, t));
     let d_sink = c.sink.as_ref().map(|s| upload(&stream, s));
     let extras = SparseExtras {
-        topk_length: d_tl.as_ref().map(|t| t as _),
-        attn_sink: d_sink.as_ref().map(|s| s as _),
+        topk_length: d_tl.as_ref(),
+        attn_sink: d_sink.as_ref(),
     };
-    let ws_len = k.sparse_mla_decode_workspace_len(&cfg);
+    let ws_len = k.sparse_mla_decode_workspace_len(&shape, &cfg);
     let mut ws = nan_f32(&stream, ws_len.max(1));
     let fp8_cache = MlaFp8Cache::from_slice(upload(&stream, &caches.fp8)).unwrap();
     let bf16_cache = MlaBf16Cache::from_slice(upload(&stream, &caches.bf16)).unwrap();
@@ -153,25 +172,19 @@ fn run_decode(k: &DsaKernels, c: &DecodeCase, caches: &Caches) {
         let mut lse = nan_f32(&stream, rows * c.h_q);
         let r = if fmt == "fp8" {
             k.sparse_mla_decode(
-                &cfg,
-                &d_q,
-                &fp8_cache,
-                &d_idx,
-                extras,
-                &mut out,
-                &mut lse,
-                Some(&mut ws),
+                &cfg, &pb, &fp8_cache, &d_q, &d_idx, extras, &mut out, &mut lse, &mut ws,
             )
         } else {
             k.sparse_mla_decode(
                 &cfg,
-                &d_q,
+                &pb,
                 &bf16_cache,
+                &d_q,
                 &d_idx,
                 extras,
                 &mut out,
                 &mut lse,
-                Some(&mut ws),
+                &mut ws,
             )
         };
         r.unwrap();
@@ -212,7 +225,7 @@ fn run_decode(k: &DsaKernels, c: &DecodeCase, caches: &Caches) {
             c.s_q,
             c.h_q,
             c.topk,
-            cfg.num_splits(k.device().sm_count as usize)
+            cfg.num_splits(rows, k.sm_count())
         );
         check_out(&what, &out, &lse, &r_out, &r_lse);
     }
@@ -317,7 +330,7 @@ proptest! {
             })
             .collect();
         let sink: Option<Vec<f32>> = with_sink.then(|| (0..h_q).map(|_| rng.random_range(-2.0f32..4.0)).collect());
-        let cfg = SparsePrefillConfig { s_q, s_kv, h_q, topk, softmax_scale: SCALE };
+        let cfg = SparsePrefillConfig { s_q, s_kv, heads: h_q, topk, softmax_scale: SCALE };
         let d_q = upload(&stream, &q);
         let d_kv = upload(&stream, &kv);
         let d_idx = upload(&stream, &indices);
@@ -325,7 +338,7 @@ proptest! {
         let mut out = nan_bf16(&stream, s_q * h_q * DV);
         let mut ml = nan_f32(&stream, s_q * h_q);
         let mut lse = nan_f32(&stream, s_q * h_q);
-        let extras = SparseExtras { topk_length: None, attn_sink: d_sink.as_ref().map(|s| s as _) };
+        let extras = SparseExtras::<CudaSlice<i32>, _> { topk_length: None, attn_sink: d_sink.as_ref() };
         k.sparse_mla_prefill(&cfg, &d_q, &d_kv, &d_idx, extras, &mut out, &mut ml, &mut lse).unwrap();
         let (r_out, r_ml, r_lse) =
             ra::sparse_mla_prefill_with_sink(&q, &kv, &indices, sink.as_deref(), SCALE, s_q, s_kv, h_q, topk);
@@ -370,14 +383,18 @@ proptest! {
         }
         let q = rand_bf16(&mut rng, batch * s_q * h_q * D, 2.0);
         let stream = k.stream().clone();
-        let cfg = SparseDecodeConfig { batch, s_q, h_q, topk, softmax_scale: SCALE };
+        let cfg = SparseDecodeConfig { heads: h_q, topk, softmax_scale: SCALE };
+        let shape = PagedBatchShape { batch, next_n: s_q, max_pages };
+        let d_bt = upload(&stream, &block_table);
+        let d_lens = upload(&stream, &seq_lens);
+        let pb = PagedBatch::new(shape, &d_bt, &d_lens).unwrap();
         let d_q = upload(&stream, &q);
         let d_idx = upload(&stream, &indices);
-        let mut ws = nan_f32(&stream, k.sparse_mla_decode_workspace_len(&cfg).max(1));
+        let mut ws = nan_f32(&stream, k.sparse_mla_decode_workspace_len(&shape, &cfg).max(1));
         let cache = MlaBf16Cache::from_slice(upload(&stream, &caches.bf16)).unwrap();
         let mut out = nan_bf16(&stream, batch * s_q * h_q * DV);
         let mut lse = nan_f32(&stream, batch * s_q * h_q);
-        k.sparse_mla_decode(&cfg, &d_q, &cache, &d_idx, SparseExtras::default(), &mut out, &mut lse, Some(&mut ws)).unwrap();
+        k.sparse_mla_decode(&cfg, &pb, &cache, &d_q, &d_idx, SparseExtras::default(), &mut out, &mut lse, &mut ws).unwrap();
         let kv = ra::kv_from_bf16_cache(&caches.bf16);
         let (r_out, r_lse) = ra::dense_mla_decode(&q, &kv, &block_table, max_pages, &seq_lens, SCALE, batch, s_q, h_q);
         check_out("sparse over all causal tokens vs dense", &download(&stream, &out), &download(&stream, &lse), &r_out, &r_lse);
@@ -426,36 +443,26 @@ fn sparse_decode_graph_capture_replay() {
     let caches = make_caches(&mut rng, 8);
     let c = random_decode_case(&mut rng, 1, 1, 128, 1024, caches.capacity, false, true);
     let cfg = SparseDecodeConfig {
-        batch: 1,
-        s_q: 1,
-        h_q: 128,
+        heads: 128,
         topk: 1024,
         softmax_scale: SCALE,
     };
-    assert!(
-        cfg.num_splits(k.device().sm_count as usize) > 1,
-        "the case should split"
-    );
+    let (shape, bt, lens) = dummy_batch(&stream, 1, 1);
+    let pb = PagedBatch::new(shape, &bt, &lens).unwrap();
+    assert!(cfg.num_splits(1, k.sm_count()) > 1, "the case should split");
     let cache = MlaFp8Cache::from_slice(upload(&stream, &caches.fp8)).unwrap();
     let d_q = upload(&stream, &c.q);
     let d_idx = upload(&stream, &c.indices);
     let d_sink = upload(&stream, c.sink.as_ref().unwrap());
-    let extras = SparseExtras {
+    let extras = SparseExtras::<CudaSlice<i32>, _> {
         topk_length: None,
         attn_sink: Some(&d_sink),
     };
-    let mut ws = nan_f32(&stream, k.sparse_mla_decode_workspace_len(&cfg));
+    let mut ws = nan_f32(&stream, k.sparse_mla_decode_workspace_len(&shape, &cfg));
     let mut out = nan_bf16(&stream, 128 * DV);
     let mut lse = nan_f32(&stream, 128);
     k.sparse_mla_decode(
-        &cfg,
-        &d_q,
-        &cache,
-        &d_idx,
-        extras,
-        &mut out,
-        &mut lse,
-        Some(&mut ws),
+        &cfg, &pb, &cache, &d_q, &d_idx, extras, &mut out, &mut lse, &mut ws,
     )
     .unwrap();
     let eager = (download(&stream, &out), download(&stream, &lse));
@@ -466,14 +473,7 @@ fn sparse_decode_graph_capture_replay() {
         .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         .unwrap();
     k.sparse_mla_decode(
-        &cfg,
-        &d_q,
-        &cache,
-        &d_idx,
-        extras,
-        &mut out2,
-        &mut lse2,
-        Some(&mut ws),
+        &cfg, &pb, &cache, &d_q, &d_idx, extras, &mut out2, &mut lse2, &mut ws,
     )
     .unwrap();
     let graph = stream
@@ -501,97 +501,82 @@ fn sparse_mla_argument_errors() {
     let k = kernels();
     let stream = k.stream().clone();
     let cfg = SparseDecodeConfig {
-        batch: 2,
-        s_q: 1,
-        h_q: 64,
+        heads: 64,
         topk: 128,
         softmax_scale: SCALE,
     };
+    let (shape, bt, lens) = dummy_batch(&stream, 2, 1);
+    let pb = PagedBatch::new(shape, &bt, &lens).unwrap();
     let cache = MlaFp8Cache::new(&stream, 2).unwrap();
     let q = upload(&stream, &vec![bf16::ZERO; 2 * 64 * D]);
     let short_q = upload(&stream, &vec![bf16::ZERO; 64 * D]);
     let idx = upload(&stream, &vec![0i32; 2 * 128]);
     let mut out = upload(&stream, &vec![bf16::ZERO; 2 * 64 * DV]);
     let mut lse = upload(&stream, &vec![0f32; 2 * 64]);
+    let mut no_ws = upload(&stream, &[0f32; 1]);
+    let none = SparseExtras::default;
     let e = k.sparse_mla_decode(
         &cfg,
-        &short_q,
+        &pb,
         &cache,
+        &short_q,
         &idx,
-        SparseExtras::default(),
+        none(),
         &mut out,
         &mut lse,
-        None,
+        &mut no_ws,
     );
     assert!(matches!(e, Err(DsaError::Shape { .. })), "{e:?}");
     let bad = SparseDecodeConfig { topk: 0, ..cfg };
     let e = k.sparse_mla_decode(
         &bad,
-        &q,
+        &pb,
         &cache,
+        &q,
         &idx,
-        SparseExtras::default(),
+        none(),
         &mut out,
         &mut lse,
-        None,
+        &mut no_ws,
     );
     assert!(matches!(e, Err(DsaError::Unsupported { .. })), "{e:?}");
     let short_len = upload(&stream, &[5i32]);
-    let ex = SparseExtras {
+    let ex = SparseExtras::<_, CudaSlice<f32>> {
         topk_length: Some(&short_len),
         attn_sink: None,
     };
-    let e = k.sparse_mla_decode(&cfg, &q, &cache, &idx, ex, &mut out, &mut lse, None);
-    assert!(matches!(e, Err(DsaError::Shape { .. })), "{e:?}");
-    let idx_cache: PagedCache<dsa_kernels::cache::IndexerK> = PagedCache::new(&stream, 1).unwrap();
     let e = k.sparse_mla_decode(
-        &cfg,
-        &q,
-        &idx_cache,
-        &idx,
-        SparseExtras::default(),
-        &mut out,
-        &mut lse,
-        None,
+        &cfg, &pb, &cache, &q, &idx, ex, &mut out, &mut lse, &mut no_ws,
     );
-    assert!(matches!(e, Err(DsaError::Unsupported { .. })), "{e:?}");
-    let small = SparseDecodeConfig {
-        batch: 1,
-        topk: 4096,
-        ..cfg
-    };
-    if k.sparse_mla_decode_workspace_len(&small) > 0 {
+    assert!(matches!(e, Err(DsaError::Shape { .. })), "{e:?}");
+    // (The indexer K cache is not an MLA cache: passing it does not compile.)
+    let small = SparseDecodeConfig { topk: 4096, ..cfg };
+    let (one, bt1, lens1) = dummy_batch(&stream, 1, 1);
+    let pb1 = PagedBatch::new(one, &bt1, &lens1).unwrap();
+    if k.sparse_mla_decode_workspace_len(&one, &small) > 0 {
         let idx = upload(&stream, &vec![0i32; 4096]);
         let e = k.sparse_mla_decode(
             &small,
-            &q,
+            &pb1,
             &cache,
+            &q,
             &idx,
-            SparseExtras::default(),
+            none(),
             &mut out,
             &mut lse,
-            None,
+            &mut no_ws,
         );
-        assert!(matches!(e, Err(DsaError::Capacity { .. })), "{e:?}");
+        assert!(matches!(e, Err(DsaError::Shape { .. })), "{e:?}");
     }
     let pcfg = SparsePrefillConfig {
         s_q: 2,
         s_kv: 10,
-        h_q: 64,
+        heads: 64,
         topk: 128,
         softmax_scale: SCALE,
     };
     let kv = upload(&stream, &vec![bf16::ZERO; 9 * D]);
     let mut ml = upload(&stream, &vec![0f32; 2 * 64]);
-    let e = k.sparse_mla_prefill(
-        &pcfg,
-        &q,
-        &kv,
-        &idx,
-        SparseExtras::default(),
-        &mut out,
-        &mut ml,
-        &mut lse,
-    );
+    let e = k.sparse_mla_prefill(&pcfg, &q, &kv, &idx, none(), &mut out, &mut ml, &mut lse);
     assert!(matches!(e, Err(DsaError::Shape { .. })), "{e:?}");
 }

@@ -5,8 +5,9 @@
 //! included; with `sorted` the rows must match element for element. No tolerance is
 //! involved: selection moves no arithmetic, only comparisons of the same fp32 values.
 use dsa_kernels::cudarc::driver::CudaSlice;
-use dsa_kernels::topk::{TopkOptions, TopkRanges, TopkShape, TopkTranslation};
+use dsa_kernels::topk::{PagedTopkShape, TopkOptions, TopkRanges, TopkShape};
 use dsa_kernels::DsaError;
+use dsa_kernels::{PagedBatch, PagedBatchShape};
 use dsa_reference::topk::{topk_rows, translate_rows_to_slots};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
@@ -208,7 +209,7 @@ fn compare(
             rows,
             cols,
             row_stride: stride,
-            k,
+            topk: k,
         },
         TopkOptions {
             sorted,
@@ -302,9 +303,10 @@ proptest! {
     }
 }
 
-/// Paged decode: row `b * next_n + j` sees `[0, len_b - next_n + j]`, the selected
-/// indices come back as physical slots through a shuffled block table.
-fn run_translation(seed: u64, batch: usize, next_n: usize, k: usize, with_offsets: bool) {
+/// Paged decode: row `b * next_n + j` sees `[0, len_b - next_n + j]` (derived on the
+/// device from the per-sequence lengths), the selected indices come back as physical
+/// slots through a shuffled block table.
+fn run_translation(seed: u64, batch: usize, next_n: usize, k: usize) {
     let kern = kernels();
     let stream = kern.stream().clone();
     let mut rng = StdRng::seed_from_u64(seed);
@@ -331,6 +333,7 @@ fn run_translation(seed: u64, batch: usize, next_n: usize, k: usize, with_offset
     let kind = [Values::Spread, Values::FewDistinct(5)][rng.random_range(0..2)];
     let mut logits = make_logits(&mut rng, rows, max_ctx, max_ctx, kind);
     let mut ends = vec![0i32; rows];
+    #[allow(clippy::needless_range_loop)]
     for r in 0..rows {
         let (b, j) = (r / next_n, r % next_n);
         let visible = (lens[b] + j + 1).saturating_sub(next_n).min(lens[b]);
@@ -340,24 +343,8 @@ fn run_translation(seed: u64, batch: usize, next_n: usize, k: usize, with_offset
             logits[r * max_ctx + c] = f32::NEG_INFINITY;
         }
     }
-    // Offsets within the first page keep every offset index inside the sequence's pages
-    // only when they are zero; nonzero offsets exercise the out-of-table guard too.
-    let offsets: Vec<i32> = (0..rows)
-        .map(|_| {
-            if with_offsets {
-                rng.random_range(0..100)
-            } else {
-                0
-            }
-        })
-        .collect();
     let zeros = vec![0i32; rows];
-    let want_idx = topk_rows(&logits, rows, max_ctx, &zeros, &ends, k);
-    let shifted: Vec<i32> = want_idx
-        .iter()
-        .enumerate()
-        .map(|(i, &x)| if x < 0 { -1 } else { x + offsets[i / k] })
-        .collect();
+    let shifted = topk_rows(&logits, rows, max_ctx, &zeros, &ends, k);
     // The reference translation indexes the table unchecked: mark what falls outside the
     // table row, or on an unmapped page, as the kernel does (-1).
     let guarded: Vec<i32> = shifted
@@ -386,28 +373,27 @@ fn run_translation(seed: u64, batch: usize, next_n: usize, k: usize, with_offset
     }
 
     let d_logits = upload(&stream, &logits);
-    let d_ends = upload(&stream, &ends);
+    let d_lens = upload(&stream, &lens.iter().map(|&l| l as i32).collect::<Vec<_>>());
     let d_table = upload(&stream, &table);
-    let d_offsets = upload(&stream, &offsets);
     let mut d_out: CudaSlice<i32> = upload(&stream, &vec![POISON; rows * k]);
-    kern.topk(
+    let pb = PagedBatch::new(
+        PagedBatchShape {
+            batch,
+            next_n,
+            max_pages,
+        },
+        &d_table,
+        &d_lens,
+    )
+    .unwrap();
+    kern.topk_paged(
+        &pb,
         &d_logits,
-        TopkRanges::Lengths(&d_ends),
-        TopkShape {
-            rows,
+        PagedTopkShape {
             cols: max_ctx,
             row_stride: max_ctx,
-            k,
-        },
-        TopkOptions {
+            topk: k,
             sorted: true,
-            row_offsets: with_offsets.then_some(&d_offsets),
-            translation: Some(TopkTranslation {
-                block_table: &d_table,
-                batch,
-                max_pages,
-                next_n,
-            }),
         },
         &mut d_out,
     )
@@ -431,9 +417,8 @@ proptest! {
         batch in 1usize..6,
         next_n in 1usize..=4,
         k in prop_oneof![Just(2048usize), 1usize..600],
-        with_offsets in any::<bool>(),
     ) {
-        run_translation(seed, batch, next_n, k, with_offsets);
+        run_translation(seed, batch, next_n, k);
     }
 
     /// Ragged prefill: rows index one flattened key space; a per-row offset moves every
@@ -471,8 +456,8 @@ proptest! {
         kern.topk(
             &d_logits,
             TopkRanges::Bounds { starts: &d_s, ends: &d_e },
-            TopkShape { rows, cols: s_kv, row_stride: s_kv, k },
-            TopkOptions { sorted: false, row_offsets: Some(&d_o), translation: None },
+            TopkShape { rows, cols: s_kv, row_stride: s_kv, topk: k },
+            TopkOptions { sorted: false, row_offsets: Some(&d_o) },
             &mut d_out,
         )
         .unwrap();
@@ -515,7 +500,7 @@ fn topk_rejects_bad_arguments() {
         rows: 4,
         cols: 100,
         row_stride: 100,
-        k: 16,
+        topk: 16,
     };
     let call =
         |shape: TopkShape,
@@ -526,15 +511,23 @@ fn topk_rejects_bad_arguments() {
     let lens = TopkRanges::Lengths(&ends);
     assert!(call(shape, lens, d(), &mut out).is_ok());
     assert!(matches!(
-        call(TopkShape { k: 0, ..shape }, lens, d(), &mut out),
+        call(TopkShape { topk: 0, ..shape }, lens, d(), &mut out),
         Err(DsaError::Unsupported { .. })
     ));
     assert!(matches!(
-        call(TopkShape { k: 4097, ..shape }, lens, d(), &mut out),
+        call(
+            TopkShape {
+                topk: 4097,
+                ..shape
+            },
+            lens,
+            d(),
+            &mut out
+        ),
         Err(DsaError::Unsupported { .. })
     ));
     assert!(matches!(
-        call(TopkShape { k: 17, ..shape }, lens, d(), &mut out),
+        call(TopkShape { topk: 17, ..shape }, lens, d(), &mut out),
         Err(DsaError::Shape { .. })
     ));
     assert!(matches!(
@@ -590,21 +583,30 @@ fn topk_rejects_bad_arguments() {
         Err(DsaError::Shape { .. })
     ));
     let table = upload(&stream, &[0i32; 4]);
-    let tr = |batch, max_pages, next_n| TopkOptions {
-        translation: Some(TopkTranslation {
-            block_table: &table,
-            batch,
-            max_pages,
-            next_n,
-        }),
-        ..d()
+    let paged = |batch, max_pages, next_n| {
+        let pb = PagedBatch::new(
+            PagedBatchShape {
+                batch,
+                next_n,
+                max_pages,
+            },
+            &table,
+            &ends,
+        )?;
+        let shape = PagedTopkShape {
+            cols: 100,
+            row_stride: 100,
+            topk: 16,
+            sorted: false,
+        };
+        kern.topk_paged(&pb, &logits, shape, &mut out.clone())
     };
     // 100 columns need 2 pages per sequence; 4 rows at next_n 2 need 2 sequences.
-    assert!(call(shape, lens, tr(2, 2, 2), &mut out).is_ok());
-    assert!(call(shape, lens, tr(2, 1, 2), &mut out).is_err());
-    assert!(call(shape, lens, tr(1, 2, 2), &mut out).is_err());
-    assert!(call(shape, lens, tr(4, 2, 1), &mut out).is_err());
-    assert!(call(shape, lens, tr(2, 2, 0), &mut out).is_err());
+    assert!(paged(2, 2, 2).is_ok());
+    assert!(paged(2, 1, 2).is_err());
+    assert!(paged(4, 2, 1).is_err());
+    assert!(paged(2, 2, 0).is_err());
+    assert!(paged(1, 2, 8).is_err());
     // Nothing to do for zero rows, whatever the buffers.
     assert!(call(
         TopkShape { rows: 0, ..shape },

@@ -48,6 +48,7 @@ const ENV_VARS: &[&str] = &[
     "RUSTC_WRAPPER",
     "RUSTC_WORKSPACE_WRAPPER",
     "RA_RUSTC_WRAPPER",
+    "CLIPPY_ARGS",
 ];
 
 /// Bumped when the cache key's recipe changes, so old entries are never reused.
@@ -281,10 +282,11 @@ fn skip_reason() -> Option<&'static str> {
     if env::var_os("DOCS_RS").is_some() {
         return Some("docs.rs build");
     }
-    // Cargo passes the rustc wrappers it uses to build scripts: clippy-driver for
-    // `cargo clippy`, rust-analyzer's own executable (with RA_RUSTC_WRAPPER=1) for its
-    // check runs. Both only type-check, so the fatbins would never be used. A plain
-    // `cargo check` is not distinguishable from a build here: use DSA_SKIP_KERNELS=1.
+    // `cargo clippy` exports CLIPPY_ARGS to every build script (RUSTC_WORKSPACE_WRAPPER
+    // = clippy-driver reaches only the workspace's own); rust-analyzer runs its checks
+    // with itself as RUSTC_WRAPPER and RA_RUSTC_WRAPPER=1. Both only type-check, so the
+    // fatbins would never be used. A plain `cargo check` is not distinguishable from a
+    // build here: use DSA_SKIP_KERNELS=1.
     let wrapper_is = |name: &str| {
         ["RUSTC_WORKSPACE_WRAPPER", "RUSTC_WRAPPER"]
             .iter()
@@ -296,7 +298,7 @@ fn skip_reason() -> Option<&'static str> {
                 })
             })
     };
-    if wrapper_is("clippy-driver") {
+    if env::var_os("CLIPPY_ARGS").is_some() || wrapper_is("clippy-driver") {
         return Some("clippy only type-checks");
     }
     if env::var_os("RA_RUSTC_WRAPPER").is_some() || wrapper_is("rust-analyzer") {

@@ -18,6 +18,9 @@
 //! | FP8 codes (indexer q) | `U8` | e4m3 bit patterns |
 //! | slots, positions, lengths, block tables, indices | `I32` | |
 //!
+//! The paged operations take a [`CandleBatch`] (block table, sequence lengths, `next_n`),
+//! the tensor form of the direct API's [`PagedBatch`].
+//!
 //! candle-core 0.11 is the release built on cudarc 0.19, the version this crate uses, so a
 //! candle `CudaSlice` is this crate's `CudaSlice`. candle's `cuda` feature links the CUDA
 //! libraries (libcuda, nvrtc, cuBLAS, cuRAND) at build time and compiles candle's own

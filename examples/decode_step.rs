@@ -16,8 +16,9 @@
 //!
 //! The step: write `kv` into the FP8 MLA cache and `idx_k` (RoPE, Hadamard, FP8) into the
 //! indexer cache, prepare the indexer queries, score every cached key (paged logits),
-//! keep the top 2048 per sequence translated to cache slots, and run sparse MLA over them.
-//! The weights are random: the example shows the plumbing, not a model.
+//! keep the top 2048 per sequence translated to cache slots, and run sparse MLA over them:
+//! the library's `DsaDecodeStep` (`plan` once per step, `layer` per layer). The weights
+//! are random: the example shows the plumbing, not a model.
 use std::sync::Arc;
 use std::time::Instant;
 

@@ -4,13 +4,25 @@
 //! single image per architecture from a fatbin, so merging families into one image would
 //! need relocatable device code and a device link, which costs kernel performance.
 //!
-//! Without nvcc (or with `DOCS_RS` set) no CUDA is compiled, the crate still builds, and
-//! the runtime reports `DsaError::KernelsNotBuilt`.
-use std::collections::hash_map::DefaultHasher;
+//! Where things are found (first hit wins; README "Building" says the same):
+//! - nvcc: `NVCC`, `CUDA_HOME/bin`, `CUDA_PATH/bin`, `PATH`, then the project's toolchain
+//!   folder (`DSA_CUDA_TOOLCHAIN_DIR`, default `<crate>/.cuda-toolchain`) `cuda/bin`.
+//! - CUTLASS/CuTe headers: `CUTLASS_INCLUDE`, `CUTLASS_PATH/include`, `CUTLASS_HOME/include`,
+//!   the include directories of the CUDA install the nvcc belongs to, then the toolchain
+//!   folder's `cutlass-include`.
+//!
+//! A missing or unusable dependency is one build error naming what to install or set.
+//! Kernel compilation is skipped (the crate builds, and `DsaKernels::new` returns
+//! `KernelsNotBuilt`) with `DSA_SKIP_KERNELS=1`, on docs.rs, and under clippy and
+//! rust-analyzer, which only type-check; `DSA_SKIP_KERNELS=0` forces compilation.
+//!
+//! Compiled fatbins are kept in a persistent cache (`DSA_KERNEL_CACHE`, default
+//! `$XDG_CACHE_HOME/dsa-kernels` or `~/.cache/dsa-kernels`; `off` disables it) under a
+//! content hash of the source, every kernel header, the CUTLASS version, the nvcc version
+//! and the flags, so a clean target directory does not recompile unchanged kernels.
 use std::env;
 use std::fmt::Write as _;
 use std::fs;
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,23 +35,60 @@ const ENV_VARS: &[&str] = &[
     "PATH",
     "CUDA_COMPUTE_CAP",
     "CUTLASS_INCLUDE",
+    "CUTLASS_PATH",
+    "CUTLASS_HOME",
     "DSA_NVCC_JOBS",
     "DSA_NVCC_FLAGS",
     "DSA_CUDA_TOOLCHAIN_DIR",
+    "DSA_SKIP_KERNELS",
+    "DSA_KERNEL_CACHE",
+    "XDG_CACHE_HOME",
+    "HOME",
     "DOCS_RS",
+    "RUSTC_WRAPPER",
+    "RUSTC_WORKSPACE_WRAPPER",
+    "RA_RUSTC_WRAPPER",
+    "CLIPPY_ARGS",
 ];
+
+/// Bumped when the cache key's recipe changes, so old entries are never reused.
+const CACHE_FORMAT: &str = "dsa-kernels-fatbin-v1";
+
+/// The CuTe header the kernels include; a CUTLASS include directory must have it.
+const CUTE_PROBE: &str = "cute/arch/mma_sm90_gmma.hpp";
+
+/// Reports a build error cargo shows once, with what to do about it, and stops the build.
+fn fail(msg: &str) -> ! {
+    println!(
+        "cargo:warning=dsa-kernels: {}",
+        msg.lines().next().unwrap_or(msg)
+    );
+    eprintln!("\nerror: dsa-kernels cannot compile its CUDA kernels\n\n{msg}\n");
+    std::process::exit(1);
+}
+
+const SKIP_HINT: &str =
+    "To build without kernels (type-checking, docs, a machine without CUDA), set \
+     DSA_SKIP_KERNELS=1: every DsaKernels::new then returns DsaError::KernelsNotBuilt.";
 
 fn main() {
     for v in ENV_VARS {
         println!("cargo:rerun-if-env-changed={v}");
     }
-    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
-    let out = PathBuf::from(env::var("OUT_DIR").unwrap());
+    let root =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let kdir = root.join("kernels-cuda");
     println!("cargo:rerun-if-changed={}", kdir.display());
 
     #[cfg(feature = "regen-bindings")]
     regen_bindings(&root, &out);
+
+    if let Some(reason) = skip_reason() {
+        println!("cargo:warning=dsa-kernels: CUDA kernels not compiled ({reason})");
+        write_registry(&out, &[], "none");
+        return;
+    }
 
     // Layout: kernels-cuda/common/ (the device layer, headers only) and one folder per
     // family holding its sources and its params header. Every source sees common/ and its
@@ -61,36 +110,40 @@ fn main() {
         .collect();
     headers.sort();
     {
-        let mut stems: Vec<_> = sources.iter().map(|s| s.file_stem().unwrap().to_owned()).collect();
+        let mut stems: Vec<_> = sources
+            .iter()
+            .map(|s| s.file_stem().unwrap_or_default())
+            .collect();
         stems.sort();
-        let n = stems.len();
-        stems.dedup();
-        assert!(stems.len() == n, "two kernel sources share a file name: fatbins are named by it");
+        if let Some(w) = stems.windows(2).find(|w| w[0] == w[1]) {
+            fail(&format!(
+                "two kernel sources are named {:?}: fatbins are named by file stem, which must be unique",
+                w[0]
+            ));
+        }
     }
     for f in sources.iter().chain(headers.iter()) {
         println!("cargo:rerun-if-changed={}", f.display());
     }
 
-    let nvcc = if env::var_os("DOCS_RS").is_some() {
-        None
-    } else {
-        find_nvcc(&root)
-    };
-    let Some(nvcc) = nvcc else {
-        println!(
-            "cargo:warning=dsa-kernels: no nvcc found, CUDA kernels not compiled (every launch \
-             returns KernelsNotBuilt). Run scripts/install-cuda-toolchain.sh, or set NVCC or CUDA_HOME."
-        );
-        write_registry(&out, &[], "none");
-        return;
-    };
+    let toolchain = env::var_os("DSA_CUDA_TOOLCHAIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join(".cuda-toolchain"));
+    let nvcc = find_nvcc(&toolchain);
+    let cutlass = find_cutlass(&nvcc, &toolchain);
     let archs = parse_archs(&env::var("CUDA_COMPUTE_CAP").unwrap_or_default());
-    let nvcc_version = Command::new(&nvcc)
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
+    let nvcc_version = match Command::new(&nvcc).arg("--version").output() {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Ok(o) => fail(&format!(
+            "`{} --version` failed:\n{}",
+            nvcc.display(),
+            String::from_utf8_lossy(&o.stderr)
+        )),
+        Err(e) => fail(&format!("cannot run {}: {e}", nvcc.display())),
+    };
 
+    // Flags that decide the output; include paths are added per call and kept out of the
+    // cache key (their contents are in it: kernel headers, CUTLASS version, nvcc version).
     let mut flags: Vec<String> = vec![
         "-fatbin".into(),
         "-std=c++17".into(),
@@ -102,7 +155,6 @@ fn main() {
         // Compressed images: every test and bench executable embeds all fatbins, and
         // uncompressed PTX + SASS is several MB per family. The driver inflates at load.
         "-Xfatbin=-compress-all".into(),
-        format!("-I{}", common_dir.display()),
     ];
     for a in &archs {
         flags.push(format!("-gencode=arch=compute_{a},code=sm_{a}"));
@@ -110,23 +162,31 @@ fn main() {
     if let Some(last) = archs.last() {
         flags.push(format!("-gencode=arch=compute_{last},code=compute_{last}"));
     }
-    if let Some(inc) = find_cutlass(&root) {
-        flags.push(format!("-I{}", inc.display()));
-        flags.push("-DDSA_HAVE_CUTLASS=1".into());
-    }
     if let Ok(extra) = env::var("DSA_NVCC_FLAGS") {
         flags.extend(extra.split_whitespace().map(String::from));
     }
+    let includes = [
+        format!("-I{}", common_dir.display()),
+        format!("-I{}", cutlass.dir.display()),
+    ];
 
-    // Content hash of headers + flags + compiler: a family is recompiled only when it or
-    // something it may include changed (OUT_DIR persists across incremental builds).
-    let mut common = DefaultHasher::new();
-    flags.hash(&mut common);
-    nvcc_version.hash(&mut common);
-    for h in &headers {
-        fs::read(h).unwrap_or_default().hash(&mut common);
+    let mut common_key = StableHash::new();
+    common_key.add(CACHE_FORMAT.as_bytes());
+    for f in &flags {
+        common_key.add(f.as_bytes());
     }
-    let common = common.finish();
+    common_key.add(nvcc_version.as_bytes());
+    common_key.add(&cutlass.version_header);
+    for h in &headers {
+        common_key.add(
+            h.strip_prefix(&kdir)
+                .unwrap_or(h)
+                .to_string_lossy()
+                .as_bytes(),
+        );
+        common_key.add(&fs::read(h).unwrap_or_default());
+    }
+    let cache = cache_dir();
 
     let jobs = env::var("DSA_NVCC_JOBS")
         .ok()
@@ -141,60 +201,54 @@ fn main() {
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<(String, PathBuf, String)>> = Mutex::new(Vec::new());
     let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let compiled = AtomicUsize::new(0);
     std::thread::scope(|s| {
         for _ in 0..jobs.min(sources.len().max(1)) {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(src) = sources.get(i) else { break };
-                let stem = src.file_stem().unwrap().to_string_lossy().into_owned();
-                let fatbin = out.join(format!("{stem}.fatbin"));
-                let report = out.join(format!("{stem}.ptxas.txt"));
-                let stamp = out.join(format!("{stem}.hash"));
-                let mut h = DefaultHasher::new();
-                common.hash(&mut h);
-                fs::read(src).unwrap_or_default().hash(&mut h);
-                let key = format!("{:016x}", h.finish());
-                if fatbin.exists()
-                    && fs::read_to_string(&stamp).ok().as_deref() == Some(key.as_str())
-                {
-                    let rep = fs::read_to_string(&report).unwrap_or_default();
-                    results.lock().unwrap().push((stem, fatbin, rep));
-                    continue;
-                }
-                let o = Command::new(&nvcc)
-                    .args(&flags)
-                    .arg(format!("-I{}", src.parent().unwrap().display()))
-                    .arg(src)
-                    .arg("-o")
-                    .arg(&fatbin)
-                    .output();
-                match o {
-                    Ok(o) if o.status.success() => {
-                        let rep = String::from_utf8_lossy(&o.stderr).into_owned()
-                            + &String::from_utf8_lossy(&o.stdout);
-                        let _ = fs::write(&report, &rep);
-                        let _ = fs::write(&stamp, &key);
-                        results.lock().unwrap().push((stem, fatbin, rep));
+                let stem = src
+                    .file_stem()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
+                let mut key = common_key.clone();
+                key.add(stem.as_bytes());
+                key.add(&fs::read(src).unwrap_or_default());
+                let key = key.hex();
+                match build_family(
+                    &nvcc,
+                    &flags,
+                    &includes,
+                    src,
+                    &stem,
+                    &key,
+                    &out,
+                    cache.as_deref(),
+                ) {
+                    Ok((fatbin, report, fresh)) => {
+                        if fresh {
+                            compiled.fetch_add(1, Ordering::Relaxed);
+                        }
+                        results
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((stem, fatbin, report));
                     }
-                    Ok(o) => failures.lock().unwrap().push(format!(
-                        "{}:\n{}{}",
-                        src.display(),
-                        String::from_utf8_lossy(&o.stdout),
-                        String::from_utf8_lossy(&o.stderr)
-                    )),
-                    Err(e) => failures
-                        .lock()
-                        .unwrap()
-                        .push(format!("{}: cannot run nvcc: {e}", src.display())),
+                    Err(e) => failures.lock().unwrap_or_else(|e| e.into_inner()).push(e),
                 }
             });
         }
     });
-    let failures = failures.into_inner().unwrap();
+    let failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
     if !failures.is_empty() {
-        panic!("nvcc failed:\n{}", failures.join("\n"));
+        fail(&format!(
+            "nvcc failed ({}):\n{}",
+            nvcc.display(),
+            failures.join("\n")
+        ));
     }
-    let mut results = results.into_inner().unwrap();
+    let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
     results.sort();
     let mut all_reports = String::new();
     for (stem, _, rep) in &results {
@@ -202,8 +256,163 @@ fn main() {
         warn_spills(stem, rep);
     }
     let _ = fs::write(out.join("ptxas-report.txt"), all_reports);
-    let fams: Vec<(String, PathBuf)> = results.into_iter().map(|(s, p, _)| (s, p)).collect();
-    write_registry(&out, &fams, &archs.join(","));
+    let _ = fs::write(
+        out.join("kernel-build.txt"),
+        format!(
+            "nvcc: {}\ncutlass: {}\ncache: {}\ncompiled: {} of {}\n",
+            nvcc.display(),
+            cutlass.dir.display(),
+            cache
+                .as_ref()
+                .map_or("off".into(), |c| c.display().to_string()),
+            compiled.load(Ordering::Relaxed),
+            results.len()
+        ),
+    );
+    write_registry(&out, &results, &archs.join(","));
+}
+
+/// Why kernel compilation is skipped, if it is.
+fn skip_reason() -> Option<&'static str> {
+    match env::var("DSA_SKIP_KERNELS").as_deref().map(str::trim) {
+        Ok("1" | "true" | "yes") => return Some("DSA_SKIP_KERNELS=1"),
+        Ok("0" | "false" | "no") => return None,
+        _ => {}
+    }
+    if env::var_os("DOCS_RS").is_some() {
+        return Some("docs.rs build");
+    }
+    // `cargo clippy` exports CLIPPY_ARGS to every build script (RUSTC_WORKSPACE_WRAPPER
+    // = clippy-driver reaches only the workspace's own); rust-analyzer runs its checks
+    // with itself as RUSTC_WRAPPER and RA_RUSTC_WRAPPER=1. Both only type-check, so the
+    // fatbins would never be used. A plain `cargo check` is not distinguishable from a
+    // build here: use DSA_SKIP_KERNELS=1.
+    let wrapper_is = |name: &str| {
+        ["RUSTC_WORKSPACE_WRAPPER", "RUSTC_WRAPPER"]
+            .iter()
+            .any(|v| {
+                env::var_os(v).is_some_and(|w| {
+                    Path::new(&w)
+                        .file_name()
+                        .is_some_and(|f| f.to_string_lossy().contains(name))
+                })
+            })
+    };
+    if env::var_os("CLIPPY_ARGS").is_some() || wrapper_is("clippy-driver") {
+        return Some("clippy only type-checks");
+    }
+    if env::var_os("RA_RUSTC_WRAPPER").is_some() || wrapper_is("rust-analyzer") {
+        return Some("rust-analyzer only type-checks");
+    }
+    None
+}
+
+/// Brings `<stem>.fatbin` and its ptxas report into `out`: from `out` itself when its stamp
+/// matches `key`, else from the persistent cache, else by running nvcc (and filling the
+/// cache). Returns (fatbin path, ptxas report, whether nvcc ran).
+#[allow(clippy::too_many_arguments)]
+fn build_family(
+    nvcc: &Path,
+    flags: &[String],
+    includes: &[String],
+    src: &Path,
+    stem: &str,
+    key: &str,
+    out: &Path,
+    cache: Option<&Path>,
+) -> Result<(PathBuf, String, bool), String> {
+    let fatbin = out.join(format!("{stem}.fatbin"));
+    let report = out.join(format!("{stem}.ptxas.txt"));
+    let stamp = out.join(format!("{stem}.hash"));
+    if fatbin.exists() && fs::read_to_string(&stamp).ok().as_deref() == Some(key) {
+        return Ok((
+            fatbin,
+            fs::read_to_string(&report).unwrap_or_default(),
+            false,
+        ));
+    }
+    let cached = cache.map(|c| {
+        (
+            c.join(format!("{stem}-{key}.fatbin")),
+            c.join(format!("{stem}-{key}.ptxas.txt")),
+        )
+    });
+    if let Some((cf, cr)) = &cached {
+        if fs::copy(cf, &fatbin).is_ok() {
+            let rep = fs::read_to_string(cr).unwrap_or_default();
+            let _ = fs::write(&report, &rep);
+            let _ = fs::write(&stamp, key);
+            return Ok((fatbin, rep, false));
+        }
+    }
+    let o = Command::new(nvcc)
+        .args(flags)
+        .args(includes)
+        .arg(format!(
+            "-I{}",
+            src.parent().unwrap_or(Path::new(".")).display()
+        ))
+        .arg(src)
+        .arg("-o")
+        .arg(&fatbin)
+        .output()
+        .map_err(|e| format!("{}: cannot run nvcc: {e}", src.display()))?;
+    if !o.status.success() {
+        return Err(format!(
+            "{}:\n{}{}",
+            src.display(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ));
+    }
+    let rep = String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout);
+    let _ = fs::write(&report, &rep);
+    let _ = fs::write(&stamp, key);
+    if let Some((cf, cr)) = &cached {
+        // Best effort, and atomic: a concurrent build never reads a half-written entry.
+        let tmp = cf.with_extension(format!("tmp{}", std::process::id()));
+        if fs::create_dir_all(cf.parent().unwrap_or(Path::new("."))).is_ok()
+            && fs::copy(&fatbin, &tmp).is_ok()
+        {
+            let _ = fs::write(cr, &rep);
+            let _ = fs::rename(&tmp, cf);
+        }
+        let _ = fs::remove_file(&tmp);
+    }
+    Ok((fatbin, rep, true))
+}
+
+/// The persistent fatbin cache directory, or None when disabled.
+fn cache_dir() -> Option<PathBuf> {
+    match env::var_os("DSA_KERNEL_CACHE") {
+        Some(v) if v.is_empty() || v == "off" || v == "0" => None,
+        Some(v) => Some(PathBuf::from(v)),
+        None => env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|c| c.join("dsa-kernels")),
+    }
+}
+
+/// 128-bit FNV-1a over length-prefixed fields: stable across Rust versions and machines
+/// (std's hasher is not promised to be), which a persistent cache needs.
+#[derive(Clone)]
+struct StableHash(u128);
+
+impl StableHash {
+    fn new() -> Self {
+        Self(0x6c62272e07bb014262b821756295c58d)
+    }
+    fn add(&mut self, bytes: &[u8]) {
+        for b in (bytes.len() as u64).to_le_bytes().iter().chain(bytes) {
+            self.0 ^= *b as u128;
+            self.0 = self.0.wrapping_mul(0x0000000001000000000000000000013b);
+        }
+    }
+    fn hex(&self) -> String {
+        format!("{:032x}", self.0)
+    }
 }
 
 fn list(dir: &Path, ext: &str) -> Vec<PathBuf> {
@@ -216,40 +425,95 @@ fn list(dir: &Path, ext: &str) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-fn find_nvcc(root: &Path) -> Option<PathBuf> {
-    let usable = |p: PathBuf| p.is_file().then_some(p);
+fn find_nvcc(toolchain: &Path) -> PathBuf {
     if let Some(p) = env::var_os("NVCC") {
-        return usable(PathBuf::from(p));
-    }
-    for v in ["CUDA_HOME", "CUDA_PATH"] {
-        if let Some(h) = env::var_os(v) {
-            if let Some(p) = usable(PathBuf::from(h).join("bin/nvcc")) {
-                return Some(p);
-            }
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return p;
         }
+        fail(&format!(
+            "NVCC={} is not a file. Point NVCC at CUDA 13's nvcc, or unset it.",
+            p.display()
+        ));
     }
+    let mut candidates: Vec<PathBuf> = ["CUDA_HOME", "CUDA_PATH"]
+        .iter()
+        .filter_map(env::var_os)
+        .map(|h| PathBuf::from(h).join("bin/nvcc"))
+        .collect();
     if let Some(path) = env::var_os("PATH") {
-        for d in env::split_paths(&path) {
-            if let Some(p) = usable(d.join("nvcc")) {
-                return Some(p);
-            }
-        }
+        candidates.extend(env::split_paths(&path).map(|d| d.join("nvcc")));
     }
-    let tc = env::var_os("DSA_CUDA_TOOLCHAIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join(".cuda-toolchain"));
-    usable(tc.join("cuda/bin/nvcc"))
+    candidates.push(toolchain.join("cuda/bin/nvcc"));
+    candidates.into_iter().find(|p| p.is_file()).unwrap_or_else(|| {
+        fail(&format!(
+            "no nvcc found (looked at NVCC, CUDA_HOME/bin, CUDA_PATH/bin, PATH, {}).\n\
+             Install CUDA 13.0's nvcc: scripts/install-cuda-toolchain.sh (python3 + pip, from PyPI) \
+             puts it in {}, or set NVCC=/path/to/nvcc or CUDA_HOME.\n{SKIP_HINT}",
+            toolchain.join("cuda/bin").display(),
+            toolchain.display()
+        ))
+    })
 }
 
-fn find_cutlass(root: &Path) -> Option<PathBuf> {
-    if let Some(p) = env::var_os("CUTLASS_INCLUDE") {
-        return Some(PathBuf::from(p));
+/// A CUTLASS include directory (holding `cute/` and `cutlass/`) and its version header.
+struct Cutlass {
+    dir: PathBuf,
+    version_header: Vec<u8>,
+}
+
+fn find_cutlass(nvcc: &Path, toolchain: &Path) -> Cutlass {
+    let usable = |dir: &Path| {
+        dir.join(CUTE_PROBE).is_file().then(|| Cutlass {
+            dir: dir.to_path_buf(),
+            version_header: fs::read(dir.join("cutlass/version.h")).unwrap_or_default(),
+        })
+    };
+    // Explicit settings must be right: a wrong one is an error, not a fall-through.
+    let explicit = [
+        ("CUTLASS_INCLUDE", ""),
+        ("CUTLASS_PATH", "include"),
+        ("CUTLASS_HOME", "include"),
+    ];
+    for (var, sub) in explicit {
+        if let Some(v) = env::var_os(var).filter(|v| !v.is_empty()) {
+            let dir = PathBuf::from(v).join(sub);
+            return usable(&dir).unwrap_or_else(|| {
+                fail(&format!(
+                    "{var} is set, but {} has no {CUTE_PROBE}. Point it at a CUTLASS >= 3.5 \
+                     checkout (CUTLASS_PATH, CUTLASS_HOME: its root; CUTLASS_INCLUDE: its include/).",
+                    dir.display()
+                ))
+            });
+        }
     }
-    let tc = env::var_os("DSA_CUDA_TOOLCHAIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join(".cuda-toolchain"));
-    let p = tc.join("cutlass-include");
-    p.join("cute").is_dir().then_some(p)
+    // The CUDA install the nvcc belongs to (some installs ship CUTLASS beside CCCL).
+    let cuda_root = nvcc
+        .canonicalize()
+        .unwrap_or_else(|_| nvcc.to_path_buf())
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf);
+    let mut dirs: Vec<PathBuf> = cuda_root
+        .iter()
+        .flat_map(|r| {
+            [
+                r.join("include"),
+                r.join("targets/x86_64-linux/include"),
+                r.join("targets/sbsa-linux/include"),
+            ]
+        })
+        .collect();
+    dirs.push(toolchain.join("cutlass-include"));
+    dirs.iter().find_map(|d| usable(d)).unwrap_or_else(|| {
+        fail(&format!(
+            "CUTLASS/CuTe headers not found ({CUTE_PROBE}; looked at CUTLASS_INCLUDE, \
+             CUTLASS_PATH/include, CUTLASS_HOME/include, {}).\n\
+             Install them: scripts/install-cuda-toolchain.sh --cutlass-only (headers only, from \
+             PyPI's nvidia-cutlass 4.2.0.0), or clone CUTLASS >= 3.5 and set CUTLASS_PATH to it.\n{SKIP_HINT}",
+            dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+        ))
+    })
 }
 
 /// `90a`, `90`, `9.0`, `sm_90a`, comma lists; plain 90 means 90a because the kernels use
@@ -291,7 +555,22 @@ fn warn_spills(stem: &str, report: &str) {
     }
 }
 
-fn write_registry(out: &Path, fams: &[(String, PathBuf)], archs: &str) {
+/// The kernels (entry functions) ptxas compiled, in report order, each once.
+fn entry_functions(report: &str) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for line in report.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            if let Some(name) = rest.split('\'').next() {
+                if !names.iter().any(|n| n == name) {
+                    names.push(name.to_string());
+                }
+            }
+        }
+    }
+    names
+}
+
+fn write_registry(out: &Path, fams: &[(String, PathBuf, String)], archs: &str) {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -303,12 +582,21 @@ fn write_registry(out: &Path, fams: &[(String, PathBuf)], archs: &str) {
         "/// (kernel family, fatbin bytes), one per `kernels-cuda/<family>/*.cu`."
     );
     let _ = writeln!(s, "pub static FATBINS: &[(&str, &[u8])] = &[");
-    for (stem, path) in fams {
+    for (stem, path, _) in fams {
         let _ = writeln!(
             s,
             "    ({stem:?}, include_bytes!({:?})),",
             path.display().to_string()
         );
+    }
+    let _ = writeln!(s, "];");
+    let _ = writeln!(
+        s,
+        "/// (kernel family, its kernels' names), from the ptxas report of each fatbin."
+    );
+    let _ = writeln!(s, "pub static KERNEL_NAMES: &[(&str, &[&str])] = &[");
+    for (stem, _, report) in fams {
+        let _ = writeln!(s, "    ({stem:?}, &{:?}),", entry_functions(report));
     }
     let _ = writeln!(s, "];");
     let _ = writeln!(
@@ -320,7 +608,12 @@ fn write_registry(out: &Path, fams: &[(String, PathBuf)], archs: &str) {
         "pub const PTXAS_REPORT_PATH: &str = {:?};",
         out.join("ptxas-report.txt").display().to_string()
     );
-    fs::write(out.join("kernels.rs"), s).unwrap();
+    if let Err(e) = fs::write(out.join("kernels.rs"), s) {
+        fail(&format!(
+            "cannot write {}: {e}",
+            out.join("kernels.rs").display()
+        ));
+    }
 }
 
 /// Regenerates the Rust mirror of every `kernels-cuda/*/*_params.h` into

@@ -23,8 +23,15 @@ pub struct DeviceInfo {
 /// True when libcuda can be loaded. cudarc panics on first use without it, so every entry
 /// point asks this first.
 pub fn driver_present() -> bool {
+    // With the `candle` feature cudarc links libcuda at build time (candle's choice), so a
+    // program that runs has the driver; otherwise it is loaded on first use.
+    #[cfg(feature = "candle")]
+    return true;
     // SAFETY: only tries to dlopen the driver library.
-    unsafe { sys::is_culib_present() }
+    #[cfg(not(feature = "candle"))]
+    unsafe {
+        sys::is_culib_present()
+    }
 }
 
 /// Number of CUDA devices, 0 when there is no driver or no device. Never panics.

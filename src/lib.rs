@@ -11,11 +11,37 @@
 //! operation; [`DsaDecodeStep`] runs the whole DSA chain of a decode step (plan once, then
 //! per layer: q/k prep into the caches, indexer logits, top-k to physical slots, sparse MLA
 //! decode). The host rules of every operation are pure functions in [`validate`].
+//!
+//! ```no_run
+//! use dsa_kernels::cache::{CacheRows, MlaFp8Cache, SlotMapping};
+//! use dsa_kernels::half::bf16;
+//! use dsa_kernels::{device, DsaKernels};
+//!
+//! let ctx = device::open_device(0)?; // a typed error when there is no GPU
+//! let k = DsaKernels::new(ctx.default_stream())?; // checks Hopper and the driver
+//! k.preload()?; // optional: load every kernel now (needed before a CUDA-graph capture)
+//! let stream = k.stream().clone();
+//! let mut cache = MlaFp8Cache::new(&stream, 1024)?; // 1024 pages of 64 tokens
+//! let slots = SlotMapping::new(&stream, &[5, 70, 71])?; // checked on upload
+//! let kv = stream.clone_htod(&vec![bf16::ONE; 3 * 576])?; // [3, 576] bf16
+//! let rows = CacheRows { src: &kv, rows: 3, row_stride: 576 };
+//! k.write_cache(&mut cache, rows, &slots, false)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! `examples/decode_step.rs` runs a whole [`DsaDecodeStep`] from raw per-token inputs,
+//! eagerly and replayed from a CUDA graph.
+//! With the `candle` feature, `dsa_kernels::candle` runs the same operations on candle tensors.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub use cudarc;
+/// The `half` crate this crate's bf16 buffers are typed with (`half::bf16`), so a dependent
+/// needs no matching version of its own.
+pub use half;
 
 pub mod cache;
+#[cfg(feature = "candle")]
+pub mod candle;
 mod check;
 pub mod decode_step;
 pub mod dense_mla;

@@ -180,10 +180,85 @@ fn invalid(field: &str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// The RoPE of a config in either form: `rope_theta` with a `rope_scaling` block (or
+/// null: plain RoPE), as DeepSeek publishes it, or the newer Hugging Face
+/// `rope_parameters` block (`rope_type` `yarn` or `default`, `rope_theta` inside it or at
+/// the top level), which `transformers` 5 writes when it saves a config. When both are
+/// present, `rope_parameters` is read.
+fn parse_rope(o: &Map<String, Value>) -> Result<YarnParams, ConfigError> {
+    let (block_name, block) = match o.get("rope_parameters") {
+        None | Some(Value::Null) => ("rope_scaling", o.get("rope_scaling")),
+        Some(p) => ("rope_parameters", Some(p)),
+    };
+    let sub = |name: &str| format!("{block_name}.{name}");
+    let rs = match block {
+        None | Some(Value::Null) => return Ok(YarnParams::plain(f64_field(o, "rope_theta")?)),
+        Some(Value::Object(rs)) => rs,
+        Some(other) => {
+            return Err(ConfigError::WrongType {
+                field: block_name.into(),
+                expected: "an object or null",
+                got: other.to_string(),
+            })
+        }
+    };
+    let num = |name: &str| -> Result<f64, ConfigError> {
+        f64_field(rs, name).map_err(|e| match e {
+            ConfigError::Missing(_) => ConfigError::Missing(sub(name)),
+            ConfigError::WrongType { expected, got, .. } => ConfigError::WrongType {
+                field: sub(name),
+                expected,
+                got,
+            },
+            e => e,
+        })
+    };
+    let theta = match rs.get("rope_theta") {
+        Some(v) if !v.is_null() => num("rope_theta")?,
+        _ => f64_field(o, "rope_theta")?,
+    };
+    let kind = rs
+        .get("type")
+        .or_else(|| rs.get("rope_type"))
+        .and_then(|t| t.as_str());
+    match kind {
+        Some("yarn") => {}
+        Some("default") if block_name == "rope_parameters" => return Ok(YarnParams::plain(theta)),
+        _ => {
+            return Err(ConfigError::Unsupported(format!(
+                "{block_name} type {kind:?} (only yarn)"
+            )))
+        }
+    }
+    let opt = |name: &str, d: f64| -> Result<f64, ConfigError> {
+        match rs.get(name) {
+            None | Some(Value::Null) => Ok(d),
+            Some(_) => num(name),
+        }
+    };
+    let orig = num("original_max_position_embeddings")?;
+    if orig < 1.0 || orig.fract() != 0.0 {
+        return Err(invalid(
+            &sub("original_max_position_embeddings"),
+            "must be a positive integer",
+        ));
+    }
+    Ok(YarnParams {
+        theta,
+        factor: num("factor")?,
+        original_max_position: orig as usize,
+        beta_fast: opt("beta_fast", 32.0)?,
+        beta_slow: opt("beta_slow", 1.0)?,
+        mscale: opt("mscale", 1.0)?,
+        mscale_all_dim: opt("mscale_all_dim", 0.0)?,
+    })
+}
+
 impl Config {
     /// Parses and validates the text of a Hugging Face `config.json`. Unknown fields are
     /// ignored; `scoring_func` must be `sigmoid` and `rope_scaling.type` `yarn` (or the
-    /// block absent for plain RoPE).
+    /// block absent for plain RoPE); the newer `rope_parameters` form is accepted too
+    /// (see `parse_rope`).
     pub fn from_json_str(text: &str) -> Result<Self, ConfigError> {
         let v: Value = serde_json::from_str(text).map_err(|e| ConfigError::Json(e.to_string()))?;
         let o = v
@@ -205,62 +280,7 @@ impl Config {
                 })
             }
         }
-        let theta = f64_field(o, "rope_theta")?;
-        let rope = match o.get("rope_scaling") {
-            None | Some(Value::Null) => YarnParams::plain(theta),
-            Some(Value::Object(rs)) => {
-                let kind = rs
-                    .get("type")
-                    .or_else(|| rs.get("rope_type"))
-                    .and_then(|t| t.as_str());
-                if kind != Some("yarn") {
-                    return Err(ConfigError::Unsupported(format!(
-                        "rope_scaling type {kind:?} (only yarn)"
-                    )));
-                }
-                let sub = |name: &str| format!("rope_scaling.{name}");
-                let num = |name: &str| -> Result<f64, ConfigError> {
-                    f64_field(rs, name).map_err(|e| match e {
-                        ConfigError::Missing(_) => ConfigError::Missing(sub(name)),
-                        ConfigError::WrongType { expected, got, .. } => ConfigError::WrongType {
-                            field: sub(name),
-                            expected,
-                            got,
-                        },
-                        e => e,
-                    })
-                };
-                let opt = |name: &str, d: f64| -> Result<f64, ConfigError> {
-                    match rs.get(name) {
-                        None | Some(Value::Null) => Ok(d),
-                        Some(_) => num(name),
-                    }
-                };
-                let orig = num("original_max_position_embeddings")?;
-                if orig < 1.0 || orig.fract() != 0.0 {
-                    return Err(invalid(
-                        &sub("original_max_position_embeddings"),
-                        "must be a positive integer",
-                    ));
-                }
-                YarnParams {
-                    theta,
-                    factor: num("factor")?,
-                    original_max_position: orig as usize,
-                    beta_fast: opt("beta_fast", 32.0)?,
-                    beta_slow: opt("beta_slow", 1.0)?,
-                    mscale: opt("mscale", 1.0)?,
-                    mscale_all_dim: opt("mscale_all_dim", 0.0)?,
-                }
-            }
-            Some(other) => {
-                return Err(ConfigError::WrongType {
-                    field: "rope_scaling".into(),
-                    expected: "an object or null",
-                    got: other.to_string(),
-                })
-            }
-        };
+        let rope = parse_rope(o)?;
         let cfg = Config {
             vocab_size: usize_field(o, "vocab_size")?,
             hidden_size: usize_field(o, "hidden_size")?,

@@ -437,7 +437,9 @@ fn decode_case(
     } else {
         longest + rng.random_range(0..70)
     };
-    let max_pages = longest.div_ceil(PAGE_SIZE) + rng.random_range(0..3);
+    // A block table has at least one column (PagedBatchShape's rule), even when every
+    // sequence is empty.
+    let max_pages = (longest.div_ceil(PAGE_SIZE) + rng.random_range(0..3)).max(1);
     let needed: usize = lens
         .iter()
         .map(|&l| (l.max(0) as usize).div_ceil(PAGE_SIZE))

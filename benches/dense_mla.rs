@@ -1,8 +1,8 @@
 //! Dense paged MLA decode (plan once, then split + combine per layer): TFLOP/s and GB/s at
 //! B in {1, 32, 128} x context in {8K, 32K, 64K, 128K}, h_q = 128, s_q = 1, over the bf16
-//! and the FP8 cache. Anchor: FlashMLA's dense bf16 decode measured on this H100, 431
-//! TFLOP/s at B = 128 / 32K and 414 at B = 32 / 128K (the other shapes are compared with
-//! the nearer of the two).
+//! and the FP8 cache. Anchor: FlashMLA's dense bf16 decode on the H200, 680
+//! TFLOP/s at B = 128 / 32K and 664 at B = 32 / 128K (the other shapes are compared with
+//! the nearer of the two; values in `common/anchors.rs`).
 mod common;
 #[path = "dense/mod.rs"]
 mod dense;
@@ -17,9 +17,9 @@ const CTXS: [usize; 4] = [8192, 32768, 65536, 131072];
 
 fn anchor(batch: usize, ctx: usize) -> (&'static str, f64) {
     if batch == 32 && ctx == 131072 {
-        ("FlashMLA 414 TFLOP/s (B=32, 128K)", 414.0)
+        common::anchors::FLASHMLA_DENSE_B32_128K
     } else {
-        ("FlashMLA 431 TFLOP/s (B=128, 32K)", 431.0)
+        common::anchors::FLASHMLA_DENSE_B128_32K
     }
 }
 

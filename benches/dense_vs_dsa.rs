@@ -202,7 +202,7 @@ fn benches(c: &mut Criterion) {
             let dense_work = |bpt: usize| common::Work {
                 flops: mla_flops(batch, ctx),
                 bytes: (batch * ctx * bpt) as f64,
-                anchor: Some(("FlashMLA dense 431 TFLOP/s", 431.0)),
+                anchor: Some(common::anchors::FLASHMLA_DENSE_B32_128K),
                 anchor_unit: "TFLOP/s",
             };
             r.dense_bf16 = common::bench_case(
@@ -226,7 +226,7 @@ fn benches(c: &mut Criterion) {
             let logits_work = common::Work {
                 flops: (2 * IDX_HEADS * INDEXER_DIM * batch * ctx) as f64,
                 bytes: (batch * ctx * (132 + 4)) as f64,
-                anchor: Some(("HBM 3000 GB/s", 3000.0)),
+                anchor: Some(common::anchors::COPY_GBS),
                 anchor_unit: "GB/s",
             };
             r.logits = common::bench_case(
@@ -240,7 +240,7 @@ fn benches(c: &mut Criterion) {
             );
             let topk_work = common::Work {
                 bytes: (batch * ctx * 4) as f64,
-                anchor: Some(("HBM 3000 GB/s", 3000.0)),
+                anchor: Some(common::anchors::COPY_GBS),
                 anchor_unit: "GB/s",
                 ..Default::default()
             };
@@ -256,7 +256,7 @@ fn benches(c: &mut Criterion) {
             let sparse_work = common::Work {
                 flops: mla_flops(batch, TOPK),
                 bytes: (batch * TOPK * MLA_FP8_BYTES_PER_TOKEN) as f64,
-                anchor: Some(("FlashMLA sparse FP8 s_q=1 353 TFLOP/s", 353.0)),
+                anchor: Some(common::anchors::FLASHMLA_SPARSE_FP8_B32_SQ1),
                 anchor_unit: "TFLOP/s",
             };
             r.sparse = common::bench_case(
@@ -321,7 +321,7 @@ fn sparse_prefill(c: &mut Criterion, k: &DsaKernels) -> f64 {
     let work = common::Work {
         flops: 2.0 * (H_Q * s_q * (576 + 512)) as f64 * TOPK as f64,
         bytes: 0.0,
-        anchor: Some(("FlashMLA sparse prefill 540 TFLOP/s", 540.0)),
+        anchor: Some(common::anchors::FLASHMLA_SPARSE_PREFILL),
         anchor_unit: "TFLOP/s",
     };
     common::bench_case(
@@ -372,7 +372,7 @@ fn write_outputs(rows: &[Row], prefill: f64) {
     let pf = 2.0 * (H_Q * 4096 * (576 + 512)) as f64 * TOPK as f64;
     let _ = writeln!(
         md,
-        "\nSparse prefill, s_q 4096, h_q 128, topk 2048, s_kv 128K: {:.1} us, {:.0} TFLOP/s (FlashMLA on this H100: 540).",
+        "\nSparse prefill, s_q 4096, h_q 128, topk 2048, s_kv 128K: {:.1} us, {:.0} TFLOP/s (FlashMLA on the H200: 529).",
         prefill * 1e6,
         pf / prefill / 1e12
     );
@@ -400,7 +400,7 @@ fn svg(rows: &[Row]) -> String {
     let _ = writeln!(s, r##"<rect width="100%" height="100%" fill="white"/>"##);
     let _ = writeln!(
         s,
-        r##"<text x="{}" y="22" font-size="16" font-weight="bold">One MLA decode layer on H100: dense vs DSA (h_q 128, s_q 1, top-k 2048)</text>"##,
+        r##"<text x="{}" y="22" font-size="16" font-weight="bold">One MLA decode layer on H200: dense vs DSA (h_q 128, s_q 1, top-k 2048)</text>"##,
         ml
     );
     let series: [Series; 5] = [

@@ -1,7 +1,9 @@
 //! Sparse MLA decode (FP8 and bf16 paged caches) and prefill, in TFLOP/s against FlashMLA
-//! measured on the same H100: decode 385 TFLOP/s at B=128, s_q=2; 353 at s_q=1; 203 at
-//! B=32, s_q=1 (FP8 cache; FlashMLA has no sparse bf16 decode on Hopper, so the bf16 rows
-//! are compared with the same numbers); prefill 540 at s_q=4096, s_kv=128K.
+//! on the H200 (`common/anchors.rs`): FP8 decode 394 TFLOP/s at B=128, s_q=2; 380 at
+//! s_q=1; 276 at B=32, s_q=1; prefill 529 at s_q=4096, s_kv=128K. FlashMLA has no paged
+//! sparse bf16 decode on Hopper: the bf16 B=128, s_q=2 row is set against its sparse
+//! prefill kernel over the cache as flat kv (536), the other bf16 rows against the FP8
+//! numbers.
 mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -50,7 +52,7 @@ fn decode_case<K: MlaCacheKind>(
     k: &DsaKernels,
     batch: usize,
     s_q: usize,
-    anchor: f64,
+    anchor: (&'static str, f64),
 ) where
     K::Elem: Unpin,
 {
@@ -124,7 +126,7 @@ fn decode_case<K: MlaCacheKind>(
         flops: 2.0 * h_q as f64 * rows * TOPK as f64 * (576.0 + 512.0),
         bytes: rows * TOPK as f64 * token_bytes
             + rows * h_q as f64 * (576.0 * 2.0 + 512.0 * 2.0 + 4.0),
-        anchor: Some(("FlashMLA sparse FP8 decode (H100)", anchor)),
+        anchor: Some(anchor),
         anchor_unit: "TFLOP/s",
     };
     let name = format!(
@@ -172,7 +174,7 @@ fn prefill_case(c: &mut Criterion, k: &DsaKernels) {
     let work = common::Work {
         flops: 2.0 * (h_q * s_q * TOPK) as f64 * (576.0 + 512.0),
         bytes: 0.0,
-        anchor: Some(("FlashMLA sparse prefill (H100)", 540.0)),
+        anchor: Some(common::anchors::FLASHMLA_SPARSE_PREFILL),
         anchor_unit: "TFLOP/s",
     };
     common::bench_case(
@@ -200,13 +202,14 @@ fn prefill_case(c: &mut Criterion, k: &DsaKernels) {
 
 fn benches(c: &mut Criterion) {
     let Some(k) = common::kernels() else { return };
+    use common::anchors as a;
     use dsa_kernels::cache::{MlaBf16, MlaFp8};
-    decode_case::<MlaFp8>(c, &k, 128, 2, 385.0);
-    decode_case::<MlaFp8>(c, &k, 128, 1, 353.0);
-    decode_case::<MlaFp8>(c, &k, 32, 1, 203.0);
-    decode_case::<MlaBf16>(c, &k, 128, 2, 385.0);
-    decode_case::<MlaBf16>(c, &k, 128, 1, 353.0);
-    decode_case::<MlaBf16>(c, &k, 32, 1, 203.0);
+    decode_case::<MlaFp8>(c, &k, 128, 2, a::FLASHMLA_SPARSE_FP8_B128_SQ2);
+    decode_case::<MlaFp8>(c, &k, 128, 1, a::FLASHMLA_SPARSE_FP8_B128_SQ1);
+    decode_case::<MlaFp8>(c, &k, 32, 1, a::FLASHMLA_SPARSE_FP8_B32_SQ1);
+    decode_case::<MlaBf16>(c, &k, 128, 2, a::FLASHMLA_SPARSE_BF16_B128_SQ2);
+    decode_case::<MlaBf16>(c, &k, 128, 1, a::FLASHMLA_SPARSE_FP8_B128_SQ1);
+    decode_case::<MlaBf16>(c, &k, 32, 1, a::FLASHMLA_SPARSE_FP8_B32_SQ1);
     prefill_case(c, &k);
 }
 

@@ -2,6 +2,7 @@
 //! flushing, and one result line per case (time, TFLOP/s, GB/s, anchor ratio), also
 //! appended as JSON to `$DSA_BENCH_OUT` (default `target/bench-results.jsonl`).
 #![allow(dead_code)]
+pub mod anchors;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,7 @@ pub fn kernels() -> Option<DsaKernels> {
     }
 }
 
-/// A buffer larger than the H100's 50 MB L2; writing it evicts everything else.
+/// A buffer larger than Hopper's 50 MB L2; writing it evicts everything else.
 pub struct L2Flush(CudaSlice<u8>);
 
 impl L2Flush {

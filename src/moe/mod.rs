@@ -50,6 +50,7 @@
 //! # }
 //! ```
 
+pub mod expert_parallel;
 pub mod gemm;
 
 mod combine;

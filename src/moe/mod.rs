@@ -54,12 +54,17 @@ pub mod expert_parallel;
 pub mod gemm;
 
 mod combine;
+mod ep_exchange;
+#[cfg(feature = "nccl")]
+mod ep_layer;
 mod layer;
 mod plan;
 mod quant;
 mod route;
 mod shape;
 
+#[cfg(feature = "nccl")]
+pub use ep_layer::ExpertParallelMoe;
 pub use layer::{Fp8Weights, MoeLayer, MoeWeights, SharedExpert};
 pub use plan::MoePlan;
 pub use route::RouteConfig;

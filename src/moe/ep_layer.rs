@@ -1,0 +1,419 @@
+//! The expert-parallel MoE layer over NCCL (feature `nccl`): N ranks, one GPU each, each
+//! holding `E / N` experts; layouts and their host specification in
+//! [`expert_parallel`](super::expert_parallel).
+//!
+//! Per forward, on the communicator's stream, no host synchronization of its own:
+//!
+//! 1. route the rank's own tokens ([`DsaKernels::moe_route`], all `E` experts);
+//! 2. map the routing to destination ranks and plan the sends: a masked plan over ranks
+//!    (`experts = N`, `max_m = C`), so the rows to rank `d` are in slot order at rows
+//!    `[d C, (d + 1) C)`; quantize them with [`DsaKernels::moe_permute_quant`] (FP8 codes
+//!    and 1x128 scales, each message's scales MN-major) and write each row's local expert
+//!    id ([`DsaKernels::moe_ep_send_experts`]);
+//! 3. **dispatch**: one NCCL group of send/recv pairs with every rank (itself included):
+//!    codes `C x H` bytes, scales `C H / 128` f32 and expert ids `C` i32 per pair, fixed
+//!    sizes (the worst case), so no count has to reach the host first. The counts travel
+//!    as the ids (`-1` on a message's unused tail);
+//! 4. plan the received rows into the masked layout over the local experts (the MoE plan
+//!    with `top_k = 1`) and gather them there ([`DsaKernels::moe_ep_gather_fp8`]);
+//! 5. masked grouped GEMM w13, SwiGLU + quant, masked grouped GEMM w2;
+//! 6. **return**: the outputs back in message order ([`DsaKernels::moe_ep_gather_rows`]),
+//!    one NCCL group of bf16 `C x H` messages;
+//! 7. the shared expert on the rank's own tokens, and the combine of each token's `k`
+//!    outputs in slot order with its routing weights ([`DsaKernels::moe_combine`] on the
+//!    send plan: slot `(t, j)`'s output came back at the row it was sent from).
+//!
+//! Equality with the single-GPU [`MoeLayer`](super::MoeLayer): every row's quantization
+//! and GEMM depend on that row alone and the combine order is the same, so with no
+//! dropped row (`max_m >= N * max_tokens`, [`EpPartition::max_m_no_drop`]) the output
+//! is the single-GPU layer's on the same tokens, bit for bit, whatever the rank count
+//! (the CPU simulation in tests/expert_parallel.rs checks this with the reference; the
+//! one-rank GPU test checks the device path). With a smaller `max_m` an expert drops the
+//! same slots as the single-GPU masked layer of all ranks' tokens in rank order.
+//!
+//! Costs of the fixed sizes: each message is `C = round_up(T min(k, E / N), 64)` rows
+//! whatever the routing, so the dispatch moves `N C (H + 4 H / 128 + 4)` bytes per rank
+//! and the return `N C 2 H`, not the routed rows only; at decode sizes (T <= 128) the
+//! messages are latency-bound, which is what the fixed sizes buy (no count round trip).
+//!
+//! CUDA graphs: everything here is kernel launches and NCCL calls on one stream, with no
+//! host synchronization and no allocation, which is what stream capture needs; NCCL
+//! supports capturing its operations (2.9 and later). Whether capture works on a given
+//! setup (NCCL version, transport) has not been tried: no capture test exists yet.
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use cudarc::nccl::{group_end, group_start, Comm, NcclType};
+use half::bf16;
+
+use super::expert_parallel::EpPartition;
+use super::gemm::{self, MaskedShape};
+use super::layer::{check_weights, SharedWork};
+use super::{Align, MoeLayout, MoePlan, MoeShape, MoeWeights, RouteConfig, MOE_BLOCK};
+use crate::error::{DsaError, Result};
+use crate::runtime::DsaKernels;
+
+/// The three arrays a dispatch message carries, on one side of the exchange.
+#[derive(Debug)]
+struct Rows {
+    codes: CudaSlice<u8>,
+    scales: CudaSlice<f32>,
+    experts: CudaSlice<i32>,
+}
+
+impl Rows {
+    fn new(stream: &Arc<CudaStream>, ranks: usize, capacity: usize, hidden: usize) -> Result<Self> {
+        let rows = super::shape::mul("expert-parallel rows", ranks, capacity)?;
+        Ok(Self {
+            codes: stream.alloc_zeros(super::shape::mul("expert-parallel codes", rows, hidden)?)?,
+            scales: stream.alloc_zeros(super::shape::mul(
+                "expert-parallel scales",
+                rows,
+                hidden / MOE_BLOCK,
+            )?)?,
+            experts: stream.alloc_zeros(rows)?,
+        })
+    }
+}
+
+/// One rank of the expert-parallel MoE layer: owns the exchange buffers and the local
+/// experts' workspace for at most `max_tokens` tokens per rank (allocated once by
+/// [`ExpertParallelMoe::new`]), and runs route -> dispatch -> grouped GEMMs -> return ->
+/// combine with NCCL ([module docs](self)).
+///
+/// Every rank of the communicator must create its runner with the same partition,
+/// `max_tokens`, `max_m` and layer sizes, and call [`ExpertParallelMoe::forward`] the same
+/// number of times in the same order (each forward is two NCCL groups with every rank).
+#[derive(Debug)]
+pub struct ExpertParallelMoe {
+    part: EpPartition,
+    rank: usize,
+    capacity: usize,
+    route: RouteConfig,
+    /// The routing of this rank's tokens over all experts.
+    route_shape: MoeShape,
+    /// The plan over ranks: `experts = N`, masked with `max_m = C`.
+    send_shape: MoeShape,
+    /// The received rows as slots (`top_k = 1`) over the local experts, masked `max_m`.
+    recv_shape: MoeShape,
+    ids: CudaSlice<i32>,
+    weights: CudaSlice<f32>,
+    rank_ids: CudaSlice<i32>,
+    send_plan: MoePlan,
+    recv_plan: MoePlan,
+    send: Rows,
+    recv: Rows,
+    a1: CudaSlice<u8>,
+    sfa1: CudaSlice<f32>,
+    h: CudaSlice<bf16>,
+    a2: CudaSlice<u8>,
+    sfa2: CudaSlice<f32>,
+    y: CudaSlice<bf16>,
+    ret_send: CudaSlice<bf16>,
+    ret_recv: CudaSlice<bf16>,
+    shared: Option<SharedWork>,
+}
+
+fn nccl_err(what: &'static str) -> impl Fn(cudarc::nccl::result::NcclError) -> DsaError {
+    move |e| DsaError::Communication {
+        what,
+        detail: format!("{e:?}"),
+    }
+}
+
+impl ExpertParallelMoe {
+    /// The runner of `comm`'s rank for a layer of `shape` (`shape.tokens` = this rank's
+    /// tokens per forward, at most `max_tokens`; `shape.experts` = all experts `E`, which
+    /// the communicator's `N` ranks must divide; `shape.layout` and `align` are ignored:
+    /// the layer is masked). `max_m` = rows per local expert (a multiple of 64), `None`
+    /// for [`EpPartition::max_m_no_drop`] (never drops a row). The buffers live on the
+    /// communicator's stream.
+    pub fn new(
+        comm: &Comm,
+        shape: &MoeShape,
+        route: &RouteConfig,
+        max_tokens: usize,
+        max_m: Option<usize>,
+        shared_inter: Option<usize>,
+    ) -> Result<Self> {
+        let part = EpPartition::new(shape.experts, comm.world_size())?;
+        let rank = comm.rank();
+        let stream = comm.stream();
+        if shape.tokens > max_tokens {
+            return Err(DsaError::Capacity {
+                what: "expert-parallel tokens per rank",
+                needed: shape.tokens,
+                capacity: max_tokens,
+            });
+        }
+        let route_shape = MoeShape {
+            layout: MoeLayout::Contiguous,
+            ..*shape
+        };
+        route_shape.validate()?;
+        route.validate(&route_shape)?;
+        let capacity = part.send_capacity(max_tokens, shape.top_k)?;
+        let max_m = match max_m {
+            Some(m) => m,
+            None => part.max_m_no_drop(max_tokens)?,
+        };
+        let n = part.ranks();
+        let send_shape = MoeShape {
+            experts: n,
+            align: Align::A64,
+            layout: MoeLayout::Masked { max_m: capacity },
+            ..*shape
+        };
+        send_shape.validate()?;
+        let recv_shape = MoeShape {
+            tokens: super::shape::mul("expert-parallel received rows", n, capacity)?,
+            experts: part.experts_per_rank(),
+            top_k: 1,
+            align: Align::A64,
+            layout: MoeLayout::Masked { max_m },
+            ..*shape
+        };
+        recv_shape.validate()?;
+        let slots = route_shape.slots()?;
+        let ret_len = super::shape::mul(
+            "expert-parallel return rows",
+            recv_shape.tokens,
+            shape.hidden,
+        )?;
+        let shared = match shared_inter {
+            None => None,
+            Some(inter) => Some(SharedWork::new(&stream, shape, inter)?),
+        };
+        Ok(Self {
+            part,
+            rank,
+            capacity,
+            route: *route,
+            route_shape,
+            send_shape,
+            recv_shape,
+            ids: stream.alloc_zeros(slots.max(1))?,
+            weights: stream.alloc_zeros(slots.max(1))?,
+            rank_ids: stream.alloc_zeros(slots.max(1))?,
+            send_plan: MoePlan::new(&stream, &send_shape)?,
+            recv_plan: MoePlan::new(&stream, &recv_shape)?,
+            send: Rows::new(&stream, n, capacity, shape.hidden)?,
+            recv: Rows::new(&stream, n, capacity, shape.hidden)?,
+            a1: stream.alloc_zeros(recv_shape.a1_len()?)?,
+            sfa1: stream.alloc_zeros(recv_shape.sfa1_len()?)?,
+            h: stream.alloc_zeros(recv_shape.h_len()?)?,
+            a2: stream.alloc_zeros(recv_shape.a2_len()?)?,
+            sfa2: stream.alloc_zeros(recv_shape.sfa2_len()?)?,
+            y: stream.alloc_zeros(recv_shape.y_len()?)?,
+            ret_send: stream.alloc_zeros(ret_len)?,
+            ret_recv: stream.alloc_zeros(ret_len)?,
+            shared,
+        })
+    }
+
+    pub fn partition(&self) -> &EpPartition {
+        &self.part
+    }
+
+    /// Rows `C` of each message.
+    pub fn message_rows(&self) -> usize {
+        self.capacity
+    }
+
+    /// The global expert ids this rank holds.
+    pub fn local_experts(&self) -> std::ops::Range<usize> {
+        self.part.local_experts(self.rank)
+    }
+
+    /// Routing ids `[tokens, top_k]` of the last forward (global expert ids).
+    pub fn ids(&self) -> &CudaSlice<i32> {
+        &self.ids
+    }
+
+    /// The plan of the received rows of the last forward: its status holds the overflow
+    /// flag (some local expert got more than `max_m` rows) and its `masked_m` the rows per
+    /// local expert.
+    pub fn receive_plan(&self) -> &MoePlan {
+        &self.recv_plan
+    }
+
+    /// `out` bf16 `[tokens, hidden]` = the layer applied to this rank's `x` bf16
+    /// `[tokens, hidden]` routed by `logits` f32 `[tokens, E]`. `w` holds the bias of all
+    /// `E` experts and the w13 / w2 of this rank's `E / N` experts only (`[E / N, ..]`,
+    /// in the order of [`Self::local_experts`]), plus the shared expert. `k` must launch
+    /// on the communicator's stream. Collective: every rank calls it.
+    pub fn forward<L, X, O>(
+        &mut self,
+        k: &DsaKernels,
+        comm: &Comm,
+        w: &MoeWeights<'_>,
+        logits: &L,
+        x: &X,
+        out: &mut O,
+    ) -> Result<()>
+    where
+        L: DevicePtr<f32>,
+        X: DevicePtr<bf16>,
+        O: DevicePtrMut<bf16>,
+    {
+        if comm.stream().cu_stream() != k.stream().cu_stream()
+            || comm.rank() != self.rank
+            || comm.world_size() != self.part.ranks()
+        {
+            return Err(DsaError::Unsupported {
+                what: "expert-parallel communicator",
+                detail: "the kernels must launch on the communicator's stream, and the \
+                         communicator must be the one the layer was created for"
+                    .into(),
+            });
+        }
+        let rs = self.route_shape;
+        check_weights(w, &rs, self.part.experts_per_rank(), self.shared.as_ref())?;
+        // 1-2: route, plan the sends, quantize the rows into their messages.
+        k.moe_route(
+            &rs,
+            &self.route,
+            logits,
+            &w.bias,
+            &mut self.ids,
+            &mut self.weights,
+        )?;
+        k.moe_ep_rank_ids(&self.part, rs.slots()?, &self.ids, &mut self.rank_ids)?;
+        k.moe_plan(&self.send_shape, &self.rank_ids, &mut self.send_plan)?;
+        k.moe_ep_send_experts(
+            &self.part,
+            &self.send_shape,
+            &self.send_plan,
+            &self.ids,
+            &mut self.send.experts,
+        )?;
+        k.moe_permute_quant(
+            &self.send_shape,
+            &self.send_plan,
+            x,
+            &mut self.send.codes,
+            &mut self.send.scales,
+        )?;
+        // 3: dispatch.
+        let (c, hd, it) = (self.capacity, rs.hidden, rs.inter);
+        let hb = hd / MOE_BLOCK;
+        {
+            let (send, recv) = (&self.send, &mut self.recv);
+            exchange(comm, "expert-parallel dispatch", |peer, comm| {
+                pair(comm, &send.codes, &mut recv.codes, peer, c * hd)?;
+                pair(comm, &send.scales, &mut recv.scales, peer, c * hb)?;
+                pair(comm, &send.experts, &mut recv.experts, peer, c)
+            })?;
+        }
+        // 4: the received rows into the masked layout of the local experts.
+        let rsh = self.recv_shape;
+        k.moe_plan(&rsh, &self.recv.experts, &mut self.recv_plan)?;
+        k.moe_ep_gather_fp8(
+            &rsh,
+            &self.recv_plan,
+            c,
+            &self.recv.codes,
+            &self.recv.scales,
+            &mut self.a1,
+            &mut self.sfa1,
+        )?;
+        // 5: the local experts.
+        let masked_m = self.recv_plan.masked_m().ok_or(DsaError::Unsupported {
+            what: "MoE plan",
+            detail: "masked plan without masked_m".into(),
+        })?;
+        let MoeLayout::Masked { max_m } = rsh.layout else {
+            unreachable!("the receive shape is masked by construction")
+        };
+        let groups = rsh.experts;
+        let shape = |n: usize, kd: usize| MaskedShape {
+            groups,
+            max_m,
+            n,
+            k: kd,
+        };
+        let (s1, w13) = (shape(2 * it, hd), &w.w13);
+        gemm::grouped_gemm_masked(
+            k,
+            s1,
+            &self.a1,
+            &self.sfa1,
+            &w13.codes,
+            &w13.scales,
+            &masked_m,
+            &mut self.h,
+        )?;
+        k.moe_swiglu_quant(&rsh, &self.recv_plan, &self.h, &mut self.a2, &mut self.sfa2)?;
+        let (s2, w2) = (shape(hd, it), &w.w2);
+        gemm::grouped_gemm_masked(
+            k,
+            s2,
+            &self.a2,
+            &self.sfa2,
+            &w2.codes,
+            &w2.scales,
+            &masked_m,
+            &mut self.y,
+        )?;
+        // 6: return the outputs in message order.
+        let recv_rows = rsh.slots()?;
+        k.moe_ep_gather_rows(
+            recv_rows,
+            rsh.rows()?,
+            hd,
+            &self.y,
+            &self.recv_plan.row_of(),
+            &mut self.ret_send,
+        )?;
+        {
+            let (send, recv) = (&self.ret_send, &mut self.ret_recv);
+            exchange(comm, "expert-parallel return", |peer, comm| {
+                pair(comm, send, recv, peer, c * hd)
+            })?;
+        }
+        // 7: shared expert and combine.
+        if let (Some(sw), Some(work)) = (&w.shared, &mut self.shared) {
+            work.forward(k, sw, &rs, x)?;
+        }
+        let shared_y = self.shared.as_ref().map(|w| w.y());
+        k.moe_combine(
+            &self.send_shape,
+            &self.send_plan,
+            &self.ret_recv,
+            &self.weights,
+            shared_y,
+            out,
+        )
+    }
+}
+
+/// One NCCL group in which `each(peer)` posts this rank's send to and receive from every
+/// peer (itself included); the group is closed even when a call failed.
+fn exchange<F>(comm: &Comm, what: &'static str, mut each: F) -> Result<()>
+where
+    F: FnMut(usize, &Comm) -> Result<()>,
+{
+    group_start().map_err(nccl_err(what))?;
+    let posted = (0..comm.world_size()).try_for_each(|peer| each(peer, comm));
+    let closed = group_end().map_err(nccl_err(what));
+    posted?;
+    closed.map(|_| ())
+}
+
+/// Posts message `peer` of `send` (elements `[peer len, (peer + 1) len)`) to `peer` and
+/// the receive of `peer`'s message into the same range of `recv`.
+fn pair<T: NcclType + cudarc::driver::DeviceRepr>(
+    comm: &Comm,
+    send: &CudaSlice<T>,
+    recv: &mut CudaSlice<T>,
+    peer: usize,
+    len: usize,
+) -> Result<()> {
+    let range = peer * len..(peer + 1) * len;
+    let p = peer as i32;
+    comm.send(&send.slice(range.clone()), p)
+        .map_err(nccl_err("expert-parallel send"))?;
+    comm.recv(&mut recv.slice_mut(range), p)
+        .map_err(nccl_err("expert-parallel receive"))?;
+    Ok(())
+}

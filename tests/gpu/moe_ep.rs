@@ -10,6 +10,7 @@
 //! the CPU simulation (tests/expert_parallel.rs) covers their bookkeeping.
 use dsa_kernels::cudarc::nccl::Comm;
 use dsa_kernels::moe::{Align, ExpertParallelMoe, MoeLayer, MoeLayout, MoeShape};
+use dsa_kernels::DsaKernels;
 use half::bf16;
 
 use crate::common::{download, kernels, max_rel_err, upload};
@@ -25,8 +26,11 @@ fn padded<T: Clone>(mut v: Vec<T>, fill: T) -> Vec<T> {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn one_rank_expert_parallel_equals_moe_layer() {
-    let k = kernels();
-    let s = k.stream().clone();
+    kernels(); // fails the test without a usable device
+               // A stream of its own rather than the legacy default stream for NCCL.
+    let ctx = dsa_kernels::device::open_device(0).expect("CUDA device");
+    let s = ctx.new_stream().unwrap();
+    let k = DsaKernels::new(s.clone()).unwrap();
     let comm = Comm::from_devices(vec![s.clone()])
         .expect("an NCCL communicator on device 0 (is libnccl.so.2 on LD_LIBRARY_PATH?)")
         .pop()

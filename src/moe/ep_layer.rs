@@ -1,8 +1,11 @@
-//! The expert-parallel MoE layer over NCCL (feature `nccl`): N ranks, one GPU each, each
-//! holding `E / N` experts; layouts and their host specification in
-//! [`expert_parallel`](super::expert_parallel).
+//! The expert-parallel MoE layer: N ranks, one GPU each, each holding `E / N` experts;
+//! layouts and their host specification in [`expert_parallel`](super::expert_parallel).
+//! [`ExpertParallelMoe::forward`] (feature `nccl`) runs it over NCCL; the phases it is
+//! made of ([`ExpertParallelMoe::dispatch`], [`ExpertParallelMoe::run_experts`],
+//! [`ExpertParallelMoe::combine`]) are public for an engine with its own transport,
+//! which moves the messages between them.
 //!
-//! Per forward, on the communicator's stream, no host synchronization of its own:
+//! Per forward, on one stream, no host synchronization of its own:
 //!
 //! 1. route the rank's own tokens ([`DsaKernels::moe_route`], all `E` experts);
 //! 2. map the routing to destination ranks and plan the sends: a masked plan over ranks
@@ -55,7 +58,7 @@
 //! ```no_run
 //! use dsa_kernels::cudarc::nccl::{Comm, Id};
 //! use dsa_kernels::decode_step::{DsaDecodeStep, DsaDecodeStepConfig};
-//! use dsa_kernels::moe::{ExpertParallelMoe, MoeShape, RouteConfig};
+//! use dsa_kernels::moe::{EpConfig, ExpertParallelMoe, MoeShape, RouteConfig};
 //! use dsa_kernels::{device, DsaKernels};
 //!
 //! # fn rank_main(rank: usize, ranks: usize, id: Id) -> dsa_kernels::Result<()> {
@@ -68,8 +71,9 @@
 //! // This rank's attention: its own batch of up to 32 sequences and its own caches.
 //! let mut step = DsaDecodeStep::new(&k, DsaDecodeStepConfig::deepseek_v32(32, 1, 2048))?;
 //! // This rank's share of the experts, for up to 32 tokens per rank.
+//! let ep = EpConfig::of(&comm, 32, None);
 //! let mut moe = ExpertParallelMoe::new(
-//!     &comm, &MoeShape::deepseek_v3(32), &RouteConfig::DEEPSEEK_V3, 32, None, Some(2048),
+//!     &stream, &ep, &MoeShape::deepseek_v3(32), &RouteConfig::DEEPSEEK_V3, Some(2048),
 //! )?;
 //! // Per step: step.plan(&k, &batch) once; per layer: step.layer(..) on this rank's
 //! // sequences, the engine's o_proj / norm / gate GEMM, then the collective
@@ -82,6 +86,7 @@
 use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+#[cfg(feature = "nccl")]
 use cudarc::nccl::{group_end, group_start, Comm, NcclType};
 use half::bf16;
 
@@ -92,37 +97,51 @@ use super::{Align, MoeLayout, MoePlan, MoeShape, MoeWeights, RouteConfig, MOE_BL
 use crate::error::{DsaError, Result};
 use crate::runtime::DsaKernels;
 
-/// The three arrays a dispatch message carries, on one side of the exchange.
+/// The rows of the dispatch messages on one side of the exchange, `[N, C]` rows
+/// source- (or destination-) major: message `p` is `codes[p C H ..][.. C H]` (e4m3 `[C,
+/// H]`), `scales[p C H / 128 ..][.. C H / 128]` (f32 `[H / 128, C]`, MN-major) and
+/// `experts[p C ..][.. C]` (i32 local expert ids, `-1` on the unused tail).
 #[derive(Debug)]
-struct Rows {
-    codes: CudaSlice<u8>,
-    scales: CudaSlice<f32>,
-    experts: CudaSlice<i32>,
+pub struct EpRows {
+    pub codes: CudaSlice<u8>,
+    pub scales: CudaSlice<f32>,
+    pub experts: CudaSlice<i32>,
 }
 
-impl Rows {
+impl EpRows {
     fn new(stream: &Arc<CudaStream>, ranks: usize, capacity: usize, hidden: usize) -> Result<Self> {
         let rows = super::shape::mul("expert-parallel rows", ranks, capacity)?;
+        let kb = hidden / MOE_BLOCK;
         Ok(Self {
             codes: stream.alloc_zeros(super::shape::mul("expert-parallel codes", rows, hidden)?)?,
-            scales: stream.alloc_zeros(super::shape::mul(
-                "expert-parallel scales",
-                rows,
-                hidden / MOE_BLOCK,
-            )?)?,
+            scales: stream.alloc_zeros(super::shape::mul("expert-parallel scales", rows, kb)?)?,
             experts: stream.alloc_zeros(rows)?,
         })
     }
 }
 
+/// Where a rank sits and the sizes every rank must agree on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpConfig {
+    /// This rank, `0..ranks`.
+    pub rank: usize,
+    /// Ranks `N`; they must divide the experts.
+    pub ranks: usize,
+    /// Most tokens any rank brings to one forward (sets the message rows `C`).
+    pub max_tokens: usize,
+    /// Rows per local expert (a positive multiple of 64); `None` for
+    /// [`EpPartition::max_m_no_drop`], which never drops a row.
+    pub max_m: Option<usize>,
+}
+
 /// One rank of the expert-parallel MoE layer: owns the exchange buffers and the local
 /// experts' workspace for at most `max_tokens` tokens per rank (allocated once by
 /// [`ExpertParallelMoe::new`]), and runs route -> dispatch -> grouped GEMMs -> return ->
-/// combine with NCCL ([module docs](self)).
+/// combine ([module docs](self)).
 ///
-/// Every rank of the communicator must create its runner with the same partition,
-/// `max_tokens`, `max_m` and layer sizes, and call [`ExpertParallelMoe::forward`] the same
-/// number of times in the same order (each forward is two NCCL groups with every rank).
+/// Every rank must create its runner with the same [`EpConfig`] sizes and layer shape
+/// (its own `tokens`), and run every forward (or every phase) the same number of times in
+/// the same order: each forward exchanges messages with every rank.
 #[derive(Debug)]
 pub struct ExpertParallelMoe {
     part: EpPartition,
@@ -140,8 +159,8 @@ pub struct ExpertParallelMoe {
     rank_ids: CudaSlice<i32>,
     send_plan: MoePlan,
     recv_plan: MoePlan,
-    send: Rows,
-    recv: Rows,
+    send: EpRows,
+    recv: EpRows,
     a1: CudaSlice<u8>,
     sfa1: CudaSlice<f32>,
     h: CudaSlice<bf16>,
@@ -153,36 +172,33 @@ pub struct ExpertParallelMoe {
     shared: Option<SharedWork>,
 }
 
-fn nccl_err(what: &'static str) -> impl Fn(cudarc::nccl::result::NcclError) -> DsaError {
-    move |e| DsaError::Communication {
-        what,
-        detail: format!("{e:?}"),
-    }
-}
-
 impl ExpertParallelMoe {
-    /// The runner of `comm`'s rank for a layer of `shape` (`shape.tokens` = this rank's
-    /// tokens per forward, at most `max_tokens`; `shape.experts` = all experts `E`, which
-    /// the communicator's `N` ranks must divide; `shape.layout` and `align` are ignored:
-    /// the layer is masked). `max_m` = rows per local expert (a multiple of 64), `None`
-    /// for [`EpPartition::max_m_no_drop`] (never drops a row). The buffers live on the
-    /// communicator's stream.
+    /// The runner of rank `cfg.rank` for a layer of `shape` (`shape.tokens` = this rank's
+    /// tokens per forward, at most `cfg.max_tokens`; `shape.experts` = all experts `E`;
+    /// `shape.layout` and `align` are ignored: the layer is masked), with a shared expert
+    /// of width `shared_inter` if any. Buffers are allocated on `stream`.
     pub fn new(
-        comm: &Comm,
+        stream: &Arc<CudaStream>,
+        cfg: &EpConfig,
         shape: &MoeShape,
         route: &RouteConfig,
-        max_tokens: usize,
-        max_m: Option<usize>,
         shared_inter: Option<usize>,
     ) -> Result<Self> {
-        let part = EpPartition::new(shape.experts, comm.world_size())?;
-        let rank = comm.rank();
-        let stream = comm.stream();
-        if shape.tokens > max_tokens {
+        let part = EpPartition::new(shape.experts, cfg.ranks)?;
+        if cfg.rank >= cfg.ranks {
+            return Err(DsaError::OutOfRange {
+                what: "expert-parallel rank",
+                position: 0,
+                value: cfg.rank as i64,
+                low: 0,
+                high: cfg.ranks as i64,
+            });
+        }
+        if shape.tokens > cfg.max_tokens {
             return Err(DsaError::Capacity {
                 what: "expert-parallel tokens per rank",
                 needed: shape.tokens,
-                capacity: max_tokens,
+                capacity: cfg.max_tokens,
             });
         }
         let route_shape = MoeShape {
@@ -191,10 +207,10 @@ impl ExpertParallelMoe {
         };
         route_shape.validate()?;
         route.validate(&route_shape)?;
-        let capacity = part.send_capacity(max_tokens, shape.top_k)?;
-        let max_m = match max_m {
+        let capacity = part.send_capacity(cfg.max_tokens, shape.top_k)?;
+        let max_m = match cfg.max_m {
             Some(m) => m,
-            None => part.max_m_no_drop(max_tokens)?,
+            None => part.max_m_no_drop(cfg.max_tokens)?,
         };
         let n = part.ranks();
         let send_shape = MoeShape {
@@ -221,11 +237,11 @@ impl ExpertParallelMoe {
         )?;
         let shared = match shared_inter {
             None => None,
-            Some(inter) => Some(SharedWork::new(&stream, shape, inter)?),
+            Some(inter) => Some(SharedWork::new(stream, shape, inter)?),
         };
         Ok(Self {
             part,
-            rank,
+            rank: cfg.rank,
             capacity,
             route: *route,
             route_shape,
@@ -234,10 +250,10 @@ impl ExpertParallelMoe {
             ids: stream.alloc_zeros(slots.max(1))?,
             weights: stream.alloc_zeros(slots.max(1))?,
             rank_ids: stream.alloc_zeros(slots.max(1))?,
-            send_plan: MoePlan::new(&stream, &send_shape)?,
-            recv_plan: MoePlan::new(&stream, &recv_shape)?,
-            send: Rows::new(&stream, n, capacity, shape.hidden)?,
-            recv: Rows::new(&stream, n, capacity, shape.hidden)?,
+            send_plan: MoePlan::new(stream, &send_shape)?,
+            recv_plan: MoePlan::new(stream, &recv_shape)?,
+            send: EpRows::new(stream, n, capacity, shape.hidden)?,
+            recv: EpRows::new(stream, n, capacity, shape.hidden)?,
             a1: stream.alloc_zeros(recv_shape.a1_len()?)?,
             sfa1: stream.alloc_zeros(recv_shape.sfa1_len()?)?,
             h: stream.alloc_zeros(recv_shape.h_len()?)?,
@@ -252,6 +268,10 @@ impl ExpertParallelMoe {
 
     pub fn partition(&self) -> &EpPartition {
         &self.part
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
     }
 
     /// Rows `C` of each message.
@@ -276,11 +296,196 @@ impl ExpertParallelMoe {
         &self.recv_plan
     }
 
+    /// The dispatch messages this rank sends (after [`Self::dispatch`]): message `d` goes
+    /// to rank `d`.
+    pub fn send_rows(&self) -> &EpRows {
+        &self.send
+    }
+
+    /// Where the dispatch messages arrive (before [`Self::run_experts`]): message `s`
+    /// from rank `s`.
+    pub fn recv_rows_mut(&mut self) -> &mut EpRows {
+        &mut self.recv
+    }
+
+    /// The return messages this rank sends (after [`Self::run_experts`]): bf16 `[N, C,
+    /// H]`, message `s` (the outputs of the rows received from `s`, in their order, zeros
+    /// for dropped rows) goes back to rank `s`.
+    pub fn return_rows(&self) -> &CudaSlice<bf16> {
+        &self.ret_send
+    }
+
+    /// Where the return messages arrive (before [`Self::combine`]): message `d` from rank
+    /// `d`, the outputs of the rows this rank sent to `d`.
+    pub fn returned_rows_mut(&mut self) -> &mut CudaSlice<bf16> {
+        &mut self.ret_recv
+    }
+
+    /// Phase 1 (steps 1-2 of the [module docs](self)): routes this rank's `x` bf16
+    /// `[tokens, hidden]` by `logits` f32 `[tokens, E]` and writes the dispatch messages
+    /// ([`Self::send_rows`]). `w` holds the bias of all `E` experts and the w13 / w2 of
+    /// this rank's `E / N` experts only (`[E / N, ..]`, in the order of
+    /// [`Self::local_experts`]), plus the shared expert.
+    pub fn dispatch<L, X>(
+        &mut self,
+        k: &DsaKernels,
+        w: &MoeWeights<'_>,
+        logits: &L,
+        x: &X,
+    ) -> Result<()>
+    where
+        L: DevicePtr<f32>,
+        X: DevicePtr<bf16>,
+    {
+        let rs = self.route_shape;
+        check_weights(w, &rs, self.part.experts_per_rank(), self.shared.as_ref())?;
+        k.moe_route(
+            &rs,
+            &self.route,
+            logits,
+            &w.bias,
+            &mut self.ids,
+            &mut self.weights,
+        )?;
+        k.moe_ep_rank_ids(&self.part, rs.slots()?, &self.ids, &mut self.rank_ids)?;
+        k.moe_plan(&self.send_shape, &self.rank_ids, &mut self.send_plan)?;
+        k.moe_ep_send_experts(
+            &self.part,
+            &self.send_shape,
+            &self.send_plan,
+            &self.ids,
+            &mut self.send.experts,
+        )?;
+        k.moe_permute_quant(
+            &self.send_shape,
+            &self.send_plan,
+            x,
+            &mut self.send.codes,
+            &mut self.send.scales,
+        )
+    }
+
+    /// Phase 2 (steps 4-6): the received rows ([`Self::recv_rows_mut`]) through the local
+    /// experts, and their outputs into the return messages ([`Self::return_rows`]).
+    pub fn run_experts(&mut self, k: &DsaKernels, w: &MoeWeights<'_>) -> Result<()> {
+        let rs = self.route_shape;
+        check_weights(w, &rs, self.part.experts_per_rank(), self.shared.as_ref())?;
+        let (c, hd, it) = (self.capacity, rs.hidden, rs.inter);
+        let rsh = self.recv_shape;
+        k.moe_plan(&rsh, &self.recv.experts, &mut self.recv_plan)?;
+        k.moe_ep_gather_fp8(
+            &rsh,
+            &self.recv_plan,
+            c,
+            &self.recv.codes,
+            &self.recv.scales,
+            &mut self.a1,
+            &mut self.sfa1,
+        )?;
+        let masked_m = self.recv_plan.masked_m().ok_or(DsaError::Unsupported {
+            what: "MoE plan",
+            detail: "masked plan without masked_m".into(),
+        })?;
+        let MoeLayout::Masked { max_m } = rsh.layout else {
+            unreachable!("the receive shape is masked by construction")
+        };
+        let groups = rsh.experts;
+        let shape = |n: usize, kd: usize| MaskedShape {
+            groups,
+            max_m,
+            n,
+            k: kd,
+        };
+        let (w13, w2) = (&w.w13, &w.w2);
+        gemm::grouped_gemm_masked(
+            k,
+            shape(2 * it, hd),
+            &self.a1,
+            &self.sfa1,
+            &w13.codes,
+            &w13.scales,
+            &masked_m,
+            &mut self.h,
+        )?;
+        k.moe_swiglu_quant(&rsh, &self.recv_plan, &self.h, &mut self.a2, &mut self.sfa2)?;
+        gemm::grouped_gemm_masked(
+            k,
+            shape(hd, it),
+            &self.a2,
+            &self.sfa2,
+            &w2.codes,
+            &w2.scales,
+            &masked_m,
+            &mut self.y,
+        )?;
+        k.moe_ep_gather_rows(
+            rsh.slots()?,
+            rsh.rows()?,
+            hd,
+            &self.y,
+            &self.recv_plan.row_of(),
+            &mut self.ret_send,
+        )
+    }
+
+    /// Phase 3 (step 7): the shared expert on this rank's `x` and the combine of the
+    /// returned outputs ([`Self::returned_rows_mut`]) into `out` bf16 `[tokens, hidden]`.
+    pub fn combine<X, O>(
+        &mut self,
+        k: &DsaKernels,
+        w: &MoeWeights<'_>,
+        x: &X,
+        out: &mut O,
+    ) -> Result<()>
+    where
+        X: DevicePtr<bf16>,
+        O: DevicePtrMut<bf16>,
+    {
+        let rs = self.route_shape;
+        check_weights(w, &rs, self.part.experts_per_rank(), self.shared.as_ref())?;
+        if let (Some(sw), Some(work)) = (&w.shared, &mut self.shared) {
+            work.forward(k, sw, &rs, x)?;
+        }
+        let shared_y = self.shared.as_ref().map(|w| w.y());
+        k.moe_combine(
+            &self.send_shape,
+            &self.send_plan,
+            &self.ret_recv,
+            &self.weights,
+            shared_y,
+            out,
+        )
+    }
+}
+
+#[cfg(feature = "nccl")]
+fn nccl_err(what: &'static str) -> impl Fn(cudarc::nccl::result::NcclError) -> DsaError {
+    move |e| DsaError::Communication {
+        what,
+        detail: format!("{e:?}"),
+    }
+}
+
+#[cfg(feature = "nccl")]
+impl EpConfig {
+    /// The configuration of `comm`'s rank.
+    pub fn of(comm: &Comm, max_tokens: usize, max_m: Option<usize>) -> Self {
+        Self {
+            rank: comm.rank(),
+            ranks: comm.world_size(),
+            max_tokens,
+            max_m,
+        }
+    }
+}
+
+#[cfg(feature = "nccl")]
+impl ExpertParallelMoe {
     /// `out` bf16 `[tokens, hidden]` = the layer applied to this rank's `x` bf16
-    /// `[tokens, hidden]` routed by `logits` f32 `[tokens, E]`. `w` holds the bias of all
-    /// `E` experts and the w13 / w2 of this rank's `E / N` experts only (`[E / N, ..]`,
-    /// in the order of [`Self::local_experts`]), plus the shared expert. `k` must launch
-    /// on the communicator's stream. Collective: every rank calls it.
+    /// `[tokens, hidden]` routed by `logits` f32 `[tokens, E]` (weights as in
+    /// [`Self::dispatch`]): dispatch, one NCCL group exchanging the dispatch messages with
+    /// every rank, the local experts, one NCCL group returning the outputs, combine. `k`
+    /// must launch on the communicator's stream. Collective: every rank calls it.
     pub fn forward<L, X, O>(
         &mut self,
         k: &DsaKernels,
@@ -306,35 +511,8 @@ impl ExpertParallelMoe {
                     .into(),
             });
         }
-        let rs = self.route_shape;
-        check_weights(w, &rs, self.part.experts_per_rank(), self.shared.as_ref())?;
-        // 1-2: route, plan the sends, quantize the rows into their messages.
-        k.moe_route(
-            &rs,
-            &self.route,
-            logits,
-            &w.bias,
-            &mut self.ids,
-            &mut self.weights,
-        )?;
-        k.moe_ep_rank_ids(&self.part, rs.slots()?, &self.ids, &mut self.rank_ids)?;
-        k.moe_plan(&self.send_shape, &self.rank_ids, &mut self.send_plan)?;
-        k.moe_ep_send_experts(
-            &self.part,
-            &self.send_shape,
-            &self.send_plan,
-            &self.ids,
-            &mut self.send.experts,
-        )?;
-        k.moe_permute_quant(
-            &self.send_shape,
-            &self.send_plan,
-            x,
-            &mut self.send.codes,
-            &mut self.send.scales,
-        )?;
-        // 3: dispatch.
-        let (c, hd, it) = (self.capacity, rs.hidden, rs.inter);
+        self.dispatch(k, w, logits, x)?;
+        let (c, hd) = (self.capacity, self.route_shape.hidden);
         let hb = hd / MOE_BLOCK;
         {
             let (send, recv) = (&self.send, &mut self.recv);
@@ -344,90 +522,20 @@ impl ExpertParallelMoe {
                 pair(comm, &send.experts, &mut recv.experts, peer, c)
             })?;
         }
-        // 4: the received rows into the masked layout of the local experts.
-        let rsh = self.recv_shape;
-        k.moe_plan(&rsh, &self.recv.experts, &mut self.recv_plan)?;
-        k.moe_ep_gather_fp8(
-            &rsh,
-            &self.recv_plan,
-            c,
-            &self.recv.codes,
-            &self.recv.scales,
-            &mut self.a1,
-            &mut self.sfa1,
-        )?;
-        // 5: the local experts.
-        let masked_m = self.recv_plan.masked_m().ok_or(DsaError::Unsupported {
-            what: "MoE plan",
-            detail: "masked plan without masked_m".into(),
-        })?;
-        let MoeLayout::Masked { max_m } = rsh.layout else {
-            unreachable!("the receive shape is masked by construction")
-        };
-        let groups = rsh.experts;
-        let shape = |n: usize, kd: usize| MaskedShape {
-            groups,
-            max_m,
-            n,
-            k: kd,
-        };
-        let (s1, w13) = (shape(2 * it, hd), &w.w13);
-        gemm::grouped_gemm_masked(
-            k,
-            s1,
-            &self.a1,
-            &self.sfa1,
-            &w13.codes,
-            &w13.scales,
-            &masked_m,
-            &mut self.h,
-        )?;
-        k.moe_swiglu_quant(&rsh, &self.recv_plan, &self.h, &mut self.a2, &mut self.sfa2)?;
-        let (s2, w2) = (shape(hd, it), &w.w2);
-        gemm::grouped_gemm_masked(
-            k,
-            s2,
-            &self.a2,
-            &self.sfa2,
-            &w2.codes,
-            &w2.scales,
-            &masked_m,
-            &mut self.y,
-        )?;
-        // 6: return the outputs in message order.
-        let recv_rows = rsh.slots()?;
-        k.moe_ep_gather_rows(
-            recv_rows,
-            rsh.rows()?,
-            hd,
-            &self.y,
-            &self.recv_plan.row_of(),
-            &mut self.ret_send,
-        )?;
+        self.run_experts(k, w)?;
         {
             let (send, recv) = (&self.ret_send, &mut self.ret_recv);
             exchange(comm, "expert-parallel return", |peer, comm| {
                 pair(comm, send, recv, peer, c * hd)
             })?;
         }
-        // 7: shared expert and combine.
-        if let (Some(sw), Some(work)) = (&w.shared, &mut self.shared) {
-            work.forward(k, sw, &rs, x)?;
-        }
-        let shared_y = self.shared.as_ref().map(|w| w.y());
-        k.moe_combine(
-            &self.send_shape,
-            &self.send_plan,
-            &self.ret_recv,
-            &self.weights,
-            shared_y,
-            out,
-        )
+        self.combine(k, w, x, out)
     }
 }
 
 /// One NCCL group in which `each(peer)` posts this rank's send to and receive from every
 /// peer (itself included); the group is closed even when a call failed.
+#[cfg(feature = "nccl")]
 fn exchange<F>(comm: &Comm, what: &'static str, mut each: F) -> Result<()>
 where
     F: FnMut(usize, &Comm) -> Result<()>,
@@ -441,6 +549,7 @@ where
 
 /// Posts message `peer` of `send` (elements `[peer len, (peer + 1) len)`) to `peer` and
 /// the receive of `peer`'s message into the same range of `recv`.
+#[cfg(feature = "nccl")]
 fn pair<T: NcclType + cudarc::driver::DeviceRepr>(
     comm: &Comm,
     send: &CudaSlice<T>,

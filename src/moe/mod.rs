@@ -55,7 +55,6 @@ pub mod gemm;
 
 mod combine;
 mod ep_exchange;
-#[cfg(feature = "nccl")]
 mod ep_layer;
 mod layer;
 mod plan;
@@ -63,8 +62,7 @@ mod quant;
 mod route;
 mod shape;
 
-#[cfg(feature = "nccl")]
-pub use ep_layer::ExpertParallelMoe;
+pub use ep_layer::{EpConfig, EpRows, ExpertParallelMoe};
 pub use layer::{Fp8Weights, MoeLayer, MoeWeights, SharedExpert};
 pub use plan::MoePlan;
 pub use route::RouteConfig;

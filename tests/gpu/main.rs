@@ -11,7 +11,6 @@ mod dsa_step;
 mod grouped_gemm;
 mod indexer;
 mod moe;
-#[cfg(feature = "nccl")]
 mod moe_ep;
 mod moe_layer;
 mod sparse_mla;

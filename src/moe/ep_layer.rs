@@ -53,36 +53,9 @@
 //! layer's MoE then takes the rank's tokens into the collective [`ExpertParallelMoe`]
 //! forward, and each rank gets back the MoE output of its own tokens. Ranks with fewer
 //! tokens (or none) still join every forward: the message sizes depend only on
-//! `max_tokens`. One process (or thread) per GPU:
+//! `max_tokens`. One process (or thread) per GPU: see the example of
+//! [`ExpertParallelMoe::forward`] (feature `nccl`).
 //!
-//! ```no_run
-//! use dsa_kernels::cudarc::nccl::{Comm, Id};
-//! use dsa_kernels::decode_step::{DsaDecodeStep, DsaDecodeStepConfig};
-//! use dsa_kernels::moe::{EpConfig, ExpertParallelMoe, MoeShape, RouteConfig};
-//! use dsa_kernels::{device, DsaKernels};
-//!
-//! # fn rank_main(rank: usize, ranks: usize, id: Id) -> dsa_kernels::Result<()> {
-//! // `id` comes from `Id::new()` on rank 0, sent to the others by the engine.
-//! let ctx = device::open_device(rank)?;
-//! let stream = ctx.default_stream();
-//! let comm = Comm::from_rank(stream.clone(), rank, ranks, id)
-//!     .map_err(|e| dsa_kernels::DsaError::Communication { what: "NCCL init", detail: format!("{e:?}") })?;
-//! let k = DsaKernels::new(stream.clone())?; // the communicator's stream
-//! // This rank's attention: its own batch of up to 32 sequences and its own caches.
-//! let mut step = DsaDecodeStep::new(&k, DsaDecodeStepConfig::deepseek_v32(32, 1, 2048))?;
-//! // This rank's share of the experts, for up to 32 tokens per rank.
-//! let ep = EpConfig::of(&comm, 32, None);
-//! let mut moe = ExpertParallelMoe::new(
-//!     &stream, &ep, &MoeShape::deepseek_v3(32), &RouteConfig::DEEPSEEK_V3, Some(2048),
-//! )?;
-//! // Per step: step.plan(&k, &batch) once; per layer: step.layer(..) on this rank's
-//! // sequences, the engine's o_proj / norm / gate GEMM, then the collective
-//! // moe.forward(&k, &comm, &weights, &logits, &x, &mut out), weights holding the
-//! // experts moe.local_experts().
-//! # let _ = (&mut step, &mut moe);
-//! # Ok(())
-//! # }
-//! ```
 use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
@@ -486,6 +459,37 @@ impl ExpertParallelMoe {
     /// [`Self::dispatch`]): dispatch, one NCCL group exchanging the dispatch messages with
     /// every rank, the local experts, one NCCL group returning the outputs, combine. `k`
     /// must launch on the communicator's stream. Collective: every rank calls it.
+    ///
+    /// Data-parallel attention then this layer, one process (or thread) per GPU:
+    ///
+    /// ```no_run
+    /// use dsa_kernels::cudarc::nccl::{Comm, Id};
+    /// use dsa_kernels::decode_step::{DsaDecodeStep, DsaDecodeStepConfig};
+    /// use dsa_kernels::moe::{EpConfig, ExpertParallelMoe, MoeShape, RouteConfig};
+    /// use dsa_kernels::{device, DsaKernels};
+    ///
+    /// # fn rank_main(rank: usize, ranks: usize, id: Id) -> dsa_kernels::Result<()> {
+    /// // `id` comes from `Id::new()` on rank 0, sent to the others by the engine.
+    /// let ctx = device::open_device(rank)?;
+    /// let stream = ctx.new_stream()?;
+    /// let comm = Comm::from_rank(stream.clone(), rank, ranks, id)
+    ///     .map_err(|e| dsa_kernels::DsaError::Communication { what: "NCCL init", detail: format!("{e:?}") })?;
+    /// let k = DsaKernels::new(stream.clone())?; // the communicator's stream
+    /// // This rank's attention: its own batch of up to 32 sequences and its own caches.
+    /// let mut step = DsaDecodeStep::new(&k, DsaDecodeStepConfig::deepseek_v32(32, 1, 2048))?;
+    /// // This rank's share of the experts, for up to 32 tokens per rank.
+    /// let ep = EpConfig::of(&comm, 32, None);
+    /// let mut moe = ExpertParallelMoe::new(
+    ///     &stream, &ep, &MoeShape::deepseek_v3(32), &RouteConfig::DEEPSEEK_V3, Some(2048),
+    /// )?;
+    /// // Per step: step.plan(&k, &batch) once; per layer: step.layer(..) on this rank's
+    /// // sequences, the engine's o_proj / norm / gate GEMM, then the collective
+    /// // moe.forward(&k, &comm, &weights, &logits, &x, &mut out), weights holding the
+    /// // experts moe.local_experts().
+    /// # let _ = (&mut step, &mut moe);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn forward<L, X, O>(
         &mut self,
         k: &DsaKernels,

@@ -325,6 +325,16 @@ fn dispatch_bookkeeping_by_hand() {
     assert!(plan_dispatch(&part, &ids, 32).is_err());
     assert!(plan_receive(&part, &recv, 64, 100).is_err());
     assert!(plan_receive(&part, &recv[..100], 64, 64).is_err());
+    // 65 rows for local expert 0 with max_m 64: the 65th (in receive order) is dropped.
+    let mut full = vec![-1i32; 128];
+    full[..40].fill(0);
+    full[64..89].fill(0);
+    let r = plan_receive(&part, &full, 64, 64).unwrap();
+    assert!(r.overflow);
+    assert_eq!(r.recv_counts, vec![40, 25]);
+    assert_eq!(r.masked_m[0], 64);
+    assert_eq!(r.row_of[87], 63);
+    assert_eq!(r.row_of[88], -1);
     // A message too small for its rows.
     let many = vec![0i32; 65];
     assert!(plan_dispatch(&part, &many, 64).is_err());

@@ -66,6 +66,9 @@ pub enum DsaError {
         minor: i32,
         built: &'static str,
     },
+    /// A collective-communication call (NCCL) failed.
+    #[error("communication failed in {what}: {detail}")]
+    Communication { what: &'static str, detail: String },
     /// The driver is older than the CUDA version the kernels were compiled with.
     #[error("CUDA driver supports CUDA {found_major}.{found_minor}; the kernels need CUDA {need_major}.{need_minor} (driver >= 580)")]
     DriverTooOld {

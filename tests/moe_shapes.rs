@@ -66,7 +66,12 @@ fn bad_shapes_are_errors() {
         experts: 64,
         ..s
     }));
-    assert!(unsupported(MoeShape { top_k: 17, ..s }));
+    // More slots per token than experts is a valid plan shape (the expert-parallel
+    // dispatch plans over ranks), but no routing can pick 17 distinct experts of 16.
+    assert!(MoeShape { top_k: 17, ..s }.validate().is_ok());
+    assert!(RouteConfig::DEEPSEEK_V3
+        .validate(&MoeShape { top_k: 17, ..s })
+        .is_err());
     assert!(unsupported(MoeShape { hidden: 200, ..s }));
     assert!(unsupported(MoeShape { inter: 0, ..s }));
     assert!(unsupported(MoeShape {

@@ -46,7 +46,7 @@ pub struct MoeWeights<'a> {
 
 /// Workspace of the shared expert, sized for the layer's tokens.
 #[derive(Debug)]
-struct SharedWork {
+pub(crate) struct SharedWork {
     inter: usize,
     xq: CudaSlice<u8>,
     xs: CudaSlice<f32>,
@@ -98,26 +98,7 @@ impl MoeLayer {
         let slots = shape.slots()?;
         let shared = match shared_inter {
             None => None,
-            Some(inter) => {
-                if inter == 0 || inter % MOE_BLOCK != 0 {
-                    return Err(DsaError::Unsupported {
-                        what: "shared expert width",
-                        detail: format!("{inter}, must be a positive multiple of 128"),
-                    });
-                }
-                let t = shape.tokens;
-                let stride = t.next_multiple_of(4);
-                let size = |a: usize, b: usize| mul("shared expert workspace", a, b);
-                Some(SharedWork {
-                    inter,
-                    xq: stream.alloc_zeros(size(t, shape.hidden)?.max(1))?,
-                    xs: stream.alloc_zeros(size(stride, shape.hidden / MOE_BLOCK)?.max(1))?,
-                    h: stream.alloc_zeros(size(t, 2 * inter)?.max(1))?,
-                    aq: stream.alloc_zeros(size(t, inter)?.max(1))?,
-                    as_: stream.alloc_zeros(size(stride, inter / MOE_BLOCK)?.max(1))?,
-                    y: stream.alloc_zeros(size(t, shape.hidden)?.max(1))?,
-                })
-            }
+            Some(inter) => Some(SharedWork::new(stream, shape, inter)?),
         };
         Ok(Self {
             shape: *shape,
@@ -171,44 +152,8 @@ impl MoeLayer {
         O: DevicePtrMut<bf16>,
     {
         let s = self.shape;
-        let (e, hd, it) = (s.experts, s.hidden, s.inter);
-        let (hb, ib) = (hd / MOE_BLOCK, it / MOE_BLOCK);
-        // Saturating products: a size past usize fails the check instead of wrapping.
-        let prod = |d: &[usize]| d.iter().fold(1usize, |p, &x| p.saturating_mul(x));
-        let expect: [(&'static str, usize, &[usize]); 4] = [
-            ("MoE w13", w.w13.codes.len(), &[e, 2 * it, hd]),
-            ("MoE w13 scales", w.w13.scales.len(), &[e, 2 * ib, hb]),
-            ("MoE w2", w.w2.codes.len(), &[e, hd, it]),
-            ("MoE w2 scales", w.w2.scales.len(), &[e, hb, ib]),
-        ];
-        for (what, got, dims) in expect {
-            check::at_least(what, got, prod(dims), dims)?;
-        }
-        if let Some(sw) = &w.shared {
-            let sb = sw.inter / MOE_BLOCK;
-            let expect: [(&'static str, usize, &[usize]); 4] = [
-                ("shared w13", sw.w13.codes.len(), &[2 * sw.inter, hd]),
-                ("shared w13 scales", sw.w13.scales.len(), &[2 * sb, hb]),
-                ("shared w2", sw.w2.codes.len(), &[hd, sw.inter]),
-                ("shared w2 scales", sw.w2.scales.len(), &[hb, sb]),
-            ];
-            for (what, got, dims) in expect {
-                check::at_least(what, got, prod(dims), dims)?;
-            }
-        }
-        check::at_least("MoE bias", w.bias.len(), e, &[e])?;
-        match (&w.shared, &self.shared) {
-            (Some(sw), Some(work)) if sw.inter == work.inter => {}
-            (None, None) => {}
-            _ => {
-                return Err(DsaError::Unsupported {
-                    what: "MoE shared expert",
-                    detail: "the weights' shared expert (or its width) is not the one the layer \
-                             was created for"
-                        .into(),
-                })
-            }
-        }
+        check_weights(w, &s, s.experts, self.shared.as_ref())?;
+        let (hd, it) = (s.hidden, s.inter);
         k.moe_route(
             &s,
             &self.route,
@@ -222,39 +167,10 @@ impl MoeLayer {
         self.grouped_gemm(k, &w.w13, 2 * it, hd, true)?;
         k.moe_swiglu_quant(&s, &self.plan, &self.h, &mut self.a2, &mut self.sfa2)?;
         self.grouped_gemm(k, &w.w2, hd, it, false)?;
-        let t = s.tokens;
         if let (Some(sw), Some(work)) = (&w.shared, &mut self.shared) {
-            if t > 0 {
-                let si = sw.inter;
-                k.fp8_quantize_rows(t, hd, s.ue8m0, x, &mut work.xq, &mut work.xs)?;
-                let l1 = LinearShape {
-                    m: t,
-                    n: 2 * si,
-                    k: hd,
-                };
-                gemm::fp8_linear(
-                    k,
-                    l1,
-                    &work.xq,
-                    &work.xs,
-                    &sw.w13.codes,
-                    &sw.w13.scales,
-                    &mut work.h,
-                )?;
-                k.fp8_swiglu_quant_rows(t, si, s.ue8m0, &work.h, &mut work.aq, &mut work.as_)?;
-                let l2 = LinearShape { m: t, n: hd, k: si };
-                gemm::fp8_linear(
-                    k,
-                    l2,
-                    &work.aq,
-                    &work.as_,
-                    &sw.w2.codes,
-                    &sw.w2.scales,
-                    &mut work.y,
-                )?;
-            }
+            work.forward(k, sw, &s, x)?;
         }
-        let shared_y = self.shared.as_ref().map(|w| &w.y);
+        let shared_y = self.shared.as_ref().map(|w| w.y());
         k.moe_combine(&s, &self.plan, &self.y, &self.weights, shared_y, out)
     }
 
@@ -302,5 +218,122 @@ impl MoeLayer {
                 gemm::grouped_gemm_masked(k, shape, a, sfa, &w.codes, &w.scales, &masked_m, d)
             }
         }
+    }
+}
+
+impl SharedWork {
+    /// The shared expert's workspace of width `inter` for `shape.tokens` rows.
+    pub(crate) fn new(stream: &Arc<CudaStream>, shape: &MoeShape, inter: usize) -> Result<Self> {
+        if inter == 0 || inter % MOE_BLOCK != 0 {
+            return Err(DsaError::Unsupported {
+                what: "shared expert width",
+                detail: format!("{inter}, must be a positive multiple of 128"),
+            });
+        }
+        let t = shape.tokens;
+        let stride = t.next_multiple_of(4);
+        let size = |a: usize, b: usize| mul("shared expert workspace", a, b);
+        Ok(SharedWork {
+            inter,
+            xq: stream.alloc_zeros(size(t, shape.hidden)?.max(1))?,
+            xs: stream.alloc_zeros(size(stride, shape.hidden / MOE_BLOCK)?.max(1))?,
+            h: stream.alloc_zeros(size(t, 2 * inter)?.max(1))?,
+            aq: stream.alloc_zeros(size(t, inter)?.max(1))?,
+            as_: stream.alloc_zeros(size(stride, inter / MOE_BLOCK)?.max(1))?,
+            y: stream.alloc_zeros(size(t, shape.hidden)?.max(1))?,
+        })
+    }
+
+    /// The shared expert's output `[tokens, hidden]` (after [`Self::forward`]).
+    pub(crate) fn y(&self) -> &CudaSlice<bf16> {
+        &self.y
+    }
+
+    /// `y = shared MLP(x)` for the `shape.tokens` rows of `x`: quantize, FP8 linear w13,
+    /// SwiGLU + quantize, FP8 linear w2.
+    pub(crate) fn forward<X: DevicePtr<bf16>>(
+        &mut self,
+        k: &DsaKernels,
+        sw: &SharedExpert<'_>,
+        s: &MoeShape,
+        x: &X,
+    ) -> Result<()> {
+        let (t, hd, si) = (s.tokens, s.hidden, sw.inter);
+        if t == 0 {
+            return Ok(());
+        }
+        k.fp8_quantize_rows(t, hd, s.ue8m0, x, &mut self.xq, &mut self.xs)?;
+        let l1 = LinearShape {
+            m: t,
+            n: 2 * si,
+            k: hd,
+        };
+        gemm::fp8_linear(
+            k,
+            l1,
+            &self.xq,
+            &self.xs,
+            &sw.w13.codes,
+            &sw.w13.scales,
+            &mut self.h,
+        )?;
+        k.fp8_swiglu_quant_rows(t, si, s.ue8m0, &self.h, &mut self.aq, &mut self.as_)?;
+        let l2 = LinearShape { m: t, n: hd, k: si };
+        gemm::fp8_linear(
+            k,
+            l2,
+            &self.aq,
+            &self.as_,
+            &sw.w2.codes,
+            &sw.w2.scales,
+            &mut self.y,
+        )
+    }
+}
+
+/// Checks a layer's weights before any launch: `groups` experts' w13 and w2 of `shape`'s
+/// sizes, the bias of `shape.experts` (all experts: routing sees every one), and the
+/// shared expert against the workspace made for it.
+pub(crate) fn check_weights(
+    w: &MoeWeights<'_>,
+    s: &MoeShape,
+    groups: usize,
+    shared: Option<&SharedWork>,
+) -> Result<()> {
+    let (e, hd, it) = (groups, s.hidden, s.inter);
+    let (hb, ib) = (hd / MOE_BLOCK, it / MOE_BLOCK);
+    // Saturating products: a size past usize fails the check instead of wrapping.
+    let prod = |d: &[usize]| d.iter().fold(1usize, |p, &x| p.saturating_mul(x));
+    let expect: [(&'static str, usize, &[usize]); 4] = [
+        ("MoE w13", w.w13.codes.len(), &[e, 2 * it, hd]),
+        ("MoE w13 scales", w.w13.scales.len(), &[e, 2 * ib, hb]),
+        ("MoE w2", w.w2.codes.len(), &[e, hd, it]),
+        ("MoE w2 scales", w.w2.scales.len(), &[e, hb, ib]),
+    ];
+    for (what, got, dims) in expect {
+        check::at_least(what, got, prod(dims), dims)?;
+    }
+    if let Some(sw) = &w.shared {
+        let sb = sw.inter / MOE_BLOCK;
+        let expect: [(&'static str, usize, &[usize]); 4] = [
+            ("shared w13", sw.w13.codes.len(), &[2 * sw.inter, hd]),
+            ("shared w13 scales", sw.w13.scales.len(), &[2 * sb, hb]),
+            ("shared w2", sw.w2.codes.len(), &[hd, sw.inter]),
+            ("shared w2 scales", sw.w2.scales.len(), &[hb, sb]),
+        ];
+        for (what, got, dims) in expect {
+            check::at_least(what, got, prod(dims), dims)?;
+        }
+    }
+    check::at_least("MoE bias", w.bias.len(), s.experts, &[s.experts])?;
+    match (&w.shared, shared) {
+        (Some(sw), Some(work)) if sw.inter == work.inter => Ok(()),
+        (None, None) => Ok(()),
+        _ => Err(DsaError::Unsupported {
+            what: "MoE shared expert",
+            detail: "the weights' shared expert (or its width) is not the one the layer was \
+                     created for"
+                .into(),
+        }),
     }
 }

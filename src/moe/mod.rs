@@ -50,15 +50,19 @@
 //! # }
 //! ```
 
+pub mod expert_parallel;
 pub mod gemm;
 
 mod combine;
+mod ep_exchange;
+mod ep_layer;
 mod layer;
 mod plan;
 mod quant;
 mod route;
 mod shape;
 
+pub use ep_layer::{EpConfig, EpRows, ExpertParallelMoe};
 pub use layer::{Fp8Weights, MoeLayer, MoeWeights, SharedExpert};
 pub use plan::MoePlan;
 pub use route::RouteConfig;

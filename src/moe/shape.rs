@@ -61,7 +61,8 @@ pub struct MoeShape {
     pub inter: usize,
     /// Routed experts `E`, `1..=1024`.
     pub experts: usize,
-    /// Experts per token `k`, `1..=32`.
+    /// Slots per token `k`, `1..=32` (experts per token; for routing at most the experts
+    /// of the kept groups, see [`RouteConfig::validate`](super::RouteConfig::validate)).
     pub top_k: usize,
     /// Segment alignment of the contiguous layout; in the masked layout the padding rows
     /// written (zero codes) reach the next multiple of it.
@@ -118,13 +119,13 @@ impl MoeShape {
                 format!("{} experts, must be in 1..={MOE_MAX_EXPERTS}", self.experts),
             );
         }
-        if self.top_k == 0 || self.top_k > MOE_MAX_TOP_K || self.top_k > self.experts {
+        // top_k may exceed the experts: a plan over ranks (the expert-parallel dispatch)
+        // sends several slots of a token to one rank. Routing needs top_k distinct experts,
+        // which RouteConfig::validate checks.
+        if self.top_k == 0 || self.top_k > MOE_MAX_TOP_K {
             return unsupported(
                 "MoE top_k",
-                format!(
-                    "top_k = {} must be in 1..={} (and at most the {} experts)",
-                    self.top_k, MOE_MAX_TOP_K, self.experts
-                ),
+                format!("top_k = {} must be in 1..={}", self.top_k, MOE_MAX_TOP_K),
             );
         }
         for (what, v) in [

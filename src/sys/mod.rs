@@ -16,6 +16,7 @@ pub mod grouped_gemm;
 pub mod indexer;
 pub mod mla_combine;
 pub mod moe;
+pub mod moe_ep;
 pub mod sparse_mla;
 pub mod topk;
 
@@ -35,3 +36,6 @@ unsafe impl cudarc::driver::DeviceRepr for moe::DsaMoePlanParams {}
 unsafe impl cudarc::driver::DeviceRepr for moe::DsaMoeQuantParams {}
 unsafe impl cudarc::driver::DeviceRepr for moe::DsaMoeCombineParams {}
 unsafe impl cudarc::driver::DeviceRepr for grouped_gemm::DsaGroupedGemmParams {}
+unsafe impl cudarc::driver::DeviceRepr for moe_ep::DsaMoeEpIdsParams {}
+unsafe impl cudarc::driver::DeviceRepr for moe_ep::DsaMoeEpGatherParams {}
+unsafe impl cudarc::driver::DeviceRepr for moe_ep::DsaMoeEpRowsParams {}

@@ -11,6 +11,7 @@ mod dsa_step;
 mod grouped_gemm;
 mod indexer;
 mod moe;
+mod moe_ep;
 mod moe_layer;
 mod sparse_mla;
 mod topk;

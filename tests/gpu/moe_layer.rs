@@ -9,7 +9,7 @@
 //! which shifts the outputs it feeds by up to ~2% of their range at these widths (I =
 //! 128); the final bf16 rounding adds 2^-9. Measured on the H200: 6.0e-3 to 2.1e-2 (the
 //! largest at T = 1000 with UE8M0), cosine differences 9e-6 to 1.7e-5.
-const MAX_REL: f64 = 5e-2;
+pub(crate) const MAX_REL: f64 = 5e-2;
 const MAX_COS: f64 = 1e-4;
 
 use dsa_kernels::cudarc::driver::{CudaSlice, CudaStream};
@@ -101,9 +101,9 @@ fn reference_layer(
     out
 }
 
-struct Setup {
-    shape: MoeShape,
-    cfg: RouteConfig,
+pub(crate) struct Setup {
+    pub(crate) shape: MoeShape,
+    pub(crate) cfg: RouteConfig,
     experts: Vec<rm::Mlp>,
     shared: Option<rm::Mlp>,
     bias: Vec<f32>,
@@ -120,7 +120,12 @@ fn fp8<'a>(c: &'a CudaSlice<u8>, sc: &'a CudaSlice<f32>) -> Fp8Weights<'a> {
 }
 
 impl Setup {
-    fn new(s: &Arc<CudaStream>, shape: MoeShape, shared_inter: Option<usize>, seed: u64) -> Self {
+    pub(crate) fn new(
+        s: &Arc<CudaStream>,
+        shape: MoeShape,
+        shared_inter: Option<usize>,
+        seed: u64,
+    ) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let experts: Vec<rm::Mlp> = (0..shape.experts)
             .map(|_| mlp(&mut rng, shape.hidden, shape.inter))
@@ -149,7 +154,7 @@ impl Setup {
         }
     }
 
-    fn weights(&self) -> MoeWeights<'_> {
+    pub(crate) fn weights(&self) -> MoeWeights<'_> {
         MoeWeights {
             bias: self.bias_dev.as_view(),
             w13: fp8(&self.dev.w13, &self.dev.w13s),
@@ -162,7 +167,7 @@ impl Setup {
         }
     }
 
-    fn inputs(&self, seed: u64) -> (Vec<f32>, Vec<bf16>) {
+    pub(crate) fn inputs(&self, seed: u64) -> (Vec<f32>, Vec<bf16>) {
         let mut rng = StdRng::seed_from_u64(seed);
         let (t, e, h) = (self.shape.tokens, self.shape.experts, self.shape.hidden);
         let logits = (0..t * e).map(|_| rng.random_range(-4.0f32..4.0)).collect();
@@ -172,7 +177,7 @@ impl Setup {
         (logits, x)
     }
 
-    fn reference(&self, logits: &[f32], x: &[bf16]) -> Vec<f32> {
+    pub(crate) fn reference(&self, logits: &[f32], x: &[bf16]) -> Vec<f32> {
         let xf: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
         let p = rm::RouteParams {
             n_group: self.cfg.n_group,
@@ -195,7 +200,7 @@ impl Setup {
     }
 }
 
-fn shape(t: usize, layout: MoeLayout, align: Align, ue8m0: bool) -> MoeShape {
+pub(crate) fn shape(t: usize, layout: MoeLayout, align: Align, ue8m0: bool) -> MoeShape {
     MoeShape {
         tokens: t,
         hidden: 256,

@@ -362,6 +362,18 @@ fn known_holes_are_errors() {
         out_stride: usize::MAX - 63,
     };
     assert!(validate::indexer_logits_decode(&b, d, 1 << 20, 1 << 20, 3, 128).is_err());
+    // Decode logits near the kernel's 32-bit key columns and page prefix sums: max_ctx
+    // within a page and a tile of i32::MAX, batch x pages per sequence within i32.
+    let d = DecodeLogitsShape::new(64, i32::MAX as usize - 100);
+    assert!(d.validate(&b).is_err());
+    let d = DecodeLogitsShape::new(64, i32::MAX as usize - 127);
+    let wide = PagedBatchShape {
+        batch: 64,
+        next_n: 1,
+        max_pages: 1 << 25,
+    };
+    assert!(d.validate(&wide).is_err());
+    assert!(d.validate(&b).is_ok());
     // Sparse prefill with s_kv = 2^58: any index counted as valid.
     let sp = SparsePrefillConfig {
         s_q: 1,

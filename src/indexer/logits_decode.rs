@@ -3,7 +3,7 @@
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 
 use super::{check_heads, MAX_NEXT_N};
-use crate::cache::IndexerKCache;
+use crate::cache::{IndexerKCache, PAGE_SIZE};
 use crate::check;
 use crate::error::{DsaError, Result};
 use crate::paged_batch::{PagedBatch, PagedBatchShape};
@@ -63,7 +63,19 @@ impl DecodeLogitsShape {
             });
         }
         check::fits_i64("decode logits out_stride", self.out_stride)?;
-        check::fits_i32("decode max_ctx", self.max_ctx)?;
+        // The kernel forms key columns in 32 bits a page of 64 keys (plus a tile of 64) at a
+        // time, and prefix-sums pages per sequence in 32 bits: both must stay below 2^31.
+        let max_ctx_limit = i32::MAX as usize - 127;
+        if self.max_ctx > max_ctx_limit {
+            return Err(DsaError::Capacity {
+                what: "decode max_ctx",
+                needed: self.max_ctx,
+                capacity: max_ctx_limit,
+            });
+        }
+        let pages = batch.max_pages.min(self.max_ctx.div_ceil(PAGE_SIZE));
+        let total = batch.batch.checked_mul(pages).unwrap_or(usize::MAX);
+        check::fits_i32("decode plan pages (batch x pages per sequence)", total)?;
         check::span("decode logits", batch.rows(), self.out_stride, self.max_ctx)
     }
 }

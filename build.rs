@@ -7,9 +7,11 @@
 //! Where things are found (first hit wins; README "Building" says the same):
 //! - nvcc: `NVCC`, `CUDA_HOME/bin`, `CUDA_PATH/bin`, `PATH`, then the project's toolchain
 //!   folder (`DSA_CUDA_TOOLCHAIN_DIR`, default `<crate>/.cuda-toolchain`) `cuda/bin`.
-//! - CUTLASS/CuTe headers: `CUTLASS_INCLUDE`, `CUTLASS_PATH/include`, `CUTLASS_HOME/include`,
-//!   the include directories of the CUDA install the nvcc belongs to, then the toolchain
-//!   folder's `cutlass-include`.
+//! - CUTLASS/CuTe headers (optional: no kernel includes them today, the device layer in
+//!   `kernels-cuda/common/` is the crate's own; found, they are put on the include path):
+//!   `CUTLASS_INCLUDE`, `CUTLASS_PATH/include`, `CUTLASS_HOME/include`, the include
+//!   directories of the CUDA install the nvcc belongs to, then the toolchain folder's
+//!   `cutlass-include`. An explicit setting that holds no CuTe is an error.
 //!
 //! A missing or unusable dependency is one build error naming what to install or set.
 //! Kernel compilation is skipped (the crate builds, and `DsaKernels::new` returns
@@ -54,7 +56,7 @@ const ENV_VARS: &[&str] = &[
 /// Bumped when the cache key's recipe changes, so old entries are never reused.
 const CACHE_FORMAT: &str = "dsa-kernels-fatbin-v1";
 
-/// The CuTe header the kernels include; a CUTLASS include directory must have it.
+/// The CuTe header that marks a CUTLASS include directory.
 const CUTE_PROBE: &str = "cute/arch/mma_sm90_gmma.hpp";
 
 /// Reports a build error cargo shows once, with what to do about it, and stops the build.
@@ -165,10 +167,10 @@ fn main() {
     if let Ok(extra) = env::var("DSA_NVCC_FLAGS") {
         flags.extend(extra.split_whitespace().map(String::from));
     }
-    let includes = [
-        format!("-I{}", common_dir.display()),
-        format!("-I{}", cutlass.dir.display()),
-    ];
+    let mut includes = vec![format!("-I{}", common_dir.display())];
+    if let Some(c) = &cutlass {
+        includes.push(format!("-I{}", c.dir.display()));
+    }
 
     let mut common_key = StableHash::new();
     common_key.add(CACHE_FORMAT.as_bytes());
@@ -176,7 +178,7 @@ fn main() {
         common_key.add(f.as_bytes());
     }
     common_key.add(nvcc_version.as_bytes());
-    common_key.add(&cutlass.version_header);
+    common_key.add(cutlass.as_ref().map_or(&[][..], |c| &c.version_header[..]));
     for h in &headers {
         common_key.add(
             h.strip_prefix(&kdir)
@@ -261,7 +263,9 @@ fn main() {
         format!(
             "nvcc: {}\ncutlass: {}\ncache: {}\ncompiled: {} of {}\n",
             nvcc.display(),
-            cutlass.dir.display(),
+            cutlass
+                .as_ref()
+                .map_or("none (optional)".into(), |c| c.dir.display().to_string()),
             cache
                 .as_ref()
                 .map_or("off".into(), |c| c.display().to_string()),
@@ -462,7 +466,7 @@ struct Cutlass {
     version_header: Vec<u8>,
 }
 
-fn find_cutlass(nvcc: &Path, toolchain: &Path) -> Cutlass {
+fn find_cutlass(nvcc: &Path, toolchain: &Path) -> Option<Cutlass> {
     let usable = |dir: &Path| {
         dir.join(CUTE_PROBE).is_file().then(|| Cutlass {
             dir: dir.to_path_buf(),
@@ -478,13 +482,14 @@ fn find_cutlass(nvcc: &Path, toolchain: &Path) -> Cutlass {
     for (var, sub) in explicit {
         if let Some(v) = env::var_os(var).filter(|v| !v.is_empty()) {
             let dir = PathBuf::from(v).join(sub);
-            return usable(&dir).unwrap_or_else(|| {
+            return Some(usable(&dir).unwrap_or_else(|| {
                 fail(&format!(
                     "{var} is set, but {} has no {CUTE_PROBE}. Point it at a CUTLASS >= 3.5 \
-                     checkout (CUTLASS_PATH, CUTLASS_HOME: its root; CUTLASS_INCLUDE: its include/).",
+                     checkout (CUTLASS_PATH, CUTLASS_HOME: its root; CUTLASS_INCLUDE: its include/), \
+                     or unset it: no kernel needs CUTLASS.",
                     dir.display()
                 ))
-            });
+            }));
         }
     }
     // The CUDA install the nvcc belongs to (some installs ship CUTLASS beside CCCL).
@@ -505,15 +510,7 @@ fn find_cutlass(nvcc: &Path, toolchain: &Path) -> Cutlass {
         })
         .collect();
     dirs.push(toolchain.join("cutlass-include"));
-    dirs.iter().find_map(|d| usable(d)).unwrap_or_else(|| {
-        fail(&format!(
-            "CUTLASS/CuTe headers not found ({CUTE_PROBE}; looked at CUTLASS_INCLUDE, \
-             CUTLASS_PATH/include, CUTLASS_HOME/include, {}).\n\
-             Install them: scripts/install-cuda-toolchain.sh --cutlass-only (headers only, from \
-             PyPI's nvidia-cutlass 4.2.0.0), or clone CUTLASS >= 3.5 and set CUTLASS_PATH to it.\n{SKIP_HINT}",
-            dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
-        ))
-    })
+    dirs.iter().find_map(|d| usable(d))
 }
 
 /// `90a`, `90`, `9.0`, `sm_90a`, comma lists; plain 90 means 90a because the kernels use

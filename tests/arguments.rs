@@ -433,3 +433,52 @@ fn sparse_workspace_need_is_not_monotonic() {
     assert!(at_110 > 80 << 20, "{at_110} bytes at B = 110");
     assert!(cfg.workspace_len_up_to(128, 1, 132) >= cfg.workspace_len(110, 132));
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4096))]
+
+    /// The MoE family's host rules: a shape that validates has every buffer size and row
+    /// count within the kernels' 32-bit row indices; the sizing helpers and the
+    /// expert-parallel partition return `Err` (never a wrapped size, never a panic) at the
+    /// extremes.
+    #[test]
+    fn moe_shapes_and_partitions_survive_extremes(
+        tokens in ext(), hidden in ext(), inter in ext(), experts in ext(), top_k in ext(),
+        max_m in ext(), masked in any::<bool>(), a64 in any::<bool>(), ranks in ext(),
+        n_group in ext(), topk_group in ext(),
+    ) {
+        use dsa_kernels::moe::gemm::contiguous_capacity;
+        use dsa_kernels::moe::expert_parallel::EpPartition;
+        use dsa_kernels::moe::{Align, MoeLayout, MoeShape, RouteConfig};
+        let shape = MoeShape {
+            tokens,
+            hidden,
+            inter,
+            experts,
+            top_k,
+            align: if a64 { Align::A64 } else { Align::A128 },
+            layout: if masked { MoeLayout::Masked { max_m } } else { MoeLayout::Contiguous },
+            ue8m0: false,
+        };
+        if shape.validate().is_ok() {
+            let rows = shape.rows().unwrap();
+            prop_assert!(rows as u128 <= I32);
+            for n in [shape.a1_len(), shape.sfa1_len(), shape.h_len(), shape.a2_len(),
+                      shape.sfa2_len(), shape.y_len(), shape.plan_len()] {
+                prop_assert!(n.is_ok());
+            }
+        }
+        let _ = RouteConfig { n_group, topk_group, renormalize: true, route_scale: 2.5 }
+            .validate(&shape);
+        if let Ok(c) = contiguous_capacity(tokens, top_k, experts, if a64 { 64 } else { 128 }) {
+            prop_assert!(c as u128 <= I32);
+            prop_assert!(c as u128 >= tokens as u128 * top_k as u128);
+        }
+        if let Ok(p) = EpPartition::new(experts, ranks) {
+            let _ = p.send_capacity(tokens, top_k);
+            let _ = p.max_m_no_drop(tokens);
+            let _ = p.rank_of(i32::MAX);
+            let _ = p.local_experts(ranks.saturating_sub(1));
+        }
+    }
+}

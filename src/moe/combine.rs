@@ -55,21 +55,14 @@ impl DsaKernels {
             });
         }
         let stream = self.stream().clone();
-        let (yp, _g0) = y.device_ptr(&stream);
-        let (wp, _g1) = weights.device_ptr(&stream);
-        let (op, _g2) = out.device_ptr_mut(&stream);
-        let sg = shared.map(|s| s.device_ptr(&stream));
-        let sp = sg.as_ref().map_or(0, |(p, _)| *p);
-        check::aligned("MoE y", yp, 16)?;
-        check::aligned("MoE shared expert output", sp, 16)?;
-        check::aligned("MoE combine output", op, 16)?;
-        let (row_of, _g3) = plan.ptr(&stream, plan.sections().row_of);
+        let mut a = self.args();
+        let (row_of, _plan_guard) = plan.ptr(&stream, plan.sections().row_of);
         let params = DsaMoeCombineParams {
-            y: yp as *const u16,
+            y: a.read::<bf16, _>("MoE y", y, 16)? as *const u16,
             row_of,
-            weights: wp as *const f32,
-            shared: sp as *const u16,
-            out: op as *mut u16,
+            weights: a.read("MoE weights", weights, 4)?,
+            shared: a.read_opt::<bf16, _>("MoE shared expert output", shared, 16)? as *const u16,
+            out: a.write::<bf16, _>("MoE combine output", out, 16)? as *mut u16,
             tokens: t as i32,
             hidden: h as i32,
             top_k: shape.top_k as i32,

@@ -19,7 +19,7 @@ use crate::sys::moe_ep::{
 impl DsaKernels {
     /// A grid-stride launch over `items` of `per_cta` items each, at most 8 CTAs per SM.
     fn ep_launch(&self, items: usize, per_cta: usize) -> LaunchConfig {
-        let max_ctas = (self.device().sm_count.max(1) as usize) * 8;
+        let max_ctas = self.sm_count() * 8;
         LaunchConfig {
             grid_dim: (items.div_ceil(per_cta).clamp(1, max_ctas) as u32, 1, 1),
             block_dim: (DSA_MOE_EP_THREADS, 1, 1),
@@ -47,13 +47,11 @@ impl DsaKernels {
         if slots == 0 {
             return Ok(());
         }
-        let stream = self.stream().clone();
-        let (ip, _g0) = ids.device_ptr(&stream);
-        let (rp, _g1) = rank_ids.device_ptr_mut(&stream);
+        let mut a = self.args();
         let params = DsaMoeEpIdsParams {
-            ids: ip as *const i32,
+            ids: a.read("MoE ids", ids, 4)?,
             send_src: std::ptr::null(),
-            rank_ids: rp as *mut i32,
+            rank_ids: a.write("expert-parallel rank ids", rank_ids, 4)?,
             send_experts: std::ptr::null_mut(),
             slots: slots as i32,
             experts: part.experts() as i32,
@@ -65,7 +63,7 @@ impl DsaKernels {
         let cfg = self.ep_launch(slots, DSA_MOE_EP_THREADS as usize);
         // SAFETY: ids and rank_ids hold `slots` elements (checked); the kernel touches
         // nothing else.
-        unsafe { self.launch("moe_ep", "dsa_moe_ep_rank_ids", cfg, &params) }
+        unsafe { a.launch("moe_ep", "dsa_moe_ep_rank_ids", cfg, &params) }
     }
 
     /// `send_experts[r]` = the local expert id on the destination of send row `r` of
@@ -100,14 +98,13 @@ impl DsaKernels {
             &[rows],
         )?;
         let stream = self.stream().clone();
-        let (ip, _g0) = ids.device_ptr(&stream);
-        let (sp, _g1) = send_experts.device_ptr_mut(&stream);
-        let (src, _g2) = send_plan.ptr(&stream, send_plan.sections().src);
+        let mut a = self.args();
+        let (src, _plan_guard) = send_plan.ptr(&stream, send_plan.sections().src);
         let params = DsaMoeEpIdsParams {
-            ids: ip as *const i32,
+            ids: a.read("MoE ids", ids, 4)?,
             send_src: src,
             rank_ids: std::ptr::null_mut(),
-            send_experts: sp as *mut i32,
+            send_experts: a.write("expert-parallel send experts", send_experts, 4)?,
             slots: slots as i32,
             experts: part.experts() as i32,
             experts_per_rank: part.experts_per_rank() as i32,
@@ -118,7 +115,7 @@ impl DsaKernels {
         let cfg = self.ep_launch(rows, DSA_MOE_EP_THREADS as usize);
         // SAFETY: send_src is the plan's `rows` entries, send_experts holds `rows`, ids
         // `slots` (the kernel reads ids only at src values in [0, slots)).
-        unsafe { self.launch("moe_ep", "dsa_moe_ep_send_experts", cfg, &params) }
+        unsafe { a.launch("moe_ep", "dsa_moe_ep_send_experts", cfg, &params) }
     }
 
     /// The received FP8 rows (`recv_codes` e4m3 `[ranks * C, hidden]`, `recv_scales` f32
@@ -189,24 +186,23 @@ impl DsaKernels {
             &[recv_shape.sfa1_len()?],
         )?;
         let stream = self.stream().clone();
-        let (cp, _g0) = recv_codes.device_ptr(&stream);
-        let (sp, _g1) = recv_scales.device_ptr(&stream);
-        let (ap, _g2) = a.device_ptr_mut(&stream);
-        let (fp, _g3) = sfa.device_ptr_mut(&stream);
-        check::aligned("expert-parallel received codes", cp, 16)?;
-        check::aligned("MoE a1", ap, 16)?;
+        let mut args = self.args();
+        let cp = args.read("expert-parallel received codes", recv_codes, 16)?;
+        let sp = args.read("expert-parallel received scales", recv_scales, 4)?;
+        let ap = args.write("MoE a1", a, 16)?;
+        let fp = args.write("MoE sfa1", sfa, 4)?;
         let sec = *recv_plan.sections();
-        let (base, _g4) = recv_plan.ptr(&stream, 0);
+        let (base, _plan_guard) = recv_plan.ptr(&stream, 0);
         let rows = recv_shape.rows()?;
         // SAFETY: offsets inside the plan's one buffer (PlanSections of this shape).
         let (src, masked_m) = unsafe { (base.add(sec.src), base.add(sec.masked_m)) };
         let params = DsaMoeEpGatherParams {
-            recv_codes: cp as *const u8,
-            recv_scales: sp as *const f32,
+            recv_codes: cp,
+            recv_scales: sp,
             src,
             masked_m,
-            codes: ap as *mut u8,
-            scales: fp as *mut f32,
+            codes: ap,
+            scales: fp,
             groups: recv_shape.experts as i32,
             max_m: max_m as i32,
             cols: h as i32,
@@ -217,7 +213,7 @@ impl DsaKernels {
         let cfg = self.ep_launch(rows, DSA_MOE_EP_THREADS as usize / 32);
         // SAFETY: every buffer was checked against the shape; the kernel reads received
         // rows only at src values in [0, recv_rows) and writes masked rows below max_m.
-        unsafe { self.launch("moe_ep", "dsa_moe_ep_gather_fp8", cfg, &params) }
+        unsafe { args.launch("moe_ep", "dsa_moe_ep_gather_fp8", cfg, &params) }
     }
 
     /// `out[r] = input[index[r]]` for `index[r]` in `[0, in_rows)`, zeros otherwise: bf16
@@ -268,16 +264,11 @@ impl DsaKernels {
         if rows == 0 {
             return Ok(());
         }
-        let stream = self.stream().clone();
-        let (xp, _g0) = input.device_ptr(&stream);
-        let (ip, _g1) = index.device_ptr(&stream);
-        let (op, _g2) = out.device_ptr_mut(&stream);
-        check::aligned("expert-parallel row gather input", xp, 16)?;
-        check::aligned("expert-parallel row gather output", op, 16)?;
+        let mut a = self.args();
         let params = DsaMoeEpRowsParams {
-            in_: xp as *const u16,
-            index: ip as *const i32,
-            out: op as *mut u16,
+            in_: a.read::<bf16, _>("expert-parallel row gather input", input, 16)? as *const u16,
+            index: a.read("expert-parallel row gather index", index, 4)?,
+            out: a.write::<bf16, _>("expert-parallel row gather output", out, 16)? as *mut u16,
             rows: rows as i32,
             in_rows: in_rows as i32,
             cols: cols as i32,
@@ -286,7 +277,7 @@ impl DsaKernels {
         let cfg = self.ep_launch(rows, DSA_MOE_EP_THREADS as usize / 32);
         // SAFETY: input holds in_rows rows, index and out `rows` (checked); the kernel
         // reads input only at indices in [0, in_rows).
-        unsafe { self.launch("moe_ep", "dsa_moe_ep_gather_rows", cfg, &params) }
+        unsafe { a.launch("moe_ep", "dsa_moe_ep_gather_rows", cfg, &params) }
     }
 }
 

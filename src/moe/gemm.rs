@@ -29,7 +29,7 @@
 use cudarc::driver::{sys, DevicePtr, DevicePtrMut, LaunchConfig};
 use half::bf16;
 
-use crate::check;
+use crate::check::{self, product};
 use crate::error::{DsaError, Result};
 use crate::runtime::DsaKernels;
 use crate::sys::grouped_gemm::{DsaGroupedGemmParams, DsaTmaDesc};
@@ -79,17 +79,13 @@ pub fn contiguous_capacity(
     experts: usize,
     align: usize,
 ) -> Result<usize> {
+    const WHAT: &str = "contiguous row capacity";
     check_align(align)?;
-    let overflow = || DsaError::Capacity {
-        what: "contiguous row capacity",
-        needed: usize::MAX,
-        capacity: i32::MAX as usize,
-    };
     let rows = tokens
         .checked_mul(top_k)
         .and_then(|r| r.checked_add(experts.checked_mul(align - 1)?))
         .and_then(|r| r.checked_next_multiple_of(align))
-        .ok_or_else(overflow)?;
+        .ok_or_else(|| check::overflow(WHAT))?;
     check::fits_i32("contiguous row capacity", rows)?;
     Ok(rows)
 }
@@ -121,17 +117,6 @@ fn check_nk(n: usize, k: usize) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// `a * b * ...` with overflow reported as an error.
-fn product(what: &'static str, dims: &[usize]) -> Result<usize> {
-    dims.iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or(DsaError::Capacity {
-            what,
-            needed: usize::MAX,
-            capacity: usize::MAX,
-        })
 }
 
 /// The kernel instances: (BLOCK_M, BLOCK_N, name, dynamic shared memory).
@@ -277,41 +262,29 @@ where
         return Ok(());
     }
     check::fits_i32("grouped GEMM tiles", tiles)?;
-    let stream = kernels.stream().clone();
-    let (a_ptr, _ga) = ops.a.device_ptr(&stream);
-    let (sfa_ptr, _gsa) = ops.sfa.device_ptr(&stream);
-    let (b_ptr, _gb) = ops.b.device_ptr(&stream);
-    let (sfb_ptr, _gsb) = ops.sfb.device_ptr(&stream);
-    let gi = ops.groups_of.map(|i| i.device_ptr(&stream));
-    let (d_ptr, _gd) = ops.d.device_ptr_mut(&stream);
-    check::aligned("grouped GEMM a", a_ptr, 16)?;
-    check::aligned("grouped GEMM b", b_ptr, 16)?;
-    check::aligned("grouped GEMM sfa", sfa_ptr, 16)?;
-    check::aligned("grouped GEMM sfb", sfb_ptr, 4)?;
-    check::aligned("grouped GEMM d", d_ptr, 16)?;
-    let gi_ptr = match &gi {
-        Some((p, _)) => {
-            check::aligned("grouped GEMM group ids", *p, 4)?;
-            *p
-        }
-        None => 0,
-    };
+    let mut args = kernels.args();
+    let a_ptr = args.read("grouped GEMM a", ops.a, 16)?;
+    let sfa = args.read("grouped GEMM sfa", ops.sfa, 16)?;
+    let b_ptr = args.read("grouped GEMM b", ops.b, 16)?;
+    let sfb = args.read("grouped GEMM sfb", ops.sfb, 4)?;
+    let group_ids = args.read_opt("grouped GEMM group ids", ops.groups_of, 4)?;
+    let d = args.write::<bf16, _>("grouped GEMM d", ops.d, 16)?;
     let params = DsaGroupedGemmParams {
-        a_desc: tma_desc_2d(a_ptr, l.rows_total, l.k, 64)?,
-        b_desc: tma_desc_2d(b_ptr, l.groups * l.n, l.k, l.tiling.block_n())?,
-        sfa: sfa_ptr as *const f32,
-        sfb: sfb_ptr as *const f32,
+        a_desc: tma_desc_2d(a_ptr as u64, l.rows_total, l.k, 64)?,
+        b_desc: tma_desc_2d(b_ptr as u64, l.groups * l.n, l.k, l.tiling.block_n())?,
+        sfa,
+        sfb,
         m_indices: if l.masked {
             std::ptr::null()
         } else {
-            gi_ptr as *const i32
+            group_ids
         },
         masked_m: if l.masked {
-            gi_ptr as *const i32
+            group_ids
         } else {
             std::ptr::null()
         },
-        d: d_ptr as *mut u16,
+        d: d as *mut u16,
         m_rows: l.m_rows as i32,
         sfa_ld: l.sfa_ld as i32,
         n: l.n as i32,
@@ -319,7 +292,7 @@ where
         groups: l.groups as i32,
         masked: l.masked as i32,
     };
-    let sms = kernels.device().sm_count.max(1) as usize;
+    let sms = kernels.sm_count();
     let cfg = LaunchConfig {
         grid_dim: (tiles.min(sms) as u32, 1, 1),
         block_dim: (crate::sys::grouped_gemm::DSA_GG_THREADS, 1, 1),
@@ -328,7 +301,7 @@ where
     // SAFETY: every buffer was checked to hold the rows, k-blocks and groups the kernel
     // addresses (TMA boxes stay inside the encoded tensors; group ids and masked_m are
     // clamped on the device); the guards above keep the pointers alive for the launch.
-    unsafe { kernels.launch("grouped_gemm", l.tiling.kernel(), cfg, &params) }
+    unsafe { args.launch("grouped_gemm", l.tiling.kernel(), cfg, &params) }
 }
 
 /// Checks shared by every layout: `b`, `sfb` and the sizes that must fit 32 bits.

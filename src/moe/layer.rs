@@ -231,7 +231,7 @@ impl SharedWork {
             });
         }
         let t = shape.tokens;
-        let stride = t.next_multiple_of(4);
+        let stride = super::gemm::sfa_row_stride(t);
         let size = |a: usize, b: usize| mul("shared expert workspace", a, b);
         Ok(SharedWork {
             inter,

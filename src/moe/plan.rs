@@ -1,9 +1,7 @@
 //! The plan of a routing: where every slot's row goes in the grouped-GEMM row space.
 use std::sync::Arc;
 
-use cudarc::driver::{
-    CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, LaunchConfig, SyncOnDrop,
-};
+use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtr, LaunchConfig, SyncOnDrop};
 
 use super::shape::PlanSections;
 use super::{MoeLayout, MoeShape};
@@ -147,18 +145,19 @@ impl DsaKernels {
         let slots = shape.slots()?;
         check::at_least("MoE ids", ids.len(), slots, &[shape.tokens, shape.top_k])?;
         let rows = shape.rows()?;
-        let stream = self.stream().clone();
         let sec = *plan.sections();
-        let (ip, _g0) = ids.device_ptr(&stream);
-        let (base, _g1) = plan.buf.device_ptr_mut(&stream);
-        let at = |off: usize| (base + 4 * off as u64) as *mut i32;
+        let mut a = self.args();
+        let ip = a.read("MoE ids", ids, 4)?;
+        let base = a.write("MoE plan", &mut plan.buf, 4)?;
+        // Offsets of PlanSections of this shape, inside the plan's buffer.
+        let at = |off: usize| base.wrapping_add(off);
         let masked = matches!(shape.layout, MoeLayout::Masked { .. });
         let max_m = match shape.layout {
             MoeLayout::Masked { max_m } => max_m,
             MoeLayout::Contiguous => 0,
         };
         let params = DsaMoePlanParams {
-            ids: ip as *const i32,
+            ids: ip,
             counts: at(sec.counts),
             offsets: at(sec.offsets),
             row_of: at(sec.row_of),
@@ -197,7 +196,7 @@ impl DsaKernels {
         // every row by `rows`.
         unsafe {
             self.launch("moe_plan", "dsa_moe_plan_count", count, &params)?;
-            self.launch("moe_plan", "dsa_moe_plan_scatter", scatter, &params)
+            a.launch("moe_plan", "dsa_moe_plan_scatter", scatter, &params)
         }
     }
 }

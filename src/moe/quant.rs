@@ -222,12 +222,10 @@ impl DsaKernels {
             return Ok(());
         }
         let stream = self.stream().clone();
-        let (xp, _g0) = x.device_ptr(&stream);
-        let (ap, _g1) = a.device_ptr_mut(&stream);
-        let (sp, _g2) = sfa.device_ptr_mut(&stream);
-        check::aligned("MoE quantize input", xp, 16)?;
-        check::aligned("MoE quantize codes", ap, 16)?;
-        check::aligned("MoE quantize scales", sp, 4)?;
+        let mut args = self.args();
+        let xp = args.read::<bf16, _>("MoE quantize input", x, 16)?;
+        let ap = args.write("MoE quantize codes", a, 16)?;
+        let sp = args.write("MoE quantize scales", sfa, 4)?;
         let null = std::ptr::null::<i32>();
         let (mut src, mut offsets, mut masked_m) = (null, null, null);
         let (mut top_k, mut experts, mut max_m, mut align) = (1, 0, 0, 128);
@@ -258,8 +256,8 @@ impl DsaKernels {
             src,
             offsets,
             masked_m,
-            codes: ap as *mut u8,
-            scales: sp as *mut f32,
+            codes: ap,
+            scales: sp,
             x_stride: job.x_stride as i64,
             rows: job.rows as i32,
             cols: job.cols as i32,
@@ -275,7 +273,7 @@ impl DsaKernels {
         // One warp per row in a grid-stride loop: enough CTAs to fill the device
         // without launching one per worst-case row (most of them idle at small T).
         let warps_per_cta = DSA_MOE_QUANT_THREADS as usize / 32;
-        let max_ctas = (self.device().sm_count.max(1) as usize) * 8;
+        let max_ctas = self.sm_count() * 8;
         let launch = LaunchConfig {
             grid_dim: (job.rows.div_ceil(warps_per_cta).min(max_ctas) as u32, 1, 1),
             block_dim: (DSA_MOE_QUANT_THREADS, 1, 1),
@@ -283,7 +281,7 @@ impl DsaKernels {
         };
         // SAFETY: the callers checked x, a and sfa against the rows, columns and scale
         // layout; the plan pointers cover its arrays; the kernel bounds rows by `rows`.
-        unsafe { self.launch(job.family, job.kernel, launch, &params) }
+        unsafe { args.launch(job.family, job.kernel, launch, &params) }
     }
 }
 
@@ -295,7 +293,8 @@ fn plain_sizes(what: &'static str, m: usize, cols: usize) -> Result<(usize, usiz
             detail: format!("{cols} columns, must be a positive multiple of 128"),
         });
     }
-    let stride = m.next_multiple_of(4);
+    check::fits_i32(what, m)?;
+    let stride = super::gemm::sfa_row_stride(m);
     check::fits_i32(what, stride)?;
     check::fits_i32(what, cols.saturating_mul(2))?;
     let sl = (cols / MOE_BLOCK)

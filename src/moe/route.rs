@@ -111,16 +111,12 @@ impl DsaKernels {
         if t == 0 {
             return Ok(());
         }
-        let stream = self.stream().clone();
-        let (lp, _g0) = logits.device_ptr(&stream);
-        let (bp, _g1) = bias.device_ptr(&stream);
-        let (ip, _g2) = ids.device_ptr_mut(&stream);
-        let (wp, _g3) = weights.device_ptr_mut(&stream);
+        let mut a = self.args();
         let params = DsaMoeRouteParams {
-            logits: lp as *const f32,
-            bias: bp as *const f32,
-            ids: ip as *mut i32,
-            weights: wp as *mut f32,
+            logits: a.read("MoE logits", logits, 4)?,
+            bias: a.read("MoE bias", bias, 4)?,
+            ids: a.write("MoE ids", ids, 4)?,
+            weights: a.write("MoE weights", weights, 4)?,
             tokens: t as i32,
             experts: e as i32,
             n_group: cfg.n_group as i32,
@@ -139,6 +135,6 @@ impl DsaKernels {
         };
         // SAFETY: logits hold tokens * experts values, bias experts, ids and weights
         // tokens * top_k (checked above); the kernel reads and writes nothing else.
-        unsafe { self.launch("moe_route", "dsa_moe_route", launch, &params) }
+        unsafe { a.launch("moe_route", "dsa_moe_route", launch, &params) }
     }
 }

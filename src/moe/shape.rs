@@ -90,7 +90,7 @@ fn mul_i32(what: &'static str, a: usize, b: usize) -> Result<usize> {
 
 /// `a * b`, or a capacity error naming `what` when it overflows usize.
 pub(crate) fn mul(what: &'static str, a: usize, b: usize) -> Result<usize> {
-    a.checked_mul(b).ok_or_else(|| overflow(what))
+    check::product(what, &[a, b])
 }
 
 impl MoeShape {
@@ -166,14 +166,9 @@ impl MoeShape {
         match self.layout {
             MoeLayout::Contiguous => {
                 let a = self.align.rows();
-                let pad = mul_i32(WHAT, self.experts, a - 1)?;
-                let r = self
-                    .slots()?
-                    .checked_add(pad)
-                    .and_then(|r| r.checked_next_multiple_of(a))
-                    .ok_or_else(|| overflow(WHAT))?;
-                check::fits_i32(WHAT, r)?;
-                Ok(r)
+                mul_i32(WHAT, self.experts, a - 1)?;
+                self.slots()?;
+                super::gemm::contiguous_capacity(self.tokens, self.top_k, self.experts, a)
             }
             MoeLayout::Masked { max_m } => mul_i32(WHAT, self.experts, max_m),
         }
@@ -184,7 +179,7 @@ impl MoeShape {
     pub fn scale_stride(&self) -> Result<usize> {
         match self.layout {
             MoeLayout::Contiguous => {
-                let r = self.rows()?.next_multiple_of(4);
+                let r = super::gemm::sfa_row_stride(self.rows()?);
                 check::fits_i32("MoE scale stride", r)?;
                 Ok(r)
             }

@@ -416,3 +416,240 @@ fn candle_adapter_rejects_bad_tensors() {
         .to_string();
     assert!(e.contains("logits"), "{e}");
 }
+
+/// Random e4m3 codes without the NaN patterns (0x7f, 0xff).
+fn fp8_codes(rng: &mut Rng, n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            let b = ((rng.f32() + 1.0) * 127.5) as u8;
+            if b & 0x7f == 0x7f {
+                0
+            } else {
+                b
+            }
+        })
+        .collect()
+}
+
+/// The MoE layer through the adapter against the direct API's [`MoeLayer`] on the same
+/// weights and inputs (both layouts, with and without the shared expert): the same
+/// kernels in the same order, so the outputs and routing ids are bit-identical.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn candle_moe_layer_matches_direct_api() {
+    use dsa_kernels::candle::{CandleFp8, CandleMoeWeights};
+    use dsa_kernels::moe::{
+        Align, Fp8Weights, MoeLayer, MoeLayout, MoeShape, MoeWeights, RouteConfig, SharedExpert,
+    };
+    let dev = device();
+    let dsa = CandleDsa::new(&dev).unwrap();
+    let s = dsa.kernels().stream().clone();
+    let route = RouteConfig {
+        n_group: 4,
+        topk_group: 2,
+        renormalize: true,
+        route_scale: 2.5,
+    };
+    let (hd, it, e, si) = (256usize, 128usize, 16usize, 128usize);
+    let cases = [
+        (77usize, MoeLayout::Contiguous, Some(si)),
+        (130, MoeLayout::Masked { max_m: 192 }, None),
+    ];
+    for (case, (t, layout, shared)) in cases.into_iter().enumerate() {
+        let shape = MoeShape {
+            tokens: t,
+            hidden: hd,
+            inter: it,
+            experts: e,
+            top_k: 4,
+            align: Align::A128,
+            layout,
+            ue8m0: false,
+        };
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ case as u64);
+        let scales = |rng: &mut Rng, n: usize| -> Vec<f32> {
+            (0..n).map(|_| 2e-3 * (1.5 + rng.f32())).collect()
+        };
+        let w13 = fp8_codes(&mut rng, e * 2 * it * hd);
+        let w13s = scales(&mut rng, e * 2 * it / 128 * hd / 128);
+        let w2 = fp8_codes(&mut rng, e * hd * it);
+        let w2s = scales(&mut rng, e * hd / 128 * it / 128);
+        let sw13 = fp8_codes(&mut rng, 2 * si * hd);
+        let sw13s = scales(&mut rng, 2 * si / 128 * hd / 128);
+        let sw2 = fp8_codes(&mut rng, hd * si);
+        let sw2s = scales(&mut rng, hd / 128 * si / 128);
+        let bias: Vec<f32> = (0..e).map(|_| 0.1 * rng.f32()).collect();
+        let logits: Vec<f32> = (0..t * e).map(|_| 4.0 * rng.f32()).collect();
+        let x = rng.bf16(t * hd);
+
+        // Through the adapter.
+        let tu = |v: &[u8], d: &[usize]| Tensor::from_slice(v, d, &dev).unwrap();
+        let tf = |v: &[f32], d: &[usize]| Tensor::from_slice(v, d, &dev).unwrap();
+        let (c13, c13s) = (
+            tu(&w13, &[e, 2 * it, hd]),
+            tf(&w13s, &[e, 2 * it / 128, hd / 128]),
+        );
+        let (c2, c2s) = (tu(&w2, &[e, hd, it]), tf(&w2s, &[e, hd / 128, it / 128]));
+        let (cs13, cs13s) = (
+            tu(&sw13, &[2 * si, hd]),
+            tf(&sw13s, &[2 * si / 128, hd / 128]),
+        );
+        let (cs2, cs2s) = (tu(&sw2, &[hd, si]), tf(&sw2s, &[hd / 128, si / 128]));
+        let cbias = tf(&bias, &[e]);
+        let weights = CandleMoeWeights {
+            bias: &cbias,
+            w13: CandleFp8 {
+                codes: &c13,
+                scales: &c13s,
+            },
+            w2: CandleFp8 {
+                codes: &c2,
+                scales: &c2s,
+            },
+            shared: shared.map(|_| {
+                (
+                    CandleFp8 {
+                        codes: &cs13,
+                        scales: &cs13s,
+                    },
+                    CandleFp8 {
+                        codes: &cs2,
+                        scales: &cs2s,
+                    },
+                )
+            }),
+        };
+        let mut layer = dsa.moe_layer(&shape, &route, shared).unwrap();
+        let got = layer
+            .forward(
+                &dsa,
+                &weights,
+                &tf(&logits, &[t, e]),
+                &Tensor::from_slice(&x, (t, hd), &dev).unwrap(),
+            )
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let got_ids = s.clone_dtoh(layer.layer().ids()).unwrap();
+
+        // Through the direct API.
+        let up8 = |v: &[u8]| s.clone_htod(v).unwrap();
+        let upf = |v: &[f32]| s.clone_htod(v).unwrap();
+        let (d13, d13s, d2, d2s) = (up8(&w13), upf(&w13s), up8(&w2), upf(&w2s));
+        let (ds13, ds13s, ds2, ds2s) = (up8(&sw13), upf(&sw13s), up8(&sw2), upf(&sw2s));
+        let dbias = upf(&bias);
+        fn fp8<'a>(c: &'a CudaSlice<u8>, sc: &'a CudaSlice<f32>) -> Fp8Weights<'a> {
+            Fp8Weights {
+                codes: c.as_view(),
+                scales: sc.as_view(),
+            }
+        }
+        let w = MoeWeights {
+            bias: dbias.as_view(),
+            w13: fp8(&d13, &d13s),
+            w2: fp8(&d2, &d2s),
+            shared: shared.map(|inter| SharedExpert {
+                inter,
+                w13: fp8(&ds13, &ds13s),
+                w2: fp8(&ds2, &ds2s),
+            }),
+        };
+        let mut direct = MoeLayer::new(&s, &shape, &route, shared).unwrap();
+        let mut out = s.clone_htod(&vec![bf16::NAN; t * hd]).unwrap();
+        direct
+            .forward(
+                dsa.kernels(),
+                &w,
+                &upf(&logits),
+                &s.clone_htod(&x).unwrap(),
+                &mut out,
+            )
+            .unwrap();
+        let want: Vec<f32> = s
+            .clone_dtoh(&out)
+            .unwrap()
+            .iter()
+            .map(|v| v.to_f32())
+            .collect();
+        let want_ids = s.clone_dtoh(direct.ids()).unwrap();
+
+        assert_eq!(got_ids, want_ids, "case {case}: routing ids differ");
+        assert!(
+            want.iter().all(|v| v.is_finite()),
+            "case {case}: non-finite output"
+        );
+        let max = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(max > 0.0, "case {case}: all-zero output");
+        assert!(
+            got.iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "case {case}: adapter output differs from the direct API's"
+        );
+        eprintln!("MoE case {case}: T={t} {layout:?} shared={shared:?}: bit-identical, max |out| {max:.3e}");
+    }
+    // A wrong dtype is an error naming the tensor, before any launch.
+    let shape = MoeShape {
+        tokens: 4,
+        hidden: 256,
+        inter: 128,
+        experts: 16,
+        top_k: 4,
+        align: Align::A128,
+        layout: MoeLayout::Contiguous,
+        ue8m0: false,
+    };
+    let mut layer = dsa.moe_layer(&shape, &route, None).unwrap();
+    let z = |d: &[usize], t: DType| Tensor::zeros(d, t, &dev).unwrap();
+    let (c13, c13s, c2, c2s, b) = (
+        z(&[16, 256, 256], DType::U8),
+        z(&[16, 2, 2], DType::F32),
+        z(&[16, 256, 128], DType::U8),
+        z(&[16, 2, 1], DType::F32),
+        z(&[16], DType::F32),
+    );
+    let w = CandleMoeWeights {
+        bias: &b,
+        w13: CandleFp8 {
+            codes: &c13,
+            scales: &c13s,
+        },
+        w2: CandleFp8 {
+            codes: &c2,
+            scales: &c2s,
+        },
+        shared: None,
+    };
+    let e = layer
+        .forward(
+            &dsa,
+            &w,
+            &z(&[4, 16], DType::F32),
+            &z(&[4, 256], DType::F32),
+        )
+        .expect_err("f32 x")
+        .to_string();
+    assert!(e.contains("`x`") && e.contains("F32"), "{e}");
+    let e = layer
+        .forward(
+            &dsa,
+            &w,
+            &z(&[4, 8], DType::F32),
+            &z(&[4, 256], DType::BF16),
+        )
+        .expect_err("logits of 8 experts")
+        .to_string();
+    assert!(e.contains("logits"), "{e}");
+    assert!(layer
+        .forward(
+            &dsa,
+            &w,
+            &z(&[4, 16], DType::F32),
+            &z(&[4, 256], DType::BF16)
+        )
+        .is_ok());
+}

@@ -18,6 +18,10 @@
 //! | FP8 codes (indexer q) | `U8` | e4m3 bit patterns |
 //! | slots, positions, lengths, block tables, indices | `I32` | |
 //!
+//! The routed-MoE layer (routing, permutation with FP8 quantization, both grouped GEMMs,
+//! SwiGLU, combine, shared expert) runs through [`CandleMoeLayer`], made by
+//! [`CandleDsa::moe_layer`]; its tensor conventions are in the `moe` table of that type.
+//!
 //! The paged operations take a [`CandleBatch`] (block table, sequence lengths, `next_n`),
 //! the tensor form of the direct API's [`PagedBatch`].
 //!
@@ -38,6 +42,10 @@
 //! dsa.write_mla_cache(&cache, &kv, &slots)?;
 //! # Ok::<(), candle_core::Error>(())
 //! ```
+mod moe;
+
+pub use moe::{CandleFp8, CandleMoeLayer, CandleMoeWeights};
+
 use std::marker::PhantomData;
 use std::sync::Arc;
 

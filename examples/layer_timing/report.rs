@@ -1,0 +1,469 @@
+//! The results: per-case stage tables against their floors, the summary over cases, DSA
+//! against dense attention inside the layer, the 61-layer projection, and the files (Markdown,
+//! JSON, SVG) written to the output directory.
+use std::fmt::Write as _;
+
+use crate::layer::{Group, Op};
+use crate::model::*;
+
+/// One timed stage of one case.
+pub struct StageResult {
+    pub op: Op,
+    pub name: &'static str,
+    /// Median time, seconds.
+    pub time: f64,
+    pub floor: f64,
+    pub basis: &'static str,
+}
+
+impl StageResult {
+    pub fn group(&self) -> Group {
+        self.op.group()
+    }
+}
+
+/// One case: a decode step (`batch` sequences of `ctx` tokens) or a prefill chunk.
+pub struct CaseResult {
+    pub decode: bool,
+    /// Sequences (decode) or chunk tokens (prefill).
+    pub tokens: usize,
+    pub ctx: usize,
+    pub stages: Vec<StageResult>,
+    /// Median of the layer's stages enqueued back to back without events, seconds.
+    pub total: f64,
+    /// (experts touched, routed rows).
+    pub routing: (usize, usize),
+    /// Floors of the ops not timed (not library ops yet).
+    pub untimed: Vec<(&'static str, f64)>,
+    pub reps: usize,
+}
+
+impl CaseResult {
+    pub fn label(&self) -> String {
+        if self.decode {
+            format!("decode B{} {}", self.tokens, ctx_label(self.ctx))
+        } else {
+            format!("prefill {} of {}", self.tokens, ctx_label(self.ctx))
+        }
+    }
+    fn in_layer(&self) -> impl Iterator<Item = &StageResult> {
+        self.stages.iter().filter(|s| s.op.in_layer())
+    }
+    pub fn stage_sum(&self) -> f64 {
+        self.in_layer().map(|s| s.time).sum()
+    }
+    pub fn floor_sum(&self) -> f64 {
+        self.in_layer().map(|s| s.floor).sum()
+    }
+    pub fn time_of(&self, f: impl Fn(&StageResult) -> bool) -> f64 {
+        self.stages.iter().filter(|s| f(s)).map(|s| s.time).sum()
+    }
+    fn op(&self, op: Op) -> Option<&StageResult> {
+        self.stages.iter().find(|s| s.op == op)
+    }
+    /// The DSA-only part of the attention: indexer q_b, prep, logits, top-k, sparse MLA.
+    pub fn dsa_attention(&self) -> f64 {
+        self.time_of(|s| {
+            matches!(
+                s.op,
+                Op::IdxQB | Op::IdxKPrep | Op::IdxQPrep | Op::IdxLogits | Op::TopK | Op::SparseMla
+            )
+        })
+    }
+    /// The stage furthest from its floor by ratio, and by time above the floor.
+    pub fn furthest(&self) -> (&StageResult, &StageResult) {
+        let by_ratio = self
+            .in_layer()
+            .max_by(|a, b| (a.time / a.floor).total_cmp(&(b.time / b.floor)))
+            .expect("stages");
+        let by_excess = self
+            .in_layer()
+            .max_by(|a, b| (a.time - a.floor).total_cmp(&(b.time - b.floor)))
+            .expect("stages");
+        (by_ratio, by_excess)
+    }
+}
+
+pub fn ctx_label(ctx: usize) -> String {
+    if ctx % 1024 == 0 {
+        format!("{}K", ctx / 1024)
+    } else {
+        format!("{ctx}")
+    }
+}
+
+fn us(s: f64) -> String {
+    let u = s * 1e6;
+    if u >= 100.0 {
+        format!("{u:.0}")
+    } else if u >= 10.0 {
+        format!("{u:.1}")
+    } else {
+        format!("{u:.2}")
+    }
+}
+
+/// The stage table of one case.
+pub fn case_table(c: &CaseResult) -> String {
+    let mut md = String::new();
+    let total = c.total;
+    let (touched, rows) = c.routing;
+    let _ = writeln!(
+        md,
+        "### {} ({} routed rows over {} experts; median of {} passes)\n",
+        c.label(),
+        rows,
+        touched,
+        c.reps
+    );
+    let _ = writeln!(
+        md,
+        "| stage | time (us) | floor (us) | bound | time / floor | share of layer |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for s in &c.stages {
+        let share = if s.op.in_layer() {
+            format!("{:.1}%", 100.0 * s.time / c.stage_sum())
+        } else {
+            "beside the layer".into()
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {:.1}x | {} |",
+            s.name,
+            us(s.time),
+            us(s.floor),
+            s.basis,
+            s.time / s.floor,
+            share
+        );
+    }
+    let untimed: f64 = c.untimed.iter().map(|u| u.1).sum();
+    let _ = writeln!(
+        md,
+        "| **layer (stages back to back, no events)** | **{}** | **{}** | | **{:.2}x** | |",
+        us(total),
+        us(c.floor_sum()),
+        total / c.floor_sum()
+    );
+    let _ = writeln!(
+        md,
+        "| sum of the stage times (evented pass) | {} | | | {:.2}x | |",
+        us(c.stage_sum()),
+        c.stage_sum() / c.floor_sum()
+    );
+    for (name, f) in &c.untimed {
+        let _ = writeln!(
+            md,
+            "| {name}: not timed (not a library op yet) | - | {} | HBM | - | |",
+            us(*f)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nUntimed ops' floors add {} us ({:.1}% of the layer).",
+        us(untimed),
+        100.0 * untimed / total
+    );
+    md
+}
+
+/// The summary over cases.
+pub fn summary_table(cases: &[CaseResult]) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "| case | layer (us) | sum of floors (us) | layer / floors | attention part (us) | MoE part (us) | DSA attention (us) | dense FP8 attention (us) | dense bf16 attention (us) | layer with dense bf16 instead (us) | furthest from floor (ratio) | furthest from floor (time above) |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for c in cases {
+        let attn = c.time_of(|s| s.op.in_layer() && s.group().attention());
+        let moe = c.time_of(|s| s.op.in_layer() && !s.group().attention());
+        let dsa = c.dsa_attention();
+        let dense = |op| c.op(op).map(|s| s.time);
+        let fmt = |v: Option<f64>| v.map(us).unwrap_or_else(|| "-".into());
+        let with_dense = dense(Op::DenseBf16).map(|d| {
+            format!(
+                "{} ({:.2}x the DSA layer)",
+                us(c.total - dsa + d),
+                (c.total - dsa + d) / c.total
+            )
+        });
+        let (r, e) = c.furthest();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.2}x | {} | {} | {} | {} | {} | {} | {} ({:.0}x) | {} (+{} us) |",
+            c.label(),
+            us(c.total),
+            us(c.floor_sum()),
+            c.total / c.floor_sum(),
+            us(attn),
+            us(moe),
+            us(dsa),
+            fmt(dense(Op::DenseFp8)),
+            fmt(dense(Op::DenseBf16)),
+            with_dense.unwrap_or_else(|| "-".into()),
+            r.name,
+            r.time / r.floor,
+            e.name,
+            us(e.time - e.floor),
+        );
+    }
+    md
+}
+
+/// Assumptions of the 8-GPU projection (on paper).
+pub const EP: usize = 8;
+/// NVLink bytes per second one GPU moves in an all-to-all (H200 NVLink 4: 450 GB/s per
+/// direction; two thirds of it taken as achieved).
+const A2A_BPS: f64 = 300e9;
+/// Fixed cost of one all-to-all (launch, synchronization across the 8 GPUs).
+const A2A_LATENCY: f64 = 20e-6;
+/// GPU memory usable for weights + caches (141 GB less workspace, activations, CUDA context).
+const USABLE_BYTES: f64 = 130e9;
+/// Vocabulary (embedding and lm_head, bf16, split over the 8 GPUs).
+const VOCAB: f64 = 129280.0;
+
+/// The 61-layer decode step of one decode case, one GPU alone and one GPU's share of EP8.
+pub fn projection(c: &CaseResult, w: &Weights) -> String {
+    let mut md = String::new();
+    let b = c.tokens as f64;
+    let attn = c.time_of(|s| s.op.in_layer() && s.group().attention());
+    let moe = c.time_of(|s| s.op.in_layer() && !s.group().attention());
+    let experts = c.time_of(|s| matches!(s.op, Op::W13 | Op::W2));
+    let dense_mlp = c.time_of(|s| s.op == Op::DenseMlp);
+    let untimed: f64 = c.untimed.iter().map(|u| u.1).sum();
+    // Scale stage sums to the back-to-back layer time (events between stages cost a little).
+    let k = c.total / c.stage_sum();
+    let (attn, moe, experts) = (attn * k, moe * k, experts * k);
+    let moe_layers = (LAYERS - DENSE_LAYERS) as f64;
+    let dense_layers = DENSE_LAYERS as f64;
+    let one_gpu = LAYERS as f64 * (attn + untimed) + moe_layers * moe + dense_layers * dense_mlp;
+    // EP8: 8 GPUs each run the attention of their own B sequences (data-parallel
+    // attention) and hold 32 of the 256 experts; each GPU's experts see the slots of all
+    // 8B tokens: B/4 expected per expert, so 32 (1 - e^{-B/4}) of its experts are touched.
+    let local = (EXPERTS / EP) as f64;
+    let touched_ep = local * (1.0 - (-(b * (EP * TOP_K) as f64) / EXPERTS as f64).exp());
+    let touched_here = c.routing.0.max(1) as f64;
+    let experts_ep = experts * touched_ep / touched_here;
+    let a2a_bytes = b * TOP_K as f64 * (EP - 1) as f64 / EP as f64 * HIDDEN as f64 * (1.0 + 2.0);
+    let a2a = 2.0 * A2A_LATENCY + a2a_bytes / A2A_BPS;
+    let moe_ep = moe - experts + experts_ep + a2a;
+    let ep_step = LAYERS as f64 * (attn + untimed) + moe_layers * moe_ep + dense_layers * dense_mlp;
+    let expert = w.expert_bytes();
+    let shared = (w.shared13.bytes() + w.shared2.bytes()) as f64;
+    let gate = (EXPERTS * HIDDEN * 2) as f64;
+    let weights_gpu = LAYERS as f64 * w.attention_bytes() as f64
+        + moe_layers * (local * expert + shared + gate)
+        + dense_layers * (w.dense13.bytes() + w.dense2.bytes()) as f64
+        + 2.0 * VOCAB * HIDDEN as f64 * 2.0 / EP as f64;
+    let kv_token = LAYERS as f64 * (MLA_FP8_TOKEN + IDX_TOKEN) as f64;
+    let kv_gpu = b * c.ctx as f64 * kv_token;
+    let fits_b = ((USABLE_BYTES - weights_gpu) / (c.ctx as f64 * kv_token)).floor();
+    let _ = writeln!(md, "#### {}: 61-layer decode step\n", c.label());
+    let _ = writeln!(md, "| | per layer (us) | step (ms) | tokens/s |");
+    let _ = writeln!(md, "|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| attention half (x61), + untimed floors {} us | {} | {:.2} | |",
+        us(untimed),
+        us(attn),
+        LAYERS as f64 * (attn + untimed) * 1e3
+    );
+    let _ = writeln!(
+        md,
+        "| MoE half, all 256 experts here (x58) | {} | {:.2} | |",
+        us(moe),
+        moe_layers * moe * 1e3
+    );
+    let _ = writeln!(
+        md,
+        "| dense MLP (x3) | {} | {:.2} | |",
+        us(dense_mlp),
+        dense_layers * dense_mlp * 1e3
+    );
+    let _ = writeln!(
+        md,
+        "| **one GPU holding everything (hypothetical: {:.0} GB of weights)** | | **{:.2}** | **{:.0}** |",
+        (LAYERS as f64 * w.attention_bytes() as f64 + moe_layers * (EXPERTS as f64 * expert + shared + gate)) / 1e9,
+        one_gpu * 1e3,
+        b / one_gpu
+    );
+    let _ = writeln!(
+        md,
+        "| EP8 share: MoE half with 32 local experts ({:.1} touched vs {} here) + 2 all-to-alls ({} us) | {} | {:.2} | |",
+        touched_ep,
+        c.routing.0,
+        us(a2a),
+        us(moe_ep),
+        moe_layers * moe_ep * 1e3
+    );
+    let _ = writeln!(
+        md,
+        "| **one GPU's share of EP8 (B {} per GPU)** | | **{:.2}** | **{:.0} per GPU, {:.0} for 8 GPUs** |",
+        c.tokens,
+        ep_step * 1e3,
+        b / ep_step,
+        EP as f64 * b / ep_step
+    );
+    let _ = writeln!(
+        md,
+        "\nMemory per GPU in EP8: {:.0} GB of weights + {:.0} GB of caches (B {} x {} x 61 layers x {} B/token) = {:.0} GB of {:.0} usable: {}.",
+        weights_gpu / 1e9,
+        kv_gpu / 1e9,
+        c.tokens,
+        ctx_label(c.ctx),
+        MLA_FP8_TOKEN + IDX_TOKEN,
+        (weights_gpu + kv_gpu) / 1e9,
+        USABLE_BYTES / 1e9,
+        if weights_gpu + kv_gpu <= USABLE_BYTES {
+            "fits".to_string()
+        } else {
+            format!("does not fit; at most {} sequences of this context per GPU", fits_b.max(0.0))
+        }
+    );
+    md
+}
+
+/// Assumptions of the projection, written once.
+pub fn projection_notes() -> String {
+    format!(
+        "Projection assumptions: the per-layer stage times above (scaled to the back-to-back layer time) \
+         times 61 layers for the attention half, 58 MoE layers and 3 dense-MLP layers (intermediate 18432); \
+         the untimed ops (RMSNorm, RoPE, residual adds) at their HBM floors; embedding, final norm, lm_head \
+         and sampling left out. EP8: 8 GPUs, data-parallel attention (each GPU runs its own B sequences and \
+         holds their caches, attention weights replicated), 32 of the 256 experts per GPU, the shared expert \
+         and the dense MLP replicated; a GPU's expert GEMMs are weight-bound at decode, so their time scales \
+         with the experts its 8B tokens' slots touch (32 (1 - e^(-B/4)) expected) at the bandwidth measured \
+         here; two all-to-alls per MoE layer (FP8 dispatch, bf16 combine) of 7/8 of the B x 8 slots' rows at \
+         {:.0} GB/s plus {:.0} us each (assumed, not measured: no multi-GPU run here); routing, permutation, \
+         SwiGLU and combine keep this GPU's times. Memory: {:.0} GB usable per GPU, caches of 656 + 132 B per \
+         token per layer, embedding + lm_head split 8 ways.\n",
+        A2A_BPS / 1e9,
+        A2A_LATENCY * 1e6,
+        USABLE_BYTES / 1e9
+    )
+}
+
+/// All results as JSON (written by hand: the crate has no serde).
+pub fn json(cases: &[CaseResult]) -> String {
+    let mut s = String::from("{\n  \"gpu_rates\": {");
+    let _ = write!(
+        s,
+        "\"copy_GBps\": {:.0}, \"bf16_TFLOPs\": {:.0}, \"fp8_TFLOPs\": {:.0}}},\n  \"cases\": [\n",
+        COPY_BPS / 1e9,
+        BF16_PEAK / 1e12,
+        FP8_PEAK / 1e12
+    );
+    for (ci, c) in cases.iter().enumerate() {
+        let _ = write!(
+            s,
+            "    {{\"case\": \"{}\", \"mode\": \"{}\", \"tokens\": {}, \"ctx\": {}, \"layer_us\": {:.2}, \"stage_sum_us\": {:.2}, \"floor_sum_us\": {:.2}, \"experts_touched\": {}, \"routed_rows\": {}, \"stages\": [\n",
+            c.label(),
+            if c.decode { "decode" } else { "prefill" },
+            c.tokens,
+            c.ctx,
+            c.total * 1e6,
+            c.stage_sum() * 1e6,
+            c.floor_sum() * 1e6,
+            c.routing.0,
+            c.routing.1
+        );
+        for (i, st) in c.stages.iter().enumerate() {
+            let _ = write!(
+                s,
+                "      {{\"stage\": \"{}\", \"group\": \"{}\", \"in_layer\": {}, \"us\": {:.3}, \"floor_us\": {:.3}, \"bound\": \"{}\"}}{}\n",
+                st.name,
+                st.group().name(),
+                st.op.in_layer(),
+                st.time * 1e6,
+                st.floor * 1e6,
+                st.basis,
+                if i + 1 < c.stages.len() { "," } else { "" }
+            );
+        }
+        let _ = write!(
+            s,
+            "    ]}}{}\n",
+            if ci + 1 < cases.len() { "," } else { "" }
+        );
+    }
+    s.push_str("  ]\n}\n");
+    s
+}
+
+/// Where the time goes: one bar per case, its layer time split by stage group (100% =
+/// the case's sum of stage times), the sum of floors marked, the layer time written.
+pub fn svg(cases: &[CaseResult]) -> String {
+    let (ml, mt, bw, bh, gap) = (170.0, 60.0, 620.0, 24.0, 12.0);
+    let legend_w = 250.0;
+    let width = ml + bw + 120.0 + legend_w;
+    let height = mt + cases.len() as f64 * (bh + gap) + 60.0;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"##
+    );
+    let _ = writeln!(s, r##"<rect width="100%" height="100%" fill="white"/>"##);
+    let _ = writeln!(
+        s,
+        r##"<text x="{ml}" y="22" font-size="16" font-weight="bold">One DeepSeek-V3.2 MoE layer on one H200: where the time goes</text>"##
+    );
+    let _ = writeln!(
+        s,
+        r##"<text x="{ml}" y="42" fill="#555">share of the layer's stage times; black tick: sum of the stage floors; right: layer time</text>"##
+    );
+    for (i, c) in cases.iter().enumerate() {
+        let y = mt + i as f64 * (bh + gap);
+        let sum = c.stage_sum();
+        let _ = writeln!(
+            s,
+            r##"<text x="{}" y="{}" text-anchor="end">{}</text>"##,
+            ml - 8.0,
+            y + bh / 2.0 + 4.0,
+            c.label()
+        );
+        let mut x = ml;
+        for g in Group::PLOTTED {
+            let t = c.time_of(|st| st.op.in_layer() && st.group() == g);
+            let wdt = bw * t / sum;
+            if wdt <= 0.0 {
+                continue;
+            }
+            let _ = writeln!(
+                s,
+                r##"<rect x="{x:.1}" y="{y:.1}" width="{wdt:.1}" height="{bh}" fill="{}"><title>{}: {} us</title></rect>"##,
+                g.color(),
+                g.name(),
+                us(t)
+            );
+            x += wdt;
+        }
+        let fx = ml + bw * (c.floor_sum() / sum).min(1.0);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{fx:.1}" x2="{fx:.1}" y1="{}" y2="{}" stroke="black" stroke-width="2"/>"##,
+            y - 3.0,
+            y + bh + 3.0
+        );
+        let _ = writeln!(
+            s,
+            r##"<text x="{}" y="{}">{} us ({:.2}x floors)</text>"##,
+            ml + bw + 6.0,
+            y + bh / 2.0 + 4.0,
+            us(c.total),
+            c.total / c.floor_sum()
+        );
+    }
+    let lx = ml + bw + 130.0;
+    for (i, g) in Group::PLOTTED.iter().enumerate() {
+        let ly = mt + i as f64 * 20.0;
+        let _ = writeln!(
+            s,
+            r##"<rect x="{lx}" y="{ly}" width="14" height="14" fill="{}"/><text x="{}" y="{}">{}</text>"##,
+            g.color(),
+            lx + 20.0,
+            ly + 11.0,
+            g.name()
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}

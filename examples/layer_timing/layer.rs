@@ -82,6 +82,7 @@ pub enum Op {
     W2,
     Shared,
     Combine,
+    EpMoe,
     DenseFp8,
     DenseBf16,
     DenseMlp,
@@ -104,6 +105,8 @@ pub enum Group {
     DenseAttn,
     /// Timed beside the layer: the dense MLP of layers 0-2.
     DenseMlp,
+    /// Timed beside the layer: the routed MoE at one EP8 GPU's shape.
+    Ep,
 }
 
 impl Group {
@@ -133,6 +136,7 @@ impl Group {
             Group::Shared => "shared expert",
             Group::DenseAttn => "dense MLA (comparison)",
             Group::DenseMlp => "dense MLP (layers 0-2)",
+            Group::Ep => "routed MoE at the EP8 shape",
         }
     }
     pub fn color(self) -> &'static str {
@@ -149,6 +153,7 @@ impl Group {
             Group::Shared => "#9467bd",
             Group::DenseAttn => "#8c564b",
             Group::DenseMlp => "#e377c2",
+            Group::Ep => "#bcbd22",
         }
     }
     /// Part of the attention half of the layer (the 61-layer sum runs it in every layer).
@@ -169,7 +174,7 @@ impl Op {
     pub fn name(self, decode: bool) -> &'static str {
         match self {
             Op::QuantX => "quant x (1x128 FP8)",
-            Op::AProj => "A proj: q_a|kv_a|idx k|idx w (FP8, N 2304)",
+            Op::AProj => "A proj: q_a + kv_a + idx k + idx w (FP8, N 2304)",
             Op::QuantQa => "quant q_a",
             Op::QB => "q_b (FP8, N 24576)",
             Op::IdxQB => "indexer q_b (FP8, N 8192)",
@@ -195,6 +200,7 @@ impl Op {
             Op::W2 => "grouped GEMM down",
             Op::Shared => "shared expert (quant, 2 FP8 linears, SwiGLU)",
             Op::Combine => "combine (+ shared)",
+            Op::EpMoe => "EP8 shape: route -> combine, 32 experts, 8B rows (beside)",
             Op::DenseFp8 => "dense MLA decode, FP8 cache (comparison)",
             Op::DenseBf16 => "dense MLA decode, bf16 cache (comparison)",
             Op::DenseMlp => "dense MLP, inter 18432 (layers 0-2)",
@@ -216,13 +222,14 @@ impl Op {
             Op::W13 | Op::W2 => Group::Experts,
             Op::Shared => Group::Shared,
             Op::DenseFp8 | Op::DenseBf16 => Group::DenseAttn,
+            Op::EpMoe => Group::Ep,
             Op::DenseMlp => Group::DenseMlp,
         }
     }
 
     /// Whether the stage is part of the MoE layer (the others are timed beside it).
     pub fn in_layer(self) -> bool {
-        !matches!(self.group(), Group::DenseAttn | Group::DenseMlp)
+        !matches!(self.group(), Group::DenseAttn | Group::DenseMlp | Group::Ep)
     }
 }
 
@@ -255,6 +262,7 @@ pub fn ops(decode: bool, bf16_cache: bool) -> Vec<Op> {
         Op::Combine,
     ];
     if decode {
+        v.push(Op::EpMoe);
         v.push(Op::DenseFp8);
         if bf16_cache {
             v.push(Op::DenseBf16);
@@ -279,6 +287,14 @@ pub fn untimed(t: usize) -> Vec<(&'static str, Floor)> {
             Floor::bytes((2 * t * HIDDEN * 6) as f64),
         ),
     ]
+}
+
+/// Experts touched and rows routed by the last routing: the layer's and, in decode, the
+/// EP8 shape's.
+#[derive(Debug, Clone, Copy)]
+pub struct Routing {
+    pub layer: (usize, usize),
+    pub ep: Option<(usize, usize)>,
 }
 
 /// Quantized copy of a `[t, cols]` activation: e4m3 codes and MN-major 1x128 scales.
@@ -325,10 +341,10 @@ enum Attn {
     Prefill(Box<PrefillAttn>),
 }
 
-/// The MoE half's buffers (own, not `MoeLayer`'s, so each op can be timed).
-struct Moe {
+/// The routed part of an MoE layer: ids, plan and the row-space buffers of one
+/// [`MoeShape`] (own, not `MoeLayer`'s, so each op can be timed).
+struct Routed {
     shape: MoeShape,
-    logits: CudaSlice<f32>,
     ids: CudaSlice<i32>,
     weights: CudaSlice<f32>,
     plan: MoePlan,
@@ -338,11 +354,109 @@ struct Moe {
     a2: CudaSlice<u8>,
     sfa2: CudaSlice<f32>,
     y: CudaSlice<bf16>,
+    out: CudaSlice<bf16>,
+}
+
+impl Routed {
+    fn new(s: &Arc<CudaStream>, shape: MoeShape) -> Result<Self, Error> {
+        let slots = shape.slots()?;
+        Ok(Self {
+            shape,
+            ids: s.alloc_zeros(slots)?,
+            weights: s.alloc_zeros(slots)?,
+            plan: MoePlan::new(s, &shape)?,
+            a1: s.alloc_zeros(shape.a1_len()?)?,
+            sfa1: s.alloc_zeros(shape.sfa1_len()?)?,
+            h: s.alloc_zeros(shape.h_len()?)?,
+            a2: s.alloc_zeros(shape.a2_len()?)?,
+            sfa2: s.alloc_zeros(shape.sfa2_len()?)?,
+            y: s.alloc_zeros(shape.y_len()?)?,
+            out: s.alloc_zeros(shape.tokens * HIDDEN)?,
+        })
+    }
+
+    /// One grouped GEMM over the first `shape.experts` experts of `wt`: w13 (`a1 -> h`)
+    /// or w2 (`a2 -> y`).
+    fn gemm(&mut self, k: &DsaKernels, wt: &Fp8Weight, first: bool) -> Result<(), Error> {
+        let e = self.shape.experts;
+        let codes = wt.codes.slice(..e * wt.n * wt.k);
+        let scales = wt.scales.slice(..e * (wt.n / 128) * (wt.k / 128));
+        let shape = ContiguousShape {
+            rows: self.shape.rows()?,
+            groups: e,
+            n: wt.n,
+            k: wt.k,
+            align: self.shape.align.rows(),
+        };
+        let ids = self
+            .plan
+            .m_indices()
+            .ok_or("contiguous plan without m_indices")?;
+        let (a, sfa, d) = if first {
+            (&self.a1, &self.sfa1, &mut self.h)
+        } else {
+            (&self.a2, &self.sfa2, &mut self.y)
+        };
+        gemm::grouped_gemm_contiguous(k, shape, a, sfa, &codes, &scales, &ids, d)?;
+        Ok(())
+    }
+
+    /// The whole routed sequence (route -> combine, no shared expert).
+    fn forward(
+        &mut self,
+        k: &DsaKernels,
+        w: &Weights,
+        logits: &CudaSlice<f32>,
+        x: &CudaSlice<bf16>,
+    ) -> Result<(), Error> {
+        let cfg = RouteConfig::DEEPSEEK_V3;
+        k.moe_route(
+            &self.shape,
+            &cfg,
+            logits,
+            &w.bias,
+            &mut self.ids,
+            &mut self.weights,
+        )?;
+        k.moe_plan(&self.shape, &self.ids, &mut self.plan)?;
+        k.moe_permute_quant(&self.shape, &self.plan, x, &mut self.a1, &mut self.sfa1)?;
+        self.gemm(k, &w.w13, true)?;
+        k.moe_swiglu_quant(
+            &self.shape,
+            &self.plan,
+            &self.h,
+            &mut self.a2,
+            &mut self.sfa2,
+        )?;
+        self.gemm(k, &w.w2, false)?;
+        k.moe_combine(
+            &self.shape,
+            &self.plan,
+            &self.y,
+            &self.weights,
+            None,
+            &mut self.out,
+        )?;
+        Ok(())
+    }
+
+    /// (experts touched, routed rows) of the last routing.
+    fn routing(&self, s: &Arc<CudaStream>) -> Result<(usize, usize), Error> {
+        let counts = s.clone_dtoh(&self.plan.counts())?;
+        let touched = counts.iter().filter(|&&c| c > 0).count();
+        let rows = counts.iter().map(|&c| c.max(0) as usize).sum();
+        Ok((touched, rows))
+    }
+}
+
+/// The MoE half: gate logits, the routed part, the shared expert's buffers.
+struct Moe {
+    logits: CudaSlice<f32>,
+    r: Routed,
     sx: Quant,
     sh: CudaSlice<bf16>,
     sa: Quant,
     sy: CudaSlice<bf16>,
-    out: CudaSlice<bf16>,
 }
 
 /// One case's activations and per-case state.
@@ -368,6 +482,8 @@ pub struct Layer {
     oq: Quant,
     attn_out: CudaSlice<bf16>,
     moe: Moe,
+    /// Decode only: the routed part at one EP8 GPU's shape (32 experts, 8B rows).
+    ep: Option<Routed>,
     dense_h: CudaSlice<bf16>,
     dense_a: Quant,
     dense_y: CudaSlice<bf16>,
@@ -444,22 +560,25 @@ impl Layer {
             ..MoeShape::deepseek_v3(t)
         };
         let moe = Moe {
-            shape,
             logits: s.alloc_zeros(t * EXPERTS)?,
-            ids: s.alloc_zeros(t * TOP_K)?,
-            weights: s.alloc_zeros(t * TOP_K)?,
-            plan: MoePlan::new(s, &shape)?,
-            a1: s.alloc_zeros(shape.a1_len()?)?,
-            sfa1: s.alloc_zeros(shape.sfa1_len()?)?,
-            h: s.alloc_zeros(shape.h_len()?)?,
-            a2: s.alloc_zeros(shape.a2_len()?)?,
-            sfa2: s.alloc_zeros(shape.sfa2_len()?)?,
-            y: s.alloc_zeros(shape.y_len()?)?,
+            r: Routed::new(s, shape)?,
             sx: Quant::new(s, t, HIDDEN)?,
             sh: s.alloc_zeros(t * 2 * SHARED_INTER)?,
             sa: Quant::new(s, t, SHARED_INTER)?,
             sy: s.alloc_zeros(t * HIDDEN)?,
-            out: s.alloc_zeros(t * HIDDEN)?,
+        };
+        // Decode: one GPU's routed part in an EP8 deployment, measured: its 32 local
+        // experts receive 8B rows (an eighth of the 64B slots of all GPUs' 8B tokens);
+        // here B tokens routed to 8 of 32 experts give the same rows and experts.
+        let ep = match attn {
+            Attn::Decode(_) => Some(Routed::new(
+                s,
+                MoeShape {
+                    experts: EXPERTS / EP,
+                    ..shape
+                },
+            )?),
+            Attn::Prefill(_) => None,
         };
         let w: Vec<f32> = (0..t * IDX_HEADS)
             .map(|i| ((i % 13) as f32 - 6.0) / 48.0)
@@ -485,6 +604,7 @@ impl Layer {
             oq: Quant::new(s, t, HEADS * V_HEAD)?,
             attn_out: s.alloc_zeros(t * HIDDEN)?,
             moe,
+            ep,
             dense_h: s.alloc_zeros(t * 2 * DENSE_INTER)?,
             dense_a: Quant::new(s, t, DENSE_INTER)?,
             dense_y: s.alloc_zeros(t * HIDDEN)?,
@@ -669,43 +789,34 @@ impl Layer {
             )?,
             Op::Route => {
                 let m = &mut self.moe;
+                let r = &mut m.r;
+                let cfg = RouteConfig::DEEPSEEK_V3;
                 k.moe_route(
-                    &m.shape,
-                    &RouteConfig::DEEPSEEK_V3,
+                    &r.shape,
+                    &cfg,
                     &m.logits,
                     &w.bias,
-                    &mut m.ids,
-                    &mut m.weights,
+                    &mut r.ids,
+                    &mut r.weights,
                 )?
             }
-            Op::Plan => k.moe_plan(&self.moe.shape, &self.moe.ids, &mut self.moe.plan)?,
+            Op::Plan => {
+                let r = &mut self.moe.r;
+                k.moe_plan(&r.shape, &r.ids, &mut r.plan)?
+            }
             Op::Permute => {
-                let m = &mut self.moe;
-                k.moe_permute_quant(&m.shape, &m.plan, &self.x, &mut m.a1, &mut m.sfa1)?
+                let r = &mut self.moe.r;
+                k.moe_permute_quant(&r.shape, &r.plan, &self.x, &mut r.a1, &mut r.sfa1)?
             }
-            Op::W13 | Op::W2 => {
-                let m = &mut self.moe;
-                let (wt, a, sfa, d) = if op == Op::W13 {
-                    (&w.w13, &m.a1, &m.sfa1, &mut m.h)
-                } else {
-                    (&w.w2, &m.a2, &m.sfa2, &mut m.y)
-                };
-                let shape = ContiguousShape {
-                    rows: m.shape.rows()?,
-                    groups: EXPERTS,
-                    n: wt.n,
-                    k: wt.k,
-                    align: m.shape.align.rows(),
-                };
-                let ids = m
-                    .plan
-                    .m_indices()
-                    .ok_or("contiguous plan without m_indices")?;
-                gemm::grouped_gemm_contiguous(k, shape, a, sfa, &wt.codes, &wt.scales, &ids, d)?
-            }
+            Op::W13 => self.moe.r.gemm(k, &w.w13, true)?,
+            Op::W2 => self.moe.r.gemm(k, &w.w2, false)?,
             Op::SwiGlu => {
-                let m = &mut self.moe;
-                k.moe_swiglu_quant(&m.shape, &m.plan, &m.h, &mut m.a2, &mut m.sfa2)?
+                let r = &mut self.moe.r;
+                k.moe_swiglu_quant(&r.shape, &r.plan, &r.h, &mut r.a2, &mut r.sfa2)?
+            }
+            Op::EpMoe => {
+                let ep = self.ep.as_mut().ok_or("the EP8 shape is a decode stage")?;
+                ep.forward(k, w, &self.moe.logits, &self.x)?
             }
             Op::Shared => {
                 let m = &mut self.moe;
@@ -722,7 +833,8 @@ impl Layer {
             }
             Op::Combine => {
                 let m = &mut self.moe;
-                k.moe_combine(&m.shape, &m.plan, &m.y, &m.weights, Some(&m.sy), &mut m.out)?
+                let r = &mut m.r;
+                k.moe_combine(&r.shape, &r.plan, &r.y, &r.weights, Some(&m.sy), &mut r.out)?
             }
             Op::DenseFp8 | Op::DenseBf16 => {
                 let Attn::Decode(d) = &mut self.attn else {
@@ -749,18 +861,19 @@ impl Layer {
         Ok(())
     }
 
-    /// (experts touched, routed rows) of the last routing.
-    pub fn routing(&self, s: &Arc<CudaStream>) -> Result<(usize, usize), Error> {
-        let counts = s.clone_dtoh(&self.moe.plan.counts())?;
-        let touched = counts.iter().filter(|&&c| c > 0).count();
-        let rows = counts.iter().map(|&c| c.max(0) as usize).sum();
-        Ok((touched, rows))
+    /// (experts touched, routed rows) of the last routing: the layer's, and the EP8
+    /// shape's (decode).
+    pub fn routing(&self, s: &Arc<CudaStream>) -> Result<Routing, Error> {
+        Ok(Routing {
+            layer: self.moe.r.routing(s)?,
+            ep: self.ep.as_ref().map(|e| e.routing(s)).transpose()?,
+        })
     }
 
     /// The floor of `op` given the routing (experts touched, routed rows).
-    pub fn floor(&self, op: Op, w: &Weights, routing: (usize, usize)) -> Floor {
+    pub fn floor(&self, op: Op, w: &Weights, routing: Routing) -> Floor {
         let t = self.t;
-        let (touched, rows) = routing;
+        let (touched, rows) = routing.layer;
         let tf = t as f64;
         match op {
             Op::QuantX => quant_floor(t, HIDDEN),
@@ -805,18 +918,26 @@ impl Layer {
             },
             Op::Route => Floor::bytes(tf * (EXPERTS * 4 + TOP_K * 8) as f64),
             Op::Plan => Floor::bytes(tf * (TOP_K * 4 * 3) as f64),
-            Op::Permute => Floor::bytes(
-                tf * (HIDDEN * 2) as f64 + rows as f64 * HIDDEN as f64 * (1.0 + 4.0 / 128.0),
-            ),
+            Op::Permute => permute_floor(t, rows),
             Op::W13 | Op::W2 => {
                 let wt = if op == Op::W13 { &w.w13 } else { &w.w2 };
                 fp8_gemm_floor(rows, wt.n, wt.k, touched)
             }
-            Op::SwiGlu => Floor::bytes(
-                rows as f64 * (2 * MOE_INTER * 2 + MOE_INTER) as f64 * (1.0 + 4.0 / 128.0 / 3.0),
-            ),
+            Op::SwiGlu => swiglu_floor(rows),
+            Op::EpMoe => {
+                let (touched, rows) = routing.ep.unwrap_or_default();
+                let parts = [
+                    Floor::bytes(tf * (EXPERTS / EP * 4 + TOP_K * 8 + TOP_K * 12) as f64),
+                    permute_floor(t, rows),
+                    fp8_gemm_floor(rows, w.w13.n, w.w13.k, touched),
+                    swiglu_floor(rows),
+                    fp8_gemm_floor(rows, w.w2.n, w.w2.k, touched),
+                    combine_floor(t),
+                ];
+                sum_floors(&parts)
+            }
             Op::Shared => mlp_floor(t, SHARED_INTER),
-            Op::Combine => Floor::bytes(tf * (HIDDEN * 2 * (TOP_K + 2)) as f64),
+            Op::Combine => combine_floor(t),
             Op::DenseFp8 | Op::DenseBf16 => {
                 let bpt = if op == Op::DenseFp8 {
                     MLA_FP8_TOKEN
@@ -900,15 +1021,34 @@ fn mlp(
 }
 
 fn mlp_floor(t: usize, inter: usize) -> Floor {
-    let parts = [
+    sum_floors(&[
         quant_floor(t, HIDDEN),
         fp8_gemm_floor(t, 2 * inter, HIDDEN, 1),
         Floor::bytes((t * inter) as f64 * (4.0 + 1.0 + 4.0 / 128.0)),
         fp8_gemm_floor(t, HIDDEN, inter, 1),
-    ];
-    Floor {
-        bytes: parts.iter().map(|f| f.bytes).sum(),
-        flops: parts.iter().map(|f| f.flops).sum(),
-        peak: FP8_PEAK,
-    }
+    ])
+}
+
+/// The floor of a sequence of launches: each part's floor, added (a part's bound does not
+/// overlap the next one's).
+fn sum_floors(parts: &[Floor]) -> Floor {
+    let secs: f64 = parts.iter().map(|f| f.seconds()).sum();
+    Floor::bytes(secs * COPY_BPS)
+}
+
+/// Read `t` token rows, write `rows` routed rows' codes and scales.
+fn permute_floor(t: usize, rows: usize) -> Floor {
+    Floor::bytes((t * HIDDEN * 2) as f64 + rows as f64 * HIDDEN as f64 * (1.0 + 4.0 / 128.0))
+}
+
+/// Read `[rows, 2 inter]` bf16, write `[rows, inter]` codes and scales.
+fn swiglu_floor(rows: usize) -> Floor {
+    Floor::bytes(
+        rows as f64 * (MOE_INTER * 4) as f64 + rows as f64 * MOE_INTER as f64 * (1.0 + 4.0 / 128.0),
+    )
+}
+
+/// Read each token's 8 expert rows and the shared expert's row, write one row.
+fn combine_floor(t: usize) -> Floor {
+    Floor::bytes((t * HIDDEN * 2 * (TOP_K + 2)) as f64)
 }

@@ -172,11 +172,11 @@ fn run() -> Result<(), Error> {
 
     let w = Weights::new(&stream, 11)?;
     stream.synchronize()?;
-    let (layer_bytes, dense_bytes) = w.bytes();
+    let sizes = model::Sizes::deepseek_v32();
     say(format!(
         "weights: {:.2} GB for the MoE layer + {:.2} GB for the dense MLP, seeded FP8 with 128x128 scales",
-        layer_bytes as f64 / 1e9,
-        dense_bytes as f64 / 1e9
+        sizes.moe_layer() / 1e9,
+        sizes.dense_mlp / 1e9
     ));
 
     let max_decode = args
@@ -260,7 +260,7 @@ fn run() -> Result<(), Error> {
             ""
         }
     ));
-    write(&args, &env.w, &cases)
+    write(&args, &cases)
 }
 
 fn progress(say: &impl Fn(String), c: &CaseResult) {
@@ -339,7 +339,7 @@ fn measure(
     })
 }
 
-fn write(args: &Args, w: &Weights, cases: &[CaseResult]) -> Result<(), Error> {
+fn write(args: &Args, cases: &[CaseResult]) -> Result<(), Error> {
     let mut md = String::from("## One DeepSeek-V3.2 layer on one H200, stage by stage\n\n");
     md.push_str(&format!(
         "Floors: bytes / {:.0} GB/s (device copy, read + write) or FLOPs / {:.0} TFLOP/s bf16, {:.0} TFLOP/s FP8 \
@@ -361,7 +361,7 @@ fn write(args: &Args, w: &Weights, cases: &[CaseResult]) -> Result<(), Error> {
     md.push_str(&report::projection_notes());
     md.push('\n');
     for c in cases.iter().filter(|c| c.decode) {
-        md.push_str(&report::projection(c, w));
+        md.push_str(&report::projection(c));
         md.push('\n');
     }
     println!("\n{md}");

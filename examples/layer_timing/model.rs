@@ -46,6 +46,8 @@ pub const MLA_FP8_TOKEN: usize = 656;
 pub const IDX_TOKEN: usize = 132;
 pub const LAYERS: usize = 61;
 pub const DENSE_LAYERS: usize = 3;
+/// GPUs of the expert-parallel deployment the projection assumes.
+pub const EP: usize = 8;
 
 /// H200 rates the floors use: the device copy rate from the benches' anchors (read +
 /// write bytes), and the dense tensor-core peaks at the clock the GPU holds under
@@ -129,12 +131,6 @@ pub struct Fp8Weight {
     pub scales: CudaSlice<f32>,
     pub n: usize,
     pub k: usize,
-}
-
-impl Fp8Weight {
-    pub fn bytes(&self) -> usize {
-        self.codes.len() + 4 * self.scales.len()
-    }
 }
 
 /// Host patterns of random values the device buffers are tiled with: a few MB uploaded
@@ -262,37 +258,39 @@ impl Weights {
             dense2: p.fp8(s, 1, HIDDEN, DENSE_INTER)?,
         })
     }
+}
 
-    /// Bytes of the MoE layer's weights (attention + routed + shared experts + gate),
-    /// and of the dense MLP.
-    pub fn bytes(&self) -> (usize, usize) {
-        let fp8 = [
-            &self.a,
-            &self.q_b,
-            &self.idx_q_b,
-            &self.o,
-            &self.w13,
-            &self.w2,
-            &self.shared13,
-            &self.shared2,
-        ];
-        let moe_layer = fp8.iter().map(|w| w.bytes()).sum::<usize>()
-            + 2 * (self.kv_b.len() + self.gate.len())
-            + 4 * self.bias.len();
-        (moe_layer, self.dense13.bytes() + self.dense2.bytes())
+/// Bytes of one layer's weights, from the shapes: FP8 codes with f32 128x128 scales, the
+/// bf16 kv_b (absorbed products) and router gate.
+#[derive(Debug, Clone, Copy)]
+pub struct Sizes {
+    /// A projection, q_b, indexer q_b, o_proj, kv_b.
+    pub attention: f64,
+    /// One routed expert (w13 + w2); the shared expert has the same shape.
+    pub expert: f64,
+    /// Router gate and bias.
+    pub gate: f64,
+    /// The dense MLP of layers 0-2.
+    pub dense_mlp: f64,
+}
+
+impl Sizes {
+    pub fn deepseek_v32() -> Self {
+        let fp8 = |n: usize, k: usize| (n * k) as f64 * (1.0 + 4.0 / (128.0 * 128.0));
+        Self {
+            attention: fp8(A_OUT, HIDDEN)
+                + fp8(HEADS * QK_HEAD, Q_LORA)
+                + fp8(IDX_HEADS * IDX_DIM, Q_LORA)
+                + fp8(HIDDEN, HEADS * V_HEAD)
+                + (HEADS * (QK_NOPE + V_HEAD) * KV_LORA * 2) as f64,
+            expert: fp8(2 * MOE_INTER, HIDDEN) + fp8(HIDDEN, MOE_INTER),
+            gate: (EXPERTS * HIDDEN * 2 + EXPERTS * 4) as f64,
+            dense_mlp: fp8(2 * DENSE_INTER, HIDDEN) + fp8(HIDDEN, DENSE_INTER),
+        }
     }
 
-    /// Bytes of one expert (w13 + w2 with scales).
-    pub fn expert_bytes(&self) -> f64 {
-        (self.w13.bytes() + self.w2.bytes()) as f64 / EXPERTS as f64
-    }
-
-    /// Bytes of the attention weights (A, q_b, indexer q_b, o_proj, kv_b).
-    pub fn attention_bytes(&self) -> usize {
-        self.a.bytes()
-            + self.q_b.bytes()
-            + self.idx_q_b.bytes()
-            + self.o.bytes()
-            + 2 * self.kv_b.len()
+    /// One MoE layer: attention, 256 routed experts + the shared one, the gate.
+    pub fn moe_layer(&self) -> f64 {
+        self.attention + (EXPERTS + 1) as f64 * self.expert + self.gate
     }
 }

@@ -3,7 +3,7 @@
 //! JSON, SVG) written to the output directory.
 use std::fmt::Write as _;
 
-use crate::layer::{Group, Op};
+use crate::layer::{Group, Op, Routing};
 use crate::model::*;
 
 /// One timed stage of one case.
@@ -31,8 +31,8 @@ pub struct CaseResult {
     pub stages: Vec<StageResult>,
     /// Median of the layer's stages enqueued back to back without events, seconds.
     pub total: f64,
-    /// (experts touched, routed rows).
-    pub routing: (usize, usize),
+    /// Experts touched and rows routed (the layer's, the EP8 shape's).
+    pub routing: Routing,
     /// Floors of the ops not timed (not library ops yet).
     pub untimed: Vec<(&'static str, f64)>,
     pub reps: usize,
@@ -85,7 +85,7 @@ impl CaseResult {
 }
 
 pub fn ctx_label(ctx: usize) -> String {
-    if ctx % 1024 == 0 {
+    if ctx.is_multiple_of(1024) {
         format!("{}K", ctx / 1024)
     } else {
         format!("{ctx}")
@@ -107,7 +107,7 @@ fn us(s: f64) -> String {
 pub fn case_table(c: &CaseResult) -> String {
     let mut md = String::new();
     let total = c.total;
-    let (touched, rows) = c.routing;
+    let (touched, rows) = c.routing.layer;
     let _ = writeln!(
         md,
         "### {} ({} routed rows over {} experts; median of {} passes)\n",
@@ -209,8 +209,6 @@ pub fn summary_table(cases: &[CaseResult]) -> String {
     md
 }
 
-/// Assumptions of the 8-GPU projection (on paper).
-pub const EP: usize = 8;
 /// NVLink bytes per second one GPU moves in an all-to-all (H200 NVLink 4: 450 GB/s per
 /// direction; two thirds of it taken as achieved).
 const A2A_BPS: f64 = 300e9;
@@ -222,37 +220,35 @@ const USABLE_BYTES: f64 = 130e9;
 const VOCAB: f64 = 129280.0;
 
 /// The 61-layer decode step of one decode case, one GPU alone and one GPU's share of EP8.
-pub fn projection(c: &CaseResult, w: &Weights) -> String {
+pub fn projection(c: &CaseResult) -> String {
+    let w = Sizes::deepseek_v32();
     let mut md = String::new();
     let b = c.tokens as f64;
     let attn = c.time_of(|s| s.op.in_layer() && s.group().attention());
     let moe = c.time_of(|s| s.op.in_layer() && !s.group().attention());
-    let experts = c.time_of(|s| matches!(s.op, Op::W13 | Op::W2));
     let dense_mlp = c.time_of(|s| s.op == Op::DenseMlp);
     let untimed: f64 = c.untimed.iter().map(|u| u.1).sum();
     // Scale stage sums to the back-to-back layer time (events between stages cost a little).
     let k = c.total / c.stage_sum();
-    let (attn, moe, experts) = (attn * k, moe * k, experts * k);
+    let (attn, moe) = (attn * k, moe * k);
     let moe_layers = (LAYERS - DENSE_LAYERS) as f64;
     let dense_layers = DENSE_LAYERS as f64;
     let one_gpu = LAYERS as f64 * (attn + untimed) + moe_layers * moe + dense_layers * dense_mlp;
     // EP8: 8 GPUs each run the attention of their own B sequences (data-parallel
     // attention) and hold 32 of the 256 experts; each GPU's experts see the slots of all
-    // 8B tokens: B/4 expected per expert, so 32 (1 - e^{-B/4}) of its experts are touched.
-    let local = (EXPERTS / EP) as f64;
-    let touched_ep = local * (1.0 - (-(b * (EP * TOP_K) as f64) / EXPERTS as f64).exp());
-    let touched_here = c.routing.0.max(1) as f64;
-    let experts_ep = experts * touched_ep / touched_here;
+    // 8B tokens: the routed part measured at that shape (32 experts, 8B rows), plus this
+    // GPU's gate and shared expert, plus the two all-to-alls.
+    let ep_routed = c.time_of(|s| s.op == Op::EpMoe) * k;
+    let own = c.time_of(|s| matches!(s.op, Op::Gate | Op::Shared)) * k;
     let a2a_bytes = b * TOP_K as f64 * (EP - 1) as f64 / EP as f64 * HIDDEN as f64 * (1.0 + 2.0);
     let a2a = 2.0 * A2A_LATENCY + a2a_bytes / A2A_BPS;
-    let moe_ep = moe - experts + experts_ep + a2a;
+    let moe_ep = own + ep_routed + a2a;
+    let (touched_ep, _) = c.routing.ep.unwrap_or_default();
+    let local = (EXPERTS / EP) as f64;
     let ep_step = LAYERS as f64 * (attn + untimed) + moe_layers * moe_ep + dense_layers * dense_mlp;
-    let expert = w.expert_bytes();
-    let shared = (w.shared13.bytes() + w.shared2.bytes()) as f64;
-    let gate = (EXPERTS * HIDDEN * 2) as f64;
-    let weights_gpu = LAYERS as f64 * w.attention_bytes() as f64
-        + moe_layers * (local * expert + shared + gate)
-        + dense_layers * (w.dense13.bytes() + w.dense2.bytes()) as f64
+    let weights_gpu = LAYERS as f64 * w.attention
+        + moe_layers * ((local + 1.0) * w.expert + w.gate)
+        + dense_layers * w.dense_mlp
         + 2.0 * VOCAB * HIDDEN as f64 * 2.0 / EP as f64;
     let kv_token = LAYERS as f64 * (MLA_FP8_TOKEN + IDX_TOKEN) as f64;
     let kv_gpu = b * c.ctx as f64 * kv_token;
@@ -282,15 +278,19 @@ pub fn projection(c: &CaseResult, w: &Weights) -> String {
     let _ = writeln!(
         md,
         "| **one GPU holding everything (hypothetical: {:.0} GB of weights)** | | **{:.2}** | **{:.0}** |",
-        (LAYERS as f64 * w.attention_bytes() as f64 + moe_layers * (EXPERTS as f64 * expert + shared + gate)) / 1e9,
+        (LAYERS as f64 * w.attention
+            + moe_layers * ((EXPERTS + 1) as f64 * w.expert + w.gate)
+            + dense_layers * w.dense_mlp)
+            / 1e9,
         one_gpu * 1e3,
         b / one_gpu
     );
     let _ = writeln!(
         md,
-        "| EP8 share: MoE half with 32 local experts ({:.1} touched vs {} here) + 2 all-to-alls ({} us) | {} | {:.2} | |",
+        "| EP8 share (x58): gate + shared expert + routed part measured at 32 experts and 8B rows ({} us, {} experts touched vs {} here) + 2 all-to-alls ({} us) | {} | {:.2} | |",
+        us(ep_routed),
         touched_ep,
-        c.routing.0,
+        c.routing.layer.0,
         us(a2a),
         us(moe_ep),
         moe_layers * moe_ep * 1e3
@@ -330,11 +330,11 @@ pub fn projection_notes() -> String {
          the untimed ops (RMSNorm, RoPE, residual adds) at their HBM floors; embedding, final norm, lm_head \
          and sampling left out. EP8: 8 GPUs, data-parallel attention (each GPU runs its own B sequences and \
          holds their caches, attention weights replicated), 32 of the 256 experts per GPU, the shared expert \
-         and the dense MLP replicated; a GPU's expert GEMMs are weight-bound at decode, so their time scales \
-         with the experts its 8B tokens' slots touch (32 (1 - e^(-B/4)) expected) at the bandwidth measured \
-         here; two all-to-alls per MoE layer (FP8 dispatch, bf16 combine) of 7/8 of the B x 8 slots' rows at \
-         {:.0} GB/s plus {:.0} us each (assumed, not measured: no multi-GPU run here); routing, permutation, \
-         SwiGLU and combine keep this GPU's times. Memory: {:.0} GB usable per GPU, caches of 656 + 132 B per \
+         and the dense MLP replicated; a GPU's routed part (route, plan, permute, both grouped GEMMs, SwiGLU, \
+         combine) is measured at its shape: 32 experts receiving 8B rows (an eighth of the 64B slots of the \
+         deployment's 8B tokens; here B tokens routed to 8 of 32 experts: the same rows and experts); two \
+         all-to-alls per MoE layer (FP8 dispatch, bf16 combine) of 7/8 of the B x 8 slots' rows at {:.0} GB/s \
+         plus {:.0} us each (assumed, not measured: no multi-GPU run here). Memory: {:.0} GB usable per GPU, caches of 656 + 132 B per \
          token per layer, embedding + lm_head split 8 ways.\n",
         A2A_BPS / 1e9,
         A2A_LATENCY * 1e6,
@@ -353,9 +353,9 @@ pub fn json(cases: &[CaseResult]) -> String {
         FP8_PEAK / 1e12
     );
     for (ci, c) in cases.iter().enumerate() {
-        let _ = write!(
+        let _ = writeln!(
             s,
-            "    {{\"case\": \"{}\", \"mode\": \"{}\", \"tokens\": {}, \"ctx\": {}, \"layer_us\": {:.2}, \"stage_sum_us\": {:.2}, \"floor_sum_us\": {:.2}, \"experts_touched\": {}, \"routed_rows\": {}, \"stages\": [\n",
+            "    {{\"case\": \"{}\", \"mode\": \"{}\", \"tokens\": {}, \"ctx\": {}, \"layer_us\": {:.2}, \"stage_sum_us\": {:.2}, \"floor_sum_us\": {:.2}, \"experts_touched\": {}, \"routed_rows\": {}, \"stages\": [",
             c.label(),
             if c.decode { "decode" } else { "prefill" },
             c.tokens,
@@ -363,13 +363,13 @@ pub fn json(cases: &[CaseResult]) -> String {
             c.total * 1e6,
             c.stage_sum() * 1e6,
             c.floor_sum() * 1e6,
-            c.routing.0,
-            c.routing.1
+            c.routing.layer.0,
+            c.routing.layer.1
         );
         for (i, st) in c.stages.iter().enumerate() {
-            let _ = write!(
+            let _ = writeln!(
                 s,
-                "      {{\"stage\": \"{}\", \"group\": \"{}\", \"in_layer\": {}, \"us\": {:.3}, \"floor_us\": {:.3}, \"bound\": \"{}\"}}{}\n",
+                "      {{\"stage\": \"{}\", \"group\": \"{}\", \"in_layer\": {}, \"us\": {:.3}, \"floor_us\": {:.3}, \"bound\": \"{}\"}}{}",
                 st.name,
                 st.group().name(),
                 st.op.in_layer(),
@@ -379,11 +379,7 @@ pub fn json(cases: &[CaseResult]) -> String {
                 if i + 1 < c.stages.len() { "," } else { "" }
             );
         }
-        let _ = write!(
-            s,
-            "    ]}}{}\n",
-            if ci + 1 < cases.len() { "," } else { "" }
-        );
+        let _ = writeln!(s, "    ]}}{}", if ci + 1 < cases.len() { "," } else { "" });
     }
     s.push_str("  ]\n}\n");
     s
@@ -395,7 +391,9 @@ pub fn svg(cases: &[CaseResult]) -> String {
     let (ml, mt, bw, bh, gap) = (170.0, 60.0, 620.0, 24.0, 12.0);
     let legend_w = 250.0;
     let width = ml + bw + 120.0 + legend_w;
-    let height = mt + cases.len() as f64 * (bh + gap) + 60.0;
+    let bars = mt + cases.len() as f64 * (bh + gap) + 30.0;
+    let legend = mt + Group::PLOTTED.len() as f64 * 20.0 + 20.0;
+    let height = bars.max(legend);
     let mut s = String::new();
     let _ = writeln!(
         s,

@@ -1030,10 +1030,24 @@ fn mlp_floor(t: usize, inter: usize) -> Floor {
 }
 
 /// The floor of a sequence of launches: each part's floor, added (a part's bound does not
-/// overlap the next one's).
+/// overlap the next one's), named after the largest part's bound.
 fn sum_floors(parts: &[Floor]) -> Floor {
     let secs: f64 = parts.iter().map(|f| f.seconds()).sum();
-    Floor::bytes(secs * COPY_BPS)
+    // Named after the largest part's bound.
+    let top = parts
+        .iter()
+        .max_by(|a, b| a.seconds().total_cmp(&b.seconds()))
+        .copied()
+        .unwrap_or_default();
+    if top.basis() == "HBM" {
+        Floor::bytes(secs * COPY_BPS)
+    } else {
+        Floor {
+            bytes: 0.0,
+            flops: secs * top.peak,
+            peak: top.peak,
+        }
+    }
 }
 
 /// Read `t` token rows, write `rows` routed rows' codes and scales.

@@ -18,7 +18,7 @@
 //!
 //! Each stage is timed with CUDA events inside a pass of the whole layer (so the L2 holds
 //! what the previous stage left, as in a real step; it is not flushed between stages), the
-//! layer again as one back-to-back sequence without events; every pass starts after a 1 GB
+//! layer again as one back-to-back sequence without events; every pass starts after a 4 GB
 //! memset, which empties the L2 and lets the host enqueue the pass ahead of the device.
 //! cuBLAS is loaded at run time: `libcublas.so` and `libcublasLt.so` must be on
 //! `LD_LIBRARY_PATH`.
@@ -279,7 +279,7 @@ fn progress(say: &impl Fn(String), c: &CaseResult) {
     println!("{}", report::case_table(c));
     let (r, e) = c.furthest();
     say(format!(
-        "{}: layer {:.1} us, floors {:.1} us ({:.2}x); furthest: {} ({:.0}x), most time above floor: {} (+{:.1} us)",
+        "{}: layer {:.1} us, floors {:.1} us ({:.2}x); furthest (floors >= 1 us): {} ({:.1}x), most time above floor: {} (+{:.1} us)",
         c.label(),
         c.total * 1e6,
         c.floor_sum() * 1e6,

@@ -70,11 +70,14 @@ impl CaseResult {
             )
         })
     }
-    /// The stage furthest from its floor by ratio, and by time above the floor.
+    /// The stage furthest from its floor by ratio (among stages whose floor is at least
+    /// 1 us: below that every launch is "infinitely" far), and by time above the floor.
     pub fn furthest(&self) -> (&StageResult, &StageResult) {
         let by_ratio = self
             .in_layer()
+            .filter(|s| s.floor >= 1e-6)
             .max_by(|a, b| (a.time / a.floor).total_cmp(&(b.time / b.floor)))
+            .or_else(|| self.in_layer().next())
             .expect("stages");
         let by_excess = self
             .in_layer()
@@ -171,8 +174,8 @@ pub fn case_table(c: &CaseResult) -> String {
 /// The summary over cases.
 pub fn summary_table(cases: &[CaseResult]) -> String {
     let mut md = String::new();
-    let _ = writeln!(md, "| case | layer (us) | sum of floors (us) | layer / floors | attention part (us) | MoE part (us) | DSA attention (us) | dense FP8 attention (us) | dense bf16 attention (us) | layer with dense bf16 instead (us) | furthest from floor (ratio) | furthest from floor (time above) |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "| case | layer (us) | sum of floors (us) | layer / floors | attention part (us) | MoE part (us) | DSA attention (us) | dense FP8 attention (us) | dense bf16 attention (us) | layer with dense bf16 instead (us) | stages with floors < 1 us (us) | furthest from floor (ratio, floors >= 1 us) | furthest from floor (time above) |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for c in cases {
         let attn = c.time_of(|s| s.op.in_layer() && s.group().attention());
         let moe = c.time_of(|s| s.op.in_layer() && !s.group().attention());
@@ -189,7 +192,7 @@ pub fn summary_table(cases: &[CaseResult]) -> String {
         let (r, e) = c.furthest();
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {:.2}x | {} | {} | {} | {} | {} | {} | {} ({:.0}x) | {} (+{} us) |",
+            "| {} | {} | {} | {:.2}x | {} | {} | {} | {} | {} | {} | {} | {} ({:.1}x) | {} (+{} us) |",
             c.label(),
             us(c.total),
             us(c.floor_sum()),
@@ -200,6 +203,7 @@ pub fn summary_table(cases: &[CaseResult]) -> String {
             fmt(dense(Op::DenseFp8)),
             fmt(dense(Op::DenseBf16)),
             with_dense.unwrap_or_else(|| "-".into()),
+            us(c.time_of(|s| s.op.in_layer() && s.floor < 1e-6)),
             r.name,
             r.time / r.floor,
             e.name,

@@ -14,7 +14,8 @@
 //! `--prefill 4k,128k` (a 4096-token chunk ending a prompt of that length; `--chunk N`),
 //! `--all`, `--reps N` (timed passes, median; default 20), `--no-bf16` (skip the dense bf16
 //! comparison and its cache), `--out DIR` (default `$LAYER_TIMING_OUT`, `$OUT`, or
-//! `target/layer_timing`).
+//! `target/layer_timing`), `--replot FILE.json` (re-render a run's tables, plot and
+//! projection from its JSON, no GPU needed).
 //!
 //! Each stage is timed with CUDA events inside a pass of the whole layer (so the L2 holds
 //! what the previous stage left, as in a real step; it is not flushed between stages), the
@@ -48,7 +49,7 @@ use model::{random_bf16, Error, Weights, IDX_DIM};
 use report::CaseResult;
 use timing::{median, Timer};
 
-const USAGE: &str = "usage: layer_timing [--batch 1,32,128] [--ctx 32k,128k] [--prefill 4k,128k] [--chunk 4096] [--all] [--reps N] [--no-bf16] [--out DIR]";
+const USAGE: &str = "usage: layer_timing [--batch 1,32,128] [--ctx 32k,128k] [--prefill 4k,128k] [--chunk 4096] [--all] [--reps N] [--no-bf16] [--out DIR] [--replot layer_timing.json]";
 
 struct Args {
     batches: Vec<usize>,
@@ -58,6 +59,8 @@ struct Args {
     reps: usize,
     bf16: bool,
     out: PathBuf,
+    /// A `layer_timing.json` to re-render (tables, plot, projection) without a GPU.
+    replot: Option<PathBuf>,
 }
 
 fn tokens(s: &str) -> Result<usize, Error> {
@@ -81,6 +84,7 @@ impl Args {
             chunk: 4096,
             reps: 20,
             bf16: true,
+            replot: None,
             out: std::env::var("LAYER_TIMING_OUT")
                 .or_else(|_| std::env::var("OUT"))
                 .map(PathBuf::from)
@@ -97,6 +101,7 @@ impl Args {
                 "--reps" => a.reps = value()?.parse()?,
                 "--out" => a.out = PathBuf::from(value()?),
                 "--no-bf16" => a.bf16 = false,
+                "--replot" => a.replot = Some(PathBuf::from(value()?)),
                 "--all" => {
                     a.batches = vec![1, 32, 128];
                     a.ctxs = vec![32768, 131072];
@@ -146,6 +151,10 @@ fn main() {
 
 fn run() -> Result<(), Error> {
     let args = Args::parse()?;
+    if let Some(path) = &args.replot {
+        let cases = report::parse_json(&std::fs::read_to_string(path)?)?;
+        return write(&args, &cases);
+    }
     let t0 = Instant::now();
     let say = |msg: String| println!("[{:7.2} s] {msg}", t0.elapsed().as_secs_f64());
     let ctx = match device::open_device(0) {
@@ -366,11 +375,15 @@ fn write(args: &Args, cases: &[CaseResult]) -> Result<(), Error> {
         "Floors: bytes / {:.0} GB/s (device copy, read + write) or FLOPs / {:.0} TFLOP/s bf16, {:.0} TFLOP/s FP8 \
          (dense peaks at the sustained clock), whichever is larger. Stage times: CUDA events between the \
          stages of one pass of the layer (median of {} passes; L2 not flushed between stages, emptied before \
-         each pass); layer: the same stages back to back without events.\n\n",
+         each pass by a 4 GB memset that also lets the host enqueue the pass ahead of the device); layer: the \
+         same stages back to back without events. Decode: every sequence at the full context, pages \
+         shuffled over full-size caches (MLA FP8 656 B and indexer 132 B per token), MoE rows aligned to 64; \
+         prefill: a 4096-token chunk, MoE rows aligned to 128. Routing: uniform random gate logits from \
+         seeded weights (experts touched per case in its table).\n\n",
         model::COPY_BPS / 1e9,
         model::BF16_PEAK / 1e12,
         model::FP8_PEAK / 1e12,
-        args.reps
+        cases.first().map_or(args.reps, |c| c.reps)
     ));
     md.push_str(&report::summary_table(cases));
     md.push('\n');

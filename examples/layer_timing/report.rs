@@ -130,14 +130,20 @@ pub fn case_table(c: &CaseResult) -> String {
         } else {
             "beside the layer".into()
         };
+        // Below 1 us a floor says only "launch-bound": no ratio.
+        let ratio = if s.floor >= 1e-6 {
+            format!("{:.1}x", s.time / s.floor)
+        } else {
+            "floor < 1 us".into()
+        };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {:.1}x | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             s.name,
             us(s.time),
             us(s.floor),
             s.basis,
-            s.time / s.floor,
+            ratio,
             share
         );
     }
@@ -359,7 +365,7 @@ pub fn json(cases: &[CaseResult]) -> String {
     for (ci, c) in cases.iter().enumerate() {
         let _ = writeln!(
             s,
-            "    {{\"case\": \"{}\", \"mode\": \"{}\", \"tokens\": {}, \"ctx\": {}, \"layer_us\": {:.2}, \"stage_sum_us\": {:.2}, \"floor_sum_us\": {:.2}, \"experts_touched\": {}, \"routed_rows\": {}, \"stages\": [",
+            "    {{\"case\": \"{}\", \"mode\": \"{}\", \"tokens\": {}, \"ctx\": {}, \"layer_us\": {:.2}, \"stage_sum_us\": {:.2}, \"floor_sum_us\": {:.2}, \"experts_touched\": {}, \"routed_rows\": {}, \"ep_experts_touched\": {}, \"ep_rows\": {}, \"reps\": {}, \"stages\": [",
             c.label(),
             if c.decode { "decode" } else { "prefill" },
             c.tokens,
@@ -368,12 +374,15 @@ pub fn json(cases: &[CaseResult]) -> String {
             c.stage_sum() * 1e6,
             c.floor_sum() * 1e6,
             c.routing.layer.0,
-            c.routing.layer.1
+            c.routing.layer.1,
+            c.routing.ep.map_or(0, |e| e.0),
+            c.routing.ep.map_or(0, |e| e.1),
+            c.reps
         );
         for (i, st) in c.stages.iter().enumerate() {
             let _ = writeln!(
                 s,
-                "      {{\"stage\": \"{}\", \"group\": \"{}\", \"in_layer\": {}, \"us\": {:.3}, \"floor_us\": {:.3}, \"bound\": \"{}\"}}{}",
+                "      {{\"stage\": \"{}\", \"group\": \"{}\", \"in_layer\": {}, \"us\": {:.3}, \"floor_us\": {:.6}, \"bound\": \"{}\"}}{}",
                 st.name,
                 st.group().name(),
                 st.op.in_layer(),
@@ -389,12 +398,81 @@ pub fn json(cases: &[CaseResult]) -> String {
     s
 }
 
+/// The value of `"key": value` in one line of [`json`]'s output (quotes stripped).
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let at = line.find(&format!("\"{key}\": "))? + key.len() + 4;
+    let rest = &line[at..];
+    let v = match rest.strip_prefix('"') {
+        Some(q) => &q[..q.find('"')?],
+        None => &rest[..rest.find([',', '}'])?],
+    };
+    Some(v.trim())
+}
+
+/// Cases back from a file [`json`] wrote (`--replot`): re-render the tables, the plot and
+/// the projection without a GPU.
+pub fn parse_json(text: &str) -> Result<Vec<CaseResult>, Error> {
+    let num = |line: &str, key: &str| -> Result<f64, Error> {
+        Ok(field(line, key)
+            .ok_or(format!("no {key} in: {line}"))?
+            .parse()?)
+    };
+    let mut cases: Vec<CaseResult> = Vec::new();
+    for line in text.lines() {
+        if field(line, "case").is_some() {
+            let decode = field(line, "mode") == Some("decode");
+            let t = num(line, "tokens")? as usize;
+            let ep = num(line, "ep_experts_touched").ok().map(|e| e as usize);
+            cases.push(CaseResult {
+                decode,
+                tokens: t,
+                ctx: num(line, "ctx")? as usize,
+                stages: Vec::new(),
+                total: num(line, "layer_us")? * 1e-6,
+                routing: Routing {
+                    layer: (
+                        num(line, "experts_touched")? as usize,
+                        num(line, "routed_rows")? as usize,
+                    ),
+                    ep: ep
+                        .filter(|_| decode)
+                        .map(|e| (e, num(line, "ep_rows").unwrap_or(0.0) as usize)),
+                },
+                untimed: crate::layer::untimed(t)
+                    .into_iter()
+                    .map(|(n, f)| (n, f.seconds()))
+                    .collect(),
+                reps: num(line, "reps").unwrap_or(20.0) as usize,
+            });
+        } else if let Some(name) = field(line, "stage") {
+            let c = cases.last_mut().ok_or("a stage before any case")?;
+            let op = crate::layer::ops(c.decode, true)
+                .into_iter()
+                .find(|o| o.name(c.decode) == name)
+                .ok_or(format!("unknown stage {name}"))?;
+            let basis = match field(line, "bound") {
+                Some("FP8 peak") => "FP8 peak",
+                Some("bf16 peak") => "bf16 peak",
+                _ => "HBM",
+            };
+            c.stages.push(StageResult {
+                op,
+                name: op.name(c.decode),
+                time: num(line, "us")? * 1e-6,
+                floor: num(line, "floor_us")? * 1e-6,
+                basis,
+            });
+        }
+    }
+    Ok(cases)
+}
+
 /// Where the time goes: one bar per case, its layer time split by stage group (100% =
 /// the case's sum of stage times), the sum of floors marked, the layer time written.
 pub fn svg(cases: &[CaseResult]) -> String {
     let (ml, mt, bw, bh, gap) = (170.0, 60.0, 620.0, 24.0, 12.0);
     let legend_w = 250.0;
-    let width = ml + bw + 120.0 + legend_w;
+    let width = ml + bw + 190.0 + legend_w;
     let bars = mt + cases.len() as f64 * (bh + gap) + 30.0;
     let legend = mt + Group::PLOTTED.len() as f64 * 20.0 + 20.0;
     let height = bars.max(legend);
@@ -447,14 +525,14 @@ pub fn svg(cases: &[CaseResult]) -> String {
         );
         let _ = writeln!(
             s,
-            r##"<text x="{}" y="{}">{} us ({:.2}x floors)</text>"##,
+            r##"<text x="{}" y="{}">{:.2} ms ({:.2}x floors)</text>"##,
             ml + bw + 6.0,
             y + bh / 2.0 + 4.0,
-            us(c.total),
+            c.total * 1e3,
             c.total / c.floor_sum()
         );
     }
-    let lx = ml + bw + 130.0;
+    let lx = ml + bw + 180.0;
     for (i, g) in Group::PLOTTED.iter().enumerate() {
         let ly = mt + i as f64 * 20.0;
         let _ = writeln!(

@@ -26,9 +26,50 @@ fn i32_of(v: usize) -> Result<i32, Error> {
 /// Per-head rows of kv_b: W_UK `[128, 512]` then W_UV `[128, 512]`.
 const KV_B_HEAD: usize = (QK_NOPE + V_HEAD) * KV_LORA;
 
+/// One strided batched bf16 GEMM over the heads, `C_h = op(A_h) B_h` column-major:
+/// (leading dimension, stride between heads) of each operand.
+#[allow(clippy::too_many_arguments)]
+fn over_heads<A, B, C>(
+    blas: &CudaBlas,
+    transa: bsys::cublasOperation_t,
+    (m, n, k): (usize, usize, usize),
+    (a, lda, sa): (&A, usize, usize),
+    (b, ldb, sb): (&B, usize, usize),
+    (c, ldc, sc): (&mut C, usize, usize),
+) -> Result<(), Error>
+where
+    A: DevicePtr<bf16>,
+    B: DevicePtr<bf16>,
+    C: DevicePtrMut<bf16>,
+{
+    let cfg = StridedBatchedConfig {
+        gemm: GemmConfig {
+            transa,
+            transb: N,
+            m: i32_of(m)?,
+            n: i32_of(n)?,
+            k: i32_of(k)?,
+            alpha: bf16::ONE,
+            lda: i32_of(lda)?,
+            ldb: i32_of(ldb)?,
+            beta: bf16::ZERO,
+            ldc: i32_of(ldc)?,
+        },
+        batch_size: HEADS as i32,
+        stride_a: sa as i64,
+        stride_b: sb as i64,
+        stride_c: sc as i64,
+    };
+    // SAFETY: the callers assert that every operand holds the HEADS products the
+    // strides and leading dimensions address.
+    unsafe { blas.gemm_strided_batched(cfg, a, b, c)? };
+    Ok(())
+}
+
 /// `q[t, h, 0..512] = q_b[t, h, 0..128] . W_UK[h]` for `t < tokens`: `q_b` bf16 `[tokens,
 /// HEADS, 192]` (nope | rope), `kv_b` `[HEADS, 256, 512]`, `q` bf16 `[tokens, HEADS, 576]`
-/// (its rope columns are left as they are).
+/// (its rope columns are left as they are). Head h reads kv_b[h * 256 * 512 ..][..128 *
+/// 512] and q_b[t * 24576 + h * 192 ..][..128], writes q[t * 73728 + h * 576 ..][..512].
 pub fn absorb_uk(
     blas: &CudaBlas,
     tokens: usize,
@@ -38,33 +79,20 @@ pub fn absorb_uk(
 ) -> Result<(), Error> {
     assert!(q_b.len() >= tokens * HEADS * QK_HEAD && q.len() >= tokens * HEADS * QK_DIM);
     assert!(kv_b.len() >= HEADS * KV_B_HEAD);
-    let cfg = StridedBatchedConfig {
-        gemm: GemmConfig {
-            transa: N,
-            transb: N,
-            m: KV_LORA as i32,
-            n: i32_of(tokens)?,
-            k: QK_NOPE as i32,
-            alpha: bf16::ONE,
-            lda: KV_LORA as i32,
-            ldb: (HEADS * QK_HEAD) as i32,
-            beta: bf16::ZERO,
-            ldc: (HEADS * QK_DIM) as i32,
-        },
-        batch_size: HEADS as i32,
-        stride_a: KV_B_HEAD as i64,
-        stride_b: QK_HEAD as i64,
-        stride_c: QK_DIM as i64,
-    };
-    // SAFETY: the asserts above bound every element the batched product addresses:
-    // head h reads kv_b[h * 256 * 512 ..][..128 * 512], q_b[t * 24576 + h * 192 ..][..128],
-    // writes q[t * 73728 + h * 576 ..][..512].
-    unsafe { blas.gemm_strided_batched(cfg, kv_b, q_b, q)? };
-    Ok(())
+    over_heads(
+        blas,
+        N,
+        (KV_LORA, tokens, QK_NOPE),
+        (kv_b, KV_LORA, KV_B_HEAD),
+        (q_b, HEADS * QK_HEAD, QK_HEAD),
+        (q, HEADS * QK_DIM, QK_DIM),
+    )
 }
 
 /// `o[t, h, 0..128] = W_UV[h] . o_latent[t, h, 0..512]`: `o_latent` bf16 `[tokens, HEADS,
-/// 512]`, `o` bf16 `[tokens, HEADS * 128]` (o_proj's input).
+/// 512]`, `o` bf16 `[tokens, HEADS * 128]` (o_proj's input). Head h reads W_UV at h * 256
+/// * 512 + 128 * 512 (128 x 512) and o_latent[t * 65536 + h * 512 ..][..512], writes
+/// o[t * 16384 + h * 128 ..][..128].
 pub fn absorb_uv(
     blas: &CudaBlas,
     tokens: usize,
@@ -74,30 +102,15 @@ pub fn absorb_uv(
 ) -> Result<(), Error> {
     assert!(o_latent.len() >= tokens * HEADS * KV_LORA && o.len() >= tokens * HEADS * V_HEAD);
     assert!(kv_b.len() >= HEADS * KV_B_HEAD);
-    let cfg = StridedBatchedConfig {
-        gemm: GemmConfig {
-            transa: T,
-            transb: N,
-            m: V_HEAD as i32,
-            n: i32_of(tokens)?,
-            k: KV_LORA as i32,
-            alpha: bf16::ONE,
-            lda: KV_LORA as i32,
-            ldb: (HEADS * KV_LORA) as i32,
-            beta: bf16::ZERO,
-            ldc: (HEADS * V_HEAD) as i32,
-        },
-        batch_size: HEADS as i32,
-        stride_a: KV_B_HEAD as i64,
-        stride_b: KV_LORA as i64,
-        stride_c: V_HEAD as i64,
-    };
     let w_uv = kv_b.slice(QK_NOPE * KV_LORA..);
-    // SAFETY: bounded by the asserts: head h reads W_UV at h * 256 * 512 + 128 * 512
-    // (128 x 512), o_latent[t * 65536 + h * 512 ..][..512], writes o[t * 16384 + h * 128
-    // ..][..128].
-    unsafe { blas.gemm_strided_batched(cfg, &w_uv, o_latent, o)? };
-    Ok(())
+    over_heads(
+        blas,
+        T,
+        (V_HEAD, tokens, KV_LORA),
+        (&w_uv, KV_LORA, KV_B_HEAD),
+        (o_latent, HEADS * KV_LORA, KV_LORA),
+        (o, HEADS * V_HEAD, V_HEAD),
+    )
 }
 
 /// Router logits f32 `[tokens, EXPERTS]` = `x` bf16 `[tokens, HIDDEN]` . `gate^T` (gate

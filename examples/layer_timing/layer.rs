@@ -19,7 +19,9 @@ use dsa_kernels::indexer::{
     prefill_out_stride, IndexerPrepShape, PrefillLogitsShape, RopeTablesRef,
 };
 use dsa_kernels::moe::gemm::{self, ContiguousShape, LinearShape};
-use dsa_kernels::moe::{Align, MoeLayout, MoePlan, MoeShape, RouteConfig};
+use dsa_kernels::moe::{
+    Align, Fp8Weights, MoeLayer, MoeLayout, MoePlan, MoeShape, MoeWeights, RouteConfig,
+};
 use dsa_kernels::sparse_mla::{SparseExtras, SparsePrefillConfig};
 use dsa_kernels::topk::{TopkOptions, TopkRanges, TopkShape};
 use dsa_kernels::{DsaDecodeStep, DsaDecodeStepConfig, DsaKernels};
@@ -401,52 +403,18 @@ impl Routed {
         Ok(())
     }
 
-    /// The whole routed sequence (route -> combine, no shared expert).
-    fn forward(
-        &mut self,
-        k: &DsaKernels,
-        w: &Weights,
-        logits: &CudaSlice<f32>,
-        x: &CudaSlice<bf16>,
-    ) -> Result<(), Error> {
-        let cfg = RouteConfig::DEEPSEEK_V3;
-        k.moe_route(
-            &self.shape,
-            &cfg,
-            logits,
-            &w.bias,
-            &mut self.ids,
-            &mut self.weights,
-        )?;
-        k.moe_plan(&self.shape, &self.ids, &mut self.plan)?;
-        k.moe_permute_quant(&self.shape, &self.plan, x, &mut self.a1, &mut self.sfa1)?;
-        self.gemm(k, &w.w13, true)?;
-        k.moe_swiglu_quant(
-            &self.shape,
-            &self.plan,
-            &self.h,
-            &mut self.a2,
-            &mut self.sfa2,
-        )?;
-        self.gemm(k, &w.w2, false)?;
-        k.moe_combine(
-            &self.shape,
-            &self.plan,
-            &self.y,
-            &self.weights,
-            None,
-            &mut self.out,
-        )?;
-        Ok(())
-    }
-
     /// (experts touched, routed rows) of the last routing.
     fn routing(&self, s: &Arc<CudaStream>) -> Result<(usize, usize), Error> {
-        let counts = s.clone_dtoh(&self.plan.counts())?;
-        let touched = counts.iter().filter(|&&c| c > 0).count();
-        let rows = counts.iter().map(|&c| c.max(0) as usize).sum();
-        Ok((touched, rows))
+        routing_of(s, &self.plan)
     }
+}
+
+/// (experts touched, routed rows) of a plan.
+fn routing_of(s: &Arc<CudaStream>, plan: &MoePlan) -> Result<(usize, usize), Error> {
+    let counts = s.clone_dtoh(&plan.counts())?;
+    let touched = counts.iter().filter(|&&c| c > 0).count();
+    let rows = counts.iter().map(|&c| c.max(0) as usize).sum();
+    Ok((touched, rows))
 }
 
 /// The MoE half: gate logits, the routed part, the shared expert's buffers.
@@ -457,6 +425,60 @@ struct Moe {
     sh: CudaSlice<bf16>,
     sa: Quant,
     sy: CudaSlice<bf16>,
+}
+
+/// One GPU's routed part in an EP8 deployment, run by the library's [`MoeLayer`] (route
+/// -> combine, no shared expert): its 32 local experts receive 8B rows (an eighth of the
+/// 64B slots of all GPUs' 8B tokens); here B tokens routed to 8 of 32 experts give the
+/// same rows and experts.
+struct EpMoe {
+    layer: MoeLayer,
+    out: CudaSlice<bf16>,
+}
+
+impl EpMoe {
+    fn new(s: &Arc<CudaStream>, shape: MoeShape) -> Result<Self, Error> {
+        let shape = MoeShape {
+            experts: EXPERTS / EP,
+            ..shape
+        };
+        Ok(Self {
+            layer: MoeLayer::new(s, &shape, &RouteConfig::DEEPSEEK_V3, None)?,
+            out: s.alloc_zeros(shape.tokens * HIDDEN)?,
+        })
+    }
+
+    /// The layer over the first 32 experts' weights, routed by the first 32 columns'
+    /// worth of the gate logits (any logits route the same way for timing).
+    fn forward(
+        &mut self,
+        k: &DsaKernels,
+        w: &Weights,
+        logits: &CudaSlice<f32>,
+        x: &CudaSlice<bf16>,
+    ) -> Result<(), Error> {
+        let e = self.layer.shape().experts;
+        let first = |wt: &'_ Fp8Weight| (e * wt.n * wt.k, e * (wt.n / 128) * (wt.k / 128));
+        let ((c13, s13), (c2, s2)) = (first(&w.w13), first(&w.w2));
+        let weights = MoeWeights {
+            bias: w.bias.slice(..e),
+            w13: Fp8Weights {
+                codes: w.w13.codes.slice(..c13),
+                scales: w.w13.scales.slice(..s13),
+            },
+            w2: Fp8Weights {
+                codes: w.w2.codes.slice(..c2),
+                scales: w.w2.scales.slice(..s2),
+            },
+            shared: None,
+        };
+        self.layer.forward(k, &weights, logits, x, &mut self.out)?;
+        Ok(())
+    }
+
+    fn routing(&self, s: &Arc<CudaStream>) -> Result<(usize, usize), Error> {
+        routing_of(s, self.layer.plan())
+    }
 }
 
 /// One case's activations and per-case state.
@@ -483,7 +505,7 @@ pub struct Layer {
     attn_out: CudaSlice<bf16>,
     moe: Moe,
     /// Decode only: the routed part at one EP8 GPU's shape (32 experts, 8B rows).
-    ep: Option<Routed>,
+    ep: Option<EpMoe>,
     dense_h: CudaSlice<bf16>,
     dense_a: Quant,
     dense_y: CudaSlice<bf16>,
@@ -571,13 +593,7 @@ impl Layer {
         // experts receive 8B rows (an eighth of the 64B slots of all GPUs' 8B tokens);
         // here B tokens routed to 8 of 32 experts give the same rows and experts.
         let ep = match attn {
-            Attn::Decode(_) => Some(Routed::new(
-                s,
-                MoeShape {
-                    experts: EXPERTS / EP,
-                    ..shape
-                },
-            )?),
+            Attn::Decode(_) => Some(EpMoe::new(s, shape)?),
             Attn::Prefill(_) => None,
         };
         let w: Vec<f32> = (0..t * IDX_HEADS)

@@ -373,7 +373,8 @@ fn write(args: &Args, cases: &[CaseResult]) -> Result<(), Error> {
     let mut md = String::from("## One DeepSeek-V3.2 layer on one H200, stage by stage\n\n");
     md.push_str(&format!(
         "Floors: bytes / {:.0} GB/s (device copy, read + write) or FLOPs / {:.0} TFLOP/s bf16, {:.0} TFLOP/s FP8 \
-         (dense peaks at the sustained clock), whichever is larger. Stage times: CUDA events between the \
+         (132 SMs x 4096 / 8192 FLOP per clock at ~1.46 GHz; the spec sheet's 989 / 1979 at the 1.98 GHz boost \
+         would lower the FLOP-bound floors by a fifth), whichever is larger. Stage times: CUDA events between the \
          stages of one pass of the layer (median of {} passes; L2 not flushed between stages, emptied before \
          each pass by a 4 GB memset that also lets the host enqueue the pass ahead of the device); layer: the \
          same stages back to back without events. Decode: every sequence at the full context, pages \

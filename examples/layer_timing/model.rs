@@ -50,9 +50,9 @@ pub const DENSE_LAYERS: usize = 3;
 pub const EP: usize = 8;
 
 /// H200 rates the floors use: the device copy rate from the benches' anchors (read +
-/// write bytes), and the dense tensor-core peaks at the clock the GPU holds under
-/// sustained load (~1.46 GHz: 132 SMs x 4096 bf16 FLOP/clk; the spec sheet's 989 / 1979
-/// TFLOP/s are at the 1.98 GHz boost).
+/// write bytes), and dense tensor-core peaks of 790 TFLOP/s bf16 and 1580 FP8 (132 SMs x
+/// 4096 / 8192 FLOP per clock at ~1.46 GHz; the spec sheet's 989 / 1979 at the 1.98 GHz
+/// boost would lower the FLOP-bound floors by a fifth).
 pub const COPY_BPS: f64 = crate::anchors::COPY_GBS.1 * 1e9;
 pub const BF16_PEAK: f64 = 790e12;
 pub const FP8_PEAK: f64 = 1580e12;

@@ -23,7 +23,7 @@ pub const H_Q: usize = 128;
 /// device-to-device copies (doubling), so filling tens of GB takes well under a second.
 const PATTERN_PAGES: usize = 256;
 
-fn fill<T: DeviceRepr + Copy + Unpin>(
+pub fn fill<T: DeviceRepr + Copy + Unpin>(
     stream: &Arc<CudaStream>,
     data: &mut CudaSlice<T>,
     pattern: &[T],

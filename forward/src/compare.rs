@@ -5,7 +5,6 @@
 //! both run this.
 use std::time::Instant;
 
-use cudarc::driver::sys;
 use dsa_kernels::{device, DsaKernels};
 use dsa_reference::cache::slot_of;
 use dsa_reference::weights;
@@ -83,7 +82,18 @@ pub struct Divergence {
 #[derive(Debug, Clone, Default)]
 pub struct Report {
     pub lens: Vec<usize>,
+    /// End to end: the GPU's own residual stream against the reference's, per layer.
     pub layers: Vec<LayerReport>,
+    /// Layer-local: each GPU layer fed the reference's residual stream (the error of that
+    /// layer alone, not amplified by the layers before it).
+    pub layers_local: Vec<LayerReport>,
+    /// The model's own sensitivity: the reference against itself with its attention query
+    /// and output kept in f32 instead of rounded to bf16 (a perturbation of the size the
+    /// GPU's bf16 tensor-core inputs make), per layer and for the logits and tokens.
+    pub floor_layers: Vec<Agreement>,
+    pub floor_prefill_logits: Agreement,
+    pub floor_prefill_argmax_agree: (usize, usize),
+    pub floor_decode_tokens_agree: (usize, usize),
     pub prefill_logits: Agreement,
     /// Positions of the prefill whose argmax agrees, of all prefill positions.
     pub prefill_argmax_agree: (usize, usize),
@@ -108,6 +118,55 @@ fn argmax(v: &[f32]) -> u32 {
         }
     }
     best as u32
+}
+
+/// Positions whose argmax agrees, over `[rows, v]` logits.
+fn argmax_agree(a: &[f32], b: &[f32], v: usize) -> usize {
+    a.chunks(v)
+        .zip(b.chunks(v))
+        .filter(|(x, y)| argmax(x) == argmax(y))
+        .count()
+}
+
+/// Per layer: the GPU trace's residual stream against the reference's and the top-k sets
+/// (reference positions translated to slots through each sequence's block table).
+fn layer_reports(
+    gpu: &Trace,
+    ref_traces: &[dsa_reference::ForwardTrace],
+    ref_hidden: &[Vec<f32>],
+    tables: &[Vec<i32>],
+    topk: usize,
+    h: usize,
+) -> Vec<LayerReport> {
+    let rows = ref_hidden.first().map_or(0, |v| v.len() / h);
+    (0..ref_hidden.len())
+        .map(|l| {
+            let (mut sum, mut min, mut sparse, mut row) = (0f64, 1f64, 0usize, 0usize);
+            for (s, tr) in ref_traces.iter().enumerate() {
+                for (p, sel) in tr.selected[l].iter().enumerate() {
+                    let want: std::collections::HashSet<i32> = sel
+                        .iter()
+                        .map(|&q| slot_of(&tables[s], q as usize) as i32)
+                        .collect();
+                    let got = &gpu.slots[l][row * topk..(row + 1) * topk];
+                    let hit = got.iter().filter(|g| want.contains(g)).count();
+                    let frac = if want.is_empty() { 1.0 } else { hit as f64 / want.len() as f64 };
+                    sum += frac;
+                    min = min.min(frac);
+                    if p + 1 > topk {
+                        sparse += 1;
+                    }
+                    row += 1;
+                }
+            }
+            LayerReport {
+                hidden: Agreement::of(&gpu.hidden[l], &ref_hidden[l]),
+                topk_overlap_mean: sum / rows.max(1) as f64,
+                topk_overlap_min: min,
+                sparse_rows: sparse,
+            }
+        })
+        .collect()
 }
 
 /// Deterministic token ids (a 64-bit LCG).
@@ -163,7 +222,50 @@ pub fn run(
         .map(|s| tokens(lens[s], cfg.vocab_size, seed ^ (s as u64 + 1)))
         .collect();
 
-    // GPU prefill, traced.
+    // Reference prefill, and the same with f32 attention IO (the sensitivity floor).
+    let t0 = Instant::now();
+    let opts = ForwardOptions::default();
+    let floor_opts = ForwardOptions {
+        bf16_attention_io: false,
+        ..opts
+    };
+    let mut cache = KvCache::new(cfg, CacheDtype::Fp8, num_pages);
+    let mut floor_cache = KvCache::new(cfg, CacheDtype::Fp8, num_pages);
+    let mut seqs: Vec<Sequence> = tables.iter().map(|t| Sequence::new(t.clone())).collect();
+    let mut floor_seqs = seqs.clone();
+    let (mut ref_logits, mut ref_traces) = (Vec::new(), Vec::new());
+    let (mut floor_logits, mut floor_traces) = (Vec::new(), Vec::new());
+    for s in 0..batch {
+        let (l, tr) = model.forward_traced(&prompts[s], &mut cache, &mut seqs[s], &opts)?;
+        ref_logits.extend(l);
+        ref_traces.push(tr);
+        let (l, tr) =
+            model.forward_traced(&prompts[s], &mut floor_cache, &mut floor_seqs[s], &floor_opts)?;
+        floor_logits.extend(l);
+        floor_traces.push(tr);
+        progress(&format!("reference prefill of sequence {s} ({} tokens) done", lens[s]));
+    }
+    let mut report = Report {
+        lens: lens.to_vec(),
+        reference_s: t0.elapsed().as_secs_f64(),
+        ..Report::default()
+    };
+    let (h, topk, v) = (cfg.hidden_size, cfg.index_topk, cfg.vocab_size);
+    let concat = |traces: &[dsa_reference::ForwardTrace], l: usize| -> Vec<f32> {
+        traces.iter().flat_map(|t| t.hidden[l].iter().copied()).collect()
+    };
+    let ref_hidden: Vec<Vec<f32>> = (0..cfg.num_hidden_layers)
+        .map(|l| concat(&ref_traces, l))
+        .collect();
+    for (l, want) in ref_hidden.iter().enumerate() {
+        report
+            .floor_layers
+            .push(Agreement::of(&concat(&floor_traces, l), want));
+    }
+    report.floor_prefill_logits = Agreement::of(&floor_logits, &ref_logits);
+    report.floor_prefill_argmax_agree = (argmax_agree(&floor_logits, &ref_logits, v), prefill_rows);
+
+    // GPU prefill rows: every token of every prompt.
     let mut rows = gpu.rows(prefill_rows)?;
     let (mut tok, mut pos, mut tab) = (Vec::new(), Vec::new(), Vec::new());
     for s in 0..batch {
@@ -174,69 +276,20 @@ pub fn run(
         }
     }
     gpu.set(&mut rows, &tok, &pos, &tab)?;
+    // Layer-local first (its cache entries are then overwritten by the GPU's own prefill).
+    let mut local = Trace::default();
+    gpu.forward_layer_local(&mut rows, &ref_hidden, Some(&mut local))?;
+    report.layers_local = layer_reports(&local, &ref_traces, &ref_hidden, &tables, topk, h);
+    progress("GPU layer-local prefill compared");
     let mut trace = Trace::default();
     let t0 = Instant::now();
     gpu.forward(&mut rows, Some(&mut trace))?;
     let gpu_logits = gpu.logits(&rows)?;
-    let mut report = Report {
-        lens: lens.to_vec(),
-        prefill_ms: t0.elapsed().as_secs_f64() * 1e3,
-        ..Report::default()
-    };
+    report.prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
     progress(&format!("GPU prefill of {prefill_rows} rows done (traced)"));
-
-    // Reference prefill.
-    let t0 = Instant::now();
-    let mut cache = KvCache::new(cfg, CacheDtype::Fp8, num_pages);
-    let mut seqs: Vec<Sequence> = tables.iter().map(|t| Sequence::new(t.clone())).collect();
-    let opts = ForwardOptions::default();
-    let (mut ref_logits, mut ref_traces) = (Vec::new(), Vec::new());
-    for s in 0..batch {
-        let (l, tr) = model.forward_traced(&prompts[s], &mut cache, &mut seqs[s], &opts)?;
-        ref_logits.extend(l);
-        ref_traces.push(tr);
-        progress(&format!("reference prefill of sequence {s} ({} tokens) done", lens[s]));
-    }
-    report.reference_s = t0.elapsed().as_secs_f64();
-
-    // Per-layer comparison.
-    let (h, topk, v) = (cfg.hidden_size, cfg.index_topk, cfg.vocab_size);
-    for l in 0..cfg.num_hidden_layers {
-        let mut refh = Vec::with_capacity(prefill_rows * h);
-        for tr in &ref_traces {
-            refh.extend_from_slice(&tr.hidden[l]);
-        }
-        let (mut sum, mut min, mut sparse) = (0f64, 1f64, 0usize);
-        let mut row = 0;
-        for s in 0..batch {
-            for (p, sel) in ref_traces[s].selected[l].iter().enumerate() {
-                let want: std::collections::HashSet<i32> = sel
-                    .iter()
-                    .map(|&q| slot_of(&tables[s], q as usize) as i32)
-                    .collect();
-                let got = &trace.slots[l][row * topk..(row + 1) * topk];
-                let hit = got.iter().filter(|g| want.contains(g)).count();
-                let frac = if want.is_empty() { 1.0 } else { hit as f64 / want.len() as f64 };
-                sum += frac;
-                min = min.min(frac);
-                if p + 1 > topk {
-                    sparse += 1;
-                }
-                row += 1;
-            }
-        }
-        report.layers.push(LayerReport {
-            hidden: Agreement::of(&trace.hidden[l], &refh),
-            topk_overlap_mean: sum / prefill_rows as f64,
-            topk_overlap_min: min,
-            sparse_rows: sparse,
-        });
-    }
+    report.layers = layer_reports(&trace, &ref_traces, &ref_hidden, &tables, topk, h);
     report.prefill_logits = Agreement::of(&gpu_logits, &ref_logits);
-    let agree = (0..prefill_rows)
-        .filter(|&r| argmax(&gpu_logits[r * v..(r + 1) * v]) == argmax(&ref_logits[r * v..(r + 1) * v]))
-        .count();
-    report.prefill_argmax_agree = (agree, prefill_rows);
+    report.prefill_argmax_agree = (argmax_agree(&gpu_logits, &ref_logits, v), prefill_rows);
 
     // Greedy decode, fed with the reference's tokens.
     let mut step_rows = gpu.rows(batch)?;
@@ -248,7 +301,7 @@ pub fn run(
         })
         .collect();
     let (mut all_gpu, mut all_ref) = (Vec::new(), Vec::new());
-    let mut agree = 0;
+    let (mut agree, mut floor_agree) = (0, 0);
     for step in 0..steps {
         let pos: Vec<usize> = seqs.iter().map(|s| s.len).collect();
         let tabs: Vec<&[i32]> = tables.iter().map(|t| t.as_slice()).collect();
@@ -259,6 +312,11 @@ pub fn run(
         for s in 0..batch {
             let (l, _) = model.forward(&[next_tok[s]], &mut cache, &mut seqs[s], &opts)?;
             r.extend(l);
+            let (f, _) =
+                model.forward(&[next_tok[s]], &mut floor_cache, &mut floor_seqs[s], &floor_opts)?;
+            if argmax(&f) == argmax(&r[s * v..]) {
+                floor_agree += 1;
+            }
         }
         for s in 0..batch {
             let (gs, rs) = (&g[s * v..(s + 1) * v], &r[s * v..(s + 1) * v]);
@@ -285,6 +343,7 @@ pub fn run(
     }
     report.decode_logits = Agreement::of(&all_gpu, &all_ref);
     report.decode_tokens_agree = (agree, steps * batch);
+    report.floor_decode_tokens_agree = (floor_agree, steps * batch);
 
     // Timing: the same decode step (same inputs, so the cache writes are idempotent),
     // eagerly and from a CUDA graph.
@@ -299,11 +358,7 @@ pub fn run(
         }
         stream.synchronize()?;
         report.eager_step_ms = t0.elapsed().as_secs_f64() * 1e3 / timing_reps as f64;
-        stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
-        let captured = gpu.forward(&mut step_rows, None);
-        let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0))?;
-        captured?;
-        let graph = graph.ok_or_else(|| crate::ForwardError::Input("the capture recorded no work".into()))?;
+        let graph = gpu.capture(&mut step_rows)?;
         stream.memset_zeros(&mut step_rows.logits)?;
         graph.launch()?;
         let replay = gpu.logits(&step_rows)?;
@@ -326,34 +381,61 @@ impl std::fmt::Display for Report {
         writeln!(f, "sequences {:?}", self.lens)?;
         writeln!(
             f,
-            "| layer | hidden cos diff | hidden max rel err | top-k overlap mean | min | rows with > top-k keys |"
+            "Residual stream after each layer against the reference (cos diff = 1 - 2xy/(x^2+y^2); max rel = max|gpu-ref|/max|ref|); \
+             'floor' = the reference against itself with f32 instead of bf16 attention IO; top-k = |gpu ∩ ref| / |ref| per query row."
         )?;
-        writeln!(f, "|---|---|---|---|---|---|")?;
+        writeln!(
+            f,
+            "| layer | end-to-end cos diff | max rel | layer-local cos diff | max rel | floor cos diff | max rel | top-k e2e mean / min | top-k local mean / min | rows > top-k keys |"
+        )?;
+        writeln!(f, "|---|---|---|---|---|---|---|---|---|---|")?;
         for (l, r) in self.layers.iter().enumerate() {
+            let lo = self.layers_local.get(l).copied().unwrap_or_default();
+            let fl = self.floor_layers.get(l).copied().unwrap_or_default();
             writeln!(
                 f,
-                "| {l} | {:.3e} | {:.3e} | {:.4} | {:.4} | {} |",
-                r.hidden.cos_diff, r.hidden.max_rel, r.topk_overlap_mean, r.topk_overlap_min, r.sparse_rows
+                "| {l} | {:.2e} | {:.2e} | {:.2e} | {:.2e} | {:.2e} | {:.2e} | {:.4} / {:.4} | {:.4} / {:.4} | {} |",
+                r.hidden.cos_diff,
+                r.hidden.max_rel,
+                lo.hidden.cos_diff,
+                lo.hidden.max_rel,
+                fl.cos_diff,
+                fl.max_rel,
+                r.topk_overlap_mean,
+                r.topk_overlap_min,
+                lo.topk_overlap_mean,
+                lo.topk_overlap_min,
+                r.sparse_rows
             )?;
         }
         writeln!(
             f,
-            "prefill logits: cos diff {:.3e}, max rel err {:.3e} (max abs {:.3e}); argmax equal at {}/{} positions",
+            "prefill logits: cos diff {:.3e}, max rel err {:.3e} (max abs {:.3e}); argmax equal at {}/{} positions \
+             (floor: cos diff {:.3e}, argmax equal {}/{})",
             self.prefill_logits.cos_diff,
             self.prefill_logits.max_rel,
             self.prefill_logits.max_abs,
             self.prefill_argmax_agree.0,
-            self.prefill_argmax_agree.1
+            self.prefill_argmax_agree.1,
+            self.floor_prefill_logits.cos_diff,
+            self.floor_prefill_argmax_agree.0,
+            self.floor_prefill_argmax_agree.1
         )?;
         writeln!(
             f,
-            "decode logits: cos diff {:.3e}, max rel err {:.3e}; greedy tokens equal {}/{}",
+            "decode (teacher-forced on the reference's greedy tokens): logits cos diff {:.3e}, max rel err {:.3e}; \
+             greedy tokens equal {}/{} (floor: {}/{})",
             self.decode_logits.cos_diff,
             self.decode_logits.max_rel,
             self.decode_tokens_agree.0,
-            self.decode_tokens_agree.1
+            self.decode_tokens_agree.1,
+            self.floor_decode_tokens_agree.0,
+            self.floor_decode_tokens_agree.1
         )?;
-        for d in &self.divergences {
+        if let Some(d) = self.divergences.first() {
+            writeln!(f, "first divergence at decode step {}; the first five:", d.step)?;
+        }
+        for d in self.divergences.iter().take(5) {
             writeln!(
                 f,
                 "  step {} seq {}: reference {} (margin {:.3e} over the GPU's pick, row range {:.3}), GPU {} (margin {:.3e})",

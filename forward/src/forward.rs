@@ -1,7 +1,7 @@
 //! The forward pass: caches, the per-batch buffers, and one layer as its list of launches.
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream, CudaView};
+use cudarc::driver::{sys, CudaGraph, CudaSlice, CudaStream, CudaView};
 use dsa_kernels::cache::{IndexerKCache, MlaFp8Cache, PAGE_SIZE, QK_DIM};
 use dsa_kernels::indexer::{rope_tables, RopeTablesRef, YarnRope};
 use dsa_kernels::layers::{NormInput, NormRows, RopeRows};
@@ -284,7 +284,36 @@ impl GpuModel {
     /// nothing and never synchronizes unless `trace` is given (then it downloads each
     /// layer's residual stream and top-k), so a decode step can be captured in a CUDA
     /// graph and replayed after new [`Self::set`] calls.
-    pub fn forward(&mut self, r: &mut Rows, mut trace: Option<&mut Trace>) -> Result<()> {
+    pub fn forward(&mut self, r: &mut Rows, trace: Option<&mut Trace>) -> Result<()> {
+        self.forward_impl(r, trace, None)
+    }
+
+    /// [`Self::forward`] with every layer `l >= 1` fed `inputs[l - 1]` (f32 `[rows,
+    /// hidden]`, e.g. the reference's residual stream after layer `l - 1`) instead of the
+    /// GPU's own: each layer's error alone, without what the layers before it passed on.
+    /// The caches get the entries of those inputs. Synchronizes (uploads per layer).
+    pub fn forward_layer_local(
+        &mut self,
+        r: &mut Rows,
+        inputs: &[Vec<f32>],
+        trace: Option<&mut Trace>,
+    ) -> Result<()> {
+        let want = r.rows * self.w.cfg.hidden_size;
+        if inputs.len() + 1 < self.w.layers.len() || inputs.iter().any(|v| v.len() != want) {
+            return Err(ForwardError::Input(format!(
+                "layer-local inputs: one [{}, {}] per layer but the last",
+                r.rows, self.w.cfg.hidden_size
+            )));
+        }
+        self.forward_impl(r, trace, Some(inputs))
+    }
+
+    fn forward_impl(
+        &mut self,
+        r: &mut Rows,
+        mut trace: Option<&mut Trace>,
+        inputs: Option<&[Vec<f32>]>,
+    ) -> Result<()> {
         let c = self.w.cfg.clone();
         let k = &self.k;
         let n = r.rows;
@@ -306,6 +335,9 @@ impl GpuModel {
             max_pos: self.max_pos,
         };
         for (li, lw) in self.w.layers.iter().enumerate() {
+            if let (Some(inp), true) = (inputs, li > 0) {
+                k.stream().memcpy_htod(&inp[li - 1], &mut r.x)?;
+            }
             // Attention input: RMSNorm, FP8 quantization of the f32 rows, and the fused
             // q_a | kv_a | indexer-k projection.
             k.rms_norm(
@@ -505,6 +537,20 @@ impl GpuModel {
         )?;
         self.blas
             .linear_f32(n, c.vocab_size, h, 1.0, &r.hn, &self.w.lm_head, &mut r.logits)
+    }
+
+    /// Captures [`Self::forward`] of `r` (no trace) into a CUDA graph: replaying it runs
+    /// the whole step for whatever [`Self::set`] last wrote into `r`. The handle's stream
+    /// must be capturable: a non-default stream, cudarc's event tracking off and every
+    /// kernel loaded ([`crate::compare::graph_ready_kernels`] sets that up).
+    pub fn capture(&mut self, r: &mut Rows) -> Result<CudaGraph> {
+        let stream = self.k.stream().clone();
+        stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+        let recorded = self.forward(r, None);
+        // End the capture whatever happened, so the stream is usable again.
+        let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0))?;
+        recorded?;
+        graph.ok_or_else(|| ForwardError::Input("the capture recorded no work".into()))
     }
 
     /// The logits of the last forward, f32 `[rows, vocab]` (synchronizes).

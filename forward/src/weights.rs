@@ -219,3 +219,24 @@ impl GpuWeights {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stacking_pads_each_part_to_whole_scale_blocks() {
+        let w = |n: usize, k: usize, v: f32| Fp8Weight::quantize(n, k, &vec![v; n * k]);
+        let (a, b) = (w(128, 256, 1.0), w(192, 256, -2.0));
+        let (codes, scales, n, k) = stack(&[&a, &b]).unwrap();
+        assert_eq!((n, k), (384, 256));
+        assert_eq!(codes.len(), 384 * 256);
+        // a's rows, then b's 192 rows, then 64 zero rows inside b's last scale block.
+        assert_eq!(&codes[..128 * 256], &a.codes[..]);
+        assert_eq!(&codes[128 * 256..320 * 256], &b.codes[..]);
+        assert!(codes[320 * 256..].iter().all(|&c| c == 0));
+        assert_eq!(scales.len(), 3 * 2);
+        assert_eq!(&scales[2..], &b.scale_inv[..]);
+        assert!(stack(&[&a, &w(128, 128, 1.0)]).is_err());
+    }
+}

@@ -13,9 +13,16 @@ use dsa_forward::compare;
 use dsa_reference::Config;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let steps = args.first().copied().unwrap_or(16);
-    let lens = if args.len() > 1 { args[1..].to_vec() } else { vec![512, 448, 300, 129] };
+    let lens = if args.len() > 1 {
+        args[1..].to_vec()
+    } else {
+        vec![512, 448, 300, 129]
+    };
     let k = match compare::graph_ready_kernels() {
         Ok(k) => k,
         Err(e) => {

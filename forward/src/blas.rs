@@ -118,9 +118,17 @@ impl Blas {
         if m == 0 || heads == 0 {
             return Ok(());
         }
-        need("per-head a", a.len(), (heads - 1) * a_head + (m - 1) * a_row + k)?;
+        need(
+            "per-head a",
+            a.len(),
+            (heads - 1) * a_head + (m - 1) * a_row + k,
+        )?;
         need("per-head b", b.len(), (heads - 1) * b_head + k * n)?;
-        need("per-head c", c.len(), (heads - 1) * c_head + (m - 1) * c_row + n)?;
+        need(
+            "per-head c",
+            c.len(),
+            (heads - 1) * c_head + (m - 1) * c_row + n,
+        )?;
         let cfg = StridedBatchedConfig {
             gemm: GemmConfig {
                 transa: if b_t { CUBLAS_OP_T } else { CUBLAS_OP_N },

@@ -29,7 +29,7 @@ const KV_A_PADDED: usize = 640;
 
 /// The per-batch buffers of `rows` new tokens (a prefill's rows, or a decode step's
 /// batch): the host fills `tokens`, `positions`, `slots`, `block_table` and `seq_lens`
-/// ([`Rows::set`]), [`GpuModel::forward`] fills `logits`. Allocated once, so a decode
+/// ([`GpuModel::set`]), [`GpuModel::forward`] fills `logits`. Allocated once, so a decode
 /// step reuses them every step (and a captured graph reads them in place).
 pub struct Rows {
     pub rows: usize,
@@ -91,7 +91,13 @@ pub struct GpuModel {
 impl GpuModel {
     /// The model over `num_pages` cache pages per layer, serving batches of up to
     /// `max_rows` new tokens whose block tables have up to `max_pages` pages.
-    pub fn new(k: DsaKernels, w: GpuWeights, num_pages: usize, max_rows: usize, max_pages: usize) -> Result<Self> {
+    pub fn new(
+        k: DsaKernels,
+        w: GpuWeights,
+        num_pages: usize,
+        max_rows: usize,
+        max_pages: usize,
+    ) -> Result<Self> {
         let c = &w.cfg;
         let s = k.stream().clone();
         let r = &c.rope;
@@ -149,10 +155,16 @@ impl GpuModel {
         let s = self.k.stream();
         let (h, nh) = (c.hidden_size, c.num_attention_heads);
         let wa_n = c.q_lora_rank + KV_A_PADDED + c.index_head_dim;
-        let max_k = [h, c.q_lora_rank, nh * V_HEAD, c.intermediate_size, c.moe_intermediate_size]
-            .into_iter()
-            .max()
-            .unwrap_or(h);
+        let max_k = [
+            h,
+            c.q_lora_rank,
+            nh * V_HEAD,
+            c.intermediate_size,
+            c.moe_intermediate_size,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(h);
         let moe = match c.first_k_dense_replace < c.num_hidden_layers {
             true => {
                 let shape = MoeShape {
@@ -218,7 +230,13 @@ impl GpuModel {
     /// Writes the batch description of `rows` into its device buffers: per row its token,
     /// position, cache slot, its sequence's block table (`max_pages` entries, row-major)
     /// and its paged length (position + 1: a row sees its causal keys).
-    pub fn set(&self, r: &mut Rows, tokens: &[u32], positions: &[usize], tables: &[&[i32]]) -> Result<()> {
+    pub fn set(
+        &self,
+        r: &mut Rows,
+        tokens: &[u32],
+        positions: &[usize],
+        tables: &[&[i32]],
+    ) -> Result<()> {
         let n = r.rows;
         if tokens.len() != n || positions.len() != n || tables.len() != n {
             return Err(ForwardError::Input(format!(
@@ -252,8 +270,19 @@ impl GpuModel {
     }
 
     /// FP8 linear `out [rows, w.n] = act . w^T` of the quantized activation in `r.act`.
-    fn linear(k: &DsaKernels, rows: usize, act: &CudaSlice<u8>, sc: &CudaSlice<f32>, w: &Fp8Linear, out: &mut CudaSlice<bf16>) -> Result<()> {
-        let shape = LinearShape { m: rows, n: w.n, k: w.k };
+    fn linear(
+        k: &DsaKernels,
+        rows: usize,
+        act: &CudaSlice<u8>,
+        sc: &CudaSlice<f32>,
+        w: &Fp8Linear,
+        out: &mut CudaSlice<bf16>,
+    ) -> Result<()> {
+        let shape = LinearShape {
+            m: rows,
+            n: w.n,
+            k: w.k,
+        };
         gemm::fp8_linear(k, shape, act, sc, &w.codes, &w.scales, out)?;
         Ok(())
     }
@@ -352,7 +381,11 @@ impl GpuModel {
             Self::linear(k, n, &r.act, &r.act_scales, &lw.wa, &mut r.wa_out)?;
             // Queries: q_norm, then q_b_proj and the indexer's wq_b from one quantization.
             k.rms_norm(
-                NormRows { rows: n, dim: ql, stride: wa_n },
+                NormRows {
+                    rows: n,
+                    dim: ql,
+                    stride: wa_n,
+                },
                 NormInput::<CudaSlice<f32>, _>::Bf16(&r.wa_out),
                 &lw.q_norm,
                 eps,
@@ -365,7 +398,11 @@ impl GpuModel {
             // The MLA cache row: kv_norm on the latent, RoPE on k_rope, bf16.
             let kv_a = r.wa_out.slice(ql..);
             k.rms_norm(
-                NormRows { rows: n, dim: KV_LORA, stride: wa_n },
+                NormRows {
+                    rows: n,
+                    dim: KV_LORA,
+                    stride: wa_n,
+                },
                 NormInput::<CudaSlice<f32>, _>::Bf16(&kv_a),
                 &lw.kv_norm,
                 eps,
@@ -378,16 +415,26 @@ impl GpuModel {
                 n,
                 1,
                 &k_rope,
-                RopeRows { token_stride: wa_n, head_stride: 0 },
+                RopeRows {
+                    token_stride: wa_n,
+                    head_stride: 0,
+                },
                 &mut kv_rope,
-                RopeRows { token_stride: QK_DIM, head_stride: 0 },
+                RopeRows {
+                    token_stride: QK_DIM,
+                    head_stride: 0,
+                },
                 &r.positions,
                 rope,
             )?;
             // Indexer key (LayerNorm, bf16) and head weights (f32 GEMM, times 64^-0.5).
             let ik = r.wa_out.slice(ql + KV_A_PADDED..);
             k.layer_norm(
-                NormRows { rows: n, dim: c.index_head_dim, stride: wa_n },
+                NormRows {
+                    rows: n,
+                    dim: c.index_head_dim,
+                    stride: wa_n,
+                },
                 &ik,
                 &lw.index_k_norm_w,
                 &lw.index_k_norm_b,
@@ -411,9 +458,15 @@ impl GpuModel {
                 n,
                 nh,
                 &q_rope,
-                RopeRows { token_stride: nh * QK_HEAD, head_stride: QK_HEAD },
+                RopeRows {
+                    token_stride: nh * QK_HEAD,
+                    head_stride: QK_HEAD,
+                },
                 &mut q576_rope,
-                RopeRows { token_stride: nh * QK_DIM, head_stride: QK_DIM },
+                RopeRows {
+                    token_stride: nh * QK_DIM,
+                    head_stride: QK_DIM,
+                },
                 &r.positions,
                 rope,
             )?;
@@ -535,8 +588,15 @@ impl GpuModel {
             Some(&mut r.hn),
             None,
         )?;
-        self.blas
-            .linear_f32(n, c.vocab_size, h, 1.0, &r.hn, &self.w.lm_head, &mut r.logits)
+        self.blas.linear_f32(
+            n,
+            c.vocab_size,
+            h,
+            1.0,
+            &r.hn,
+            &self.w.lm_head,
+            &mut r.logits,
+        )
     }
 
     /// Captures [`Self::forward`] of `r` (no trace) into a CUDA graph: replaying it runs

@@ -69,6 +69,8 @@ pub struct MoeWeightsDev {
     pub shared: DenseMlp,
 }
 
+/// A layer's FFN: the dense MLP of the first layers, or the routed MoE.
+#[allow(clippy::large_enum_variant)] // one per layer, built once
 pub enum Ffn {
     Dense(DenseMlp),
     Moe(MoeWeightsDev),
@@ -110,7 +112,13 @@ pub struct GpuWeights {
     pub layers: Vec<LayerWeights>,
 }
 
-fn mlp(stream: &Arc<CudaStream>, t: &Tensors, prefix: &str, h: usize, inter: usize) -> Result<DenseMlp> {
+fn mlp(
+    stream: &Arc<CudaStream>,
+    t: &Tensors,
+    prefix: &str,
+    h: usize,
+    inter: usize,
+) -> Result<DenseMlp> {
     let w1 = weights::get_fp8(t, &format!("{prefix}.gate_proj"), inter, h)?;
     let w3 = weights::get_fp8(t, &format!("{prefix}.up_proj"), inter, h)?;
     let w2 = weights::get_fp8(t, &format!("{prefix}.down_proj"), h, inter)?;
@@ -127,7 +135,8 @@ impl GpuWeights {
     /// be DeepSeek-V3.2's (nope 128, rope 64, v 128, kv_lora 512, indexer 64 x 128) and
     /// every width a multiple of 128.
     pub fn upload(stream: &Arc<CudaStream>, cfg: &Config, t: &Tensors) -> Result<Self> {
-        cfg.validate().map_err(|e| ForwardError::Input(e.to_string()))?;
+        cfg.validate()
+            .map_err(|e| ForwardError::Input(e.to_string()))?;
         let c = cfg;
         let (h, nh) = (c.hidden_size, c.num_attention_heads);
         if c.qk_nope_head_dim != 128
@@ -135,9 +144,14 @@ impl GpuWeights {
             || c.qk_rope_head_dim != 64
             || c.kv_lora_rank != 512
             || c.index_head_dim != 128
-            || [h, c.q_lora_rank, c.intermediate_size, c.moe_intermediate_size]
-                .iter()
-                .any(|d| d % 128 != 0)
+            || [
+                h,
+                c.q_lora_rank,
+                c.intermediate_size,
+                c.moe_intermediate_size,
+            ]
+            .iter()
+            .any(|d| d % 128 != 0)
         {
             return Err(ForwardError::Input(
                 "the forward needs DeepSeek-V3.2's per-head dims and widths that are multiples of 128".into(),
@@ -152,7 +166,12 @@ impl GpuWeights {
             let wq_a = weights::get_fp8(t, &l("self_attn.q_a_proj"), c.q_lora_rank, h)?;
             let wkv_a = weights::get_fp8(t, &l("self_attn.kv_a_proj_with_mqa"), 576, h)?;
             let wk = weights::get_fp8(t, &l("self_attn.indexer.wk"), c.index_head_dim, h)?;
-            let wq_b = weights::get_fp8(t, &l("self_attn.q_b_proj"), nh * c.qk_head_dim(), c.q_lora_rank)?;
+            let wq_b = weights::get_fp8(
+                t,
+                &l("self_attn.q_b_proj"),
+                nh * c.qk_head_dim(),
+                c.q_lora_rank,
+            )?;
             let iq_b = weights::get_fp8(
                 t,
                 &l("self_attn.indexer.wq_b"),
@@ -160,7 +179,11 @@ impl GpuWeights {
                 c.q_lora_rank,
             )?;
             let kv_b = weights::get_fp8(t, &l("self_attn.kv_b_proj"), nh * 256, c.kv_lora_rank)?;
-            let kv_b: Vec<bf16> = kv_b.dequantize().iter().map(|&v| bf16::from_f32(v)).collect();
+            let kv_b: Vec<bf16> = kv_b
+                .dequantize()
+                .iter()
+                .map(|&v| bf16::from_f32(v))
+                .collect();
             let wo = weights::get_fp8(t, &l("self_attn.o_proj"), h, nh * c.v_head_dim)?;
             let ffn = if c.is_moe_layer(i) {
                 let (e, mi) = (c.n_routed_experts, c.moe_intermediate_size);
@@ -177,7 +200,9 @@ impl GpuWeights {
                     w2s.extend_from_slice(&w2.scale_inv);
                 }
                 if c.n_shared_experts == 0 {
-                    return Err(ForwardError::Input("the forward expects a shared expert".into()));
+                    return Err(ForwardError::Input(
+                        "the forward expects a shared expert".into(),
+                    ));
                 }
                 Ffn::Moe(MoeWeightsDev {
                     gate: f32v(&l("mlp.gate.weight"), &[e, h])?,
@@ -186,7 +211,13 @@ impl GpuWeights {
                     w13_scales: stream.clone_htod(&w13s)?,
                     w2_codes: stream.clone_htod(&w2c)?,
                     w2_scales: stream.clone_htod(&w2s)?,
-                    shared: mlp(stream, t, &l("mlp.shared_experts"), h, mi * c.n_shared_experts)?,
+                    shared: mlp(
+                        stream,
+                        t,
+                        &l("mlp.shared_experts"),
+                        h,
+                        mi * c.n_shared_experts,
+                    )?,
                 })
             } else {
                 Ffn::Dense(mlp(stream, t, &l("mlp"), h, c.intermediate_size)?)

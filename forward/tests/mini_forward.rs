@@ -13,28 +13,44 @@
 //! rounding boundary changes by 1/16, and a token whose gate scores move across a tie gets
 //! another expert. So each run also measures the model's own sensitivity (the "floor"):
 //! the reference against itself with its attention query and output kept in f32 instead of
-//! rounded to bf16, one bf16 rounding at one place. On 2026-12-02 the floor's cosine
-//! difference grew 1.9e-4 -> 8.6e-3 -> 2.8e-2 -> 5.3e-2 over the four layers and it agreed
-//! with itself on 56% of the prefill argmaxes, while the GPU, with its handful of such
-//! roundings, was within 1.0x to 1.8x of it. The bounds:
+//! rounded to bf16, one bf16 rounding at one place. In the long run below (H200,
+//! 2026-12-02) the floor's cosine difference grew 1.95e-4 -> 8.6e-3 -> 2.6e-2 -> 5.1e-2
+//! over the four layers and it agreed with itself on 531/942 prefill argmaxes; the GPU,
+//! with its handful of such roundings, measured 3.4e-4 -> 1.0e-2 -> 3.0e-2 -> 5.8e-2
+//! (1.75x, 1.2x, 1.16x, 1.13x the floor) and 507/942. Fed the reference's residual stream
+//! layer by layer, each GPU layer alone is within 3.4e-4, 2.5e-3, 1.1e-3, 6.4e-4, and
+//! its top-k sets overlap the reference's at 0.999 on average. The bounds:
 //! * end to end, per layer and for the logits: cosine difference at most 3x the floor's;
 //! * layer-local (each GPU layer fed the reference's residual stream, so nothing is
 //!   amplified by earlier layers): cosine difference at most 3x the floor's, and the top-k
 //!   sets, scored from identical inputs, overlapping >= 0.99 on average;
 //! * greedy decode tokens (both paths fed the reference's tokens, so every step compares):
-//!   at least half the floor's agreement; every disagreement is printed with both margins.
+//!   at least half the floor's agreement over the 48 tokens of the long run (measured:
+//!   19/48 against the floor's 22/48); every disagreement is printed with both margins.
 use dsa_forward::compare::{self, Report};
 use dsa_reference::Config;
 
-fn check(r: &Report) {
+fn check(r: &Report, greedy: bool) {
     println!("{r}");
     let within = |got: f64, floor: f64| got <= 3.0 * floor + 1e-6;
     for (l, lr) in r.layers.iter().enumerate() {
         let floor = r.floor_layers[l].cos_diff;
-        assert!(within(lr.hidden.cos_diff, floor), "layer {l} end to end {:?}, floor {floor}", lr.hidden);
+        assert!(
+            within(lr.hidden.cos_diff, floor),
+            "layer {l} end to end {:?}, floor {floor}",
+            lr.hidden
+        );
         let local = &r.layers_local[l];
-        assert!(within(local.hidden.cos_diff, floor), "layer {l} local {:?}, floor {floor}", local.hidden);
-        assert!(local.topk_overlap_mean >= 0.99, "layer {l} local top-k overlap {}", local.topk_overlap_mean);
+        assert!(
+            within(local.hidden.cos_diff, floor),
+            "layer {l} local {:?}, floor {floor}",
+            local.hidden
+        );
+        assert!(
+            local.topk_overlap_mean >= 0.99,
+            "layer {l} local top-k overlap {}",
+            local.topk_overlap_mean
+        );
     }
     assert!(
         within(r.prefill_logits.cos_diff, r.floor_prefill_logits.cos_diff),
@@ -43,7 +59,7 @@ fn check(r: &Report) {
         r.floor_prefill_logits
     );
     assert!(
-        2 * r.decode_tokens_agree.0 >= r.floor_decode_tokens_agree.0,
+        !greedy || 2 * r.decode_tokens_agree.0 >= r.floor_decode_tokens_agree.0,
         "greedy agreement {:?} below half the floor's {:?}",
         r.decode_tokens_agree,
         r.floor_decode_tokens_agree
@@ -59,16 +75,19 @@ fn mini_forward_matches_reference() {
         eprintln!("{s}")
     })
     .expect("forward");
-    check(&r);
+    check(&r, true);
     assert!(r.graph_step_ms > 0.0);
 }
 
-/// A short run for compute-sanitizer (one sequence past the top-k, one below it).
+/// A short run for compute-sanitizer (one sequence past the top-k, one below it); its 4
+/// greedy tokens are too few for the agreement bound, the rest is checked.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn mini_forward_short() {
     let k = compare::graph_ready_kernels().expect("a Hopper GPU and cuBLAS");
-    let r = compare::run(k, &Config::mini(), 11, &[300, 65], 2, 1, &mut |s| eprintln!("{s}"))
-        .expect("forward");
-    check(&r);
+    let r = compare::run(k, &Config::mini(), 11, &[300, 65], 2, 1, &mut |s| {
+        eprintln!("{s}")
+    })
+    .expect("forward");
+    check(&r, false);
 }

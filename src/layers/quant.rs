@@ -41,7 +41,11 @@ impl DsaKernels {
         check::at_least("act_quant x", x.len(), span, &[rows, x_stride])?;
         check::holds("act_quant codes", codes.len(), &[rows, cols])?;
         let stride = sfa_row_stride(rows);
-        check::holds("act_quant scales", scales.len(), &[cols / MOE_BLOCK, stride])?;
+        check::holds(
+            "act_quant scales",
+            scales.len(),
+            &[cols / MOE_BLOCK, stride],
+        )?;
         let warps = check::product("act_quant blocks", &[rows, cols / MOE_BLOCK])?;
         let blocks = check::grid("act_quant grid", warps, 4)?;
         let (rows_i, cols_i, stride_i) = (
@@ -64,6 +68,13 @@ impl DsaKernels {
             pow2: ue8m0 as i32,
         };
         // SAFETY: every buffer holds its checked layout; one warp per (row, block).
-        unsafe { a.launch("act_quant", "dsa_act_quant_f32", linear(blocks, 128, 0), &params) }
+        unsafe {
+            a.launch(
+                "act_quant",
+                "dsa_act_quant_f32",
+                linear(blocks, 128, 0),
+                &params,
+            )
+        }
     }
 }

@@ -84,6 +84,13 @@ impl DsaKernels {
             n: n_i,
         };
         // SAFETY: both buffers hold n elements (checked); grid-stride loop bounded by n.
-        unsafe { a.launch("residual", "dsa_residual_add", linear(blocks, 256, 0), &params) }
+        unsafe {
+            a.launch(
+                "residual",
+                "dsa_residual_add",
+                linear(blocks, 256, 0),
+                &params,
+            )
+        }
     }
 }

@@ -72,8 +72,18 @@ impl DsaKernels {
         check::at_least("mla_rope dst", dst.len(), ds, &[tokens, heads, ROPE_DIM])?;
         check::holds("mla_rope positions", positions.len(), &[tokens])?;
         let tables = check::product("mla_rope tables", &[rope.max_pos, INDEXER_ROPE_PAIRS])?;
-        check::at_least("mla_rope cos", rope.cos.len(), tables, &[rope.max_pos, INDEXER_ROPE_PAIRS])?;
-        check::at_least("mla_rope sin", rope.sin.len(), tables, &[rope.max_pos, INDEXER_ROPE_PAIRS])?;
+        check::at_least(
+            "mla_rope cos",
+            rope.cos.len(),
+            tables,
+            &[rope.max_pos, INDEXER_ROPE_PAIRS],
+        )?;
+        check::at_least(
+            "mla_rope sin",
+            rope.sin.len(),
+            tables,
+            &[rope.max_pos, INDEXER_ROPE_PAIRS],
+        )?;
         let groups = check::product("mla_rope tokens * heads", &[tokens, heads])?;
         let blocks = check::grid("mla_rope grid", groups, 4)?;
         let (tokens_i, heads_i, max_pos) = (

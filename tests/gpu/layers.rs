@@ -15,7 +15,9 @@ use crate::common::{download, kernels, upload};
 
 fn values(rng: &mut StdRng, n: usize) -> Vec<f32> {
     let mag = 10f32.powf(rng.random_range(-3.0..3.0));
-    (0..n).map(|_| rng.random_range(-1.0f32..1.0) * mag).collect()
+    (0..n)
+        .map(|_| rng.random_range(-1.0f32..1.0) * mag)
+        .collect()
 }
 
 /// f32 results equal up to one ulp (the f64 statistics are summed in another order).
@@ -100,8 +102,15 @@ fn layer_norm_case(seed: u64, rows: usize, pad: usize) {
     let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
     let (d_x, d_w, d_b) = (upload(&s, &xb), upload(&s, &w), upload(&s, &b));
     let mut out = upload(&s, &vec![bf16::NAN; rows * dim]);
-    k.layer_norm(NormRows { rows, dim, stride }, &d_x, &d_w, &d_b, 1e-6, &mut out)
-        .unwrap();
+    k.layer_norm(
+        NormRows { rows, dim, stride },
+        &d_x,
+        &d_w,
+        &d_b,
+        1e-6,
+        &mut out,
+    )
+    .unwrap();
     assert_bf16_ulp(&download(&s, &out), &want, "layer_norm");
 }
 
@@ -120,18 +129,33 @@ fn rope_case(seed: u64, tokens: usize, heads: usize) {
         .map(|_| rng.random_range(-2..max_pos as i32 + 2))
         .collect();
     let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
-    let (d_x, d_pos, d_cos, d_sin) = (upload(&s, &xb), upload(&s, &pos), upload(&s, &cos), upload(&s, &sin));
+    let (d_x, d_pos, d_cos, d_sin) = (
+        upload(&s, &xb),
+        upload(&s, &pos),
+        upload(&s, &cos),
+        upload(&s, &sin),
+    );
     let mut dst = upload(&s, &vec![bf16::NAN; tokens * dst_ts]);
     let src = d_x.slice(128..);
     let mut dv = dst.slice_mut(512..);
-    let rope = RopeTablesRef { cos: &d_cos, sin: &d_sin, max_pos };
+    let rope = RopeTablesRef {
+        cos: &d_cos,
+        sin: &d_sin,
+        max_pos,
+    };
     k.mla_rope(
         tokens,
         heads,
         &src,
-        RopeRows { token_stride: src_ts, head_stride: src_hs },
+        RopeRows {
+            token_stride: src_ts,
+            head_stride: src_hs,
+        },
         &mut dv,
-        RopeRows { token_stride: dst_ts, head_stride: dst_hs },
+        RopeRows {
+            token_stride: dst_ts,
+            head_stride: dst_hs,
+        },
         &d_pos,
         rope,
     )
@@ -189,8 +213,13 @@ fn residual_case(seed: u64, rows: usize, dim4: usize) {
     let mut rng = StdRng::seed_from_u64(seed);
     let (vocab, dim) = (50, dim4 * 4);
     let table = values(&mut rng, vocab * dim);
-    let tokens: Vec<i32> = (0..rows).map(|_| rng.random_range(-1..vocab as i32 + 1)).collect();
-    let y: Vec<bf16> = values(&mut rng, rows * dim).iter().map(|&v| bf16::from_f32(v)).collect();
+    let tokens: Vec<i32> = (0..rows)
+        .map(|_| rng.random_range(-1..vocab as i32 + 1))
+        .collect();
+    let y: Vec<bf16> = values(&mut rng, rows * dim)
+        .iter()
+        .map(|&v| bf16::from_f32(v))
+        .collect();
     let (d_t, d_tok, d_y) = (upload(&s, &table), upload(&s, &tokens), upload(&s, &y));
     let mut x = upload(&s, &vec![f32::NAN; rows * dim]);
     k.embedding(&d_t, vocab, dim, &d_tok, rows, &mut x).unwrap();
@@ -199,8 +228,16 @@ fn residual_case(seed: u64, rows: usize, dim4: usize) {
     for r in 0..rows {
         for i in 0..dim {
             let t = tokens[r];
-            let e = if (0..vocab as i32).contains(&t) { table[t as usize * dim + i] } else { 0.0 };
-            assert_eq!(got[r * dim + i], e + y[r * dim + i].to_f32(), "row {r} col {i}");
+            let e = if (0..vocab as i32).contains(&t) {
+                table[t as usize * dim + i]
+            } else {
+                0.0
+            };
+            assert_eq!(
+                got[r * dim + i],
+                e + y[r * dim + i].to_f32(),
+                "row {r} col {i}"
+            );
         }
     }
 }
@@ -250,7 +287,11 @@ fn bad_layer_arguments_are_errors() {
     // Input shorter than rows x stride.
     assert!(k
         .rms_norm(
-            NormRows { rows: 2, dim: 128, stride: 200 },
+            NormRows {
+                rows: 2,
+                dim: 128,
+                stride: 200
+            },
             NormInput::<_, CudaSlice<bf16>>::F32(&x),
             &w,
             1e-6,
@@ -271,9 +312,11 @@ fn bad_layer_arguments_are_errors() {
         .is_err());
     // Quantization of a width that is not a multiple of 128.
     let mut c = upload(&s, &vec![0u8; 256]);
-    let mut sc = upload(&s, &vec![0f32; 8]);
-    assert!(k.act_quant_f32(2, 100, 128, false, &x, &mut c, &mut sc).is_err());
+    let mut sc = upload(&s, &[0f32; 8]);
+    assert!(k
+        .act_quant_f32(2, 100, 128, false, &x, &mut c, &mut sc)
+        .is_err());
     // Embedding rows beyond the output.
-    let tok = upload(&s, &vec![0i32; 4]);
+    let tok = upload(&s, &[0i32; 4]);
     assert!(k.embedding(&x, 2, 128, &tok, 4, &mut out).is_err());
 }

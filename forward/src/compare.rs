@@ -119,9 +119,9 @@ pub struct Report {
     pub graph_step_ms: f64,
     /// Graph replay against the eager step: logits agreement and argmax equality.
     pub graph_vs_eager: Agreement,
-    /// Two eager runs of the same step against each other: the GPU path's own run-to-run
-    /// spread (top-k emits its set in an unspecified order, so the attention sums round
-    /// differently, and the model amplifies that like any bf16-size perturbation).
+    /// Two eager runs of the same step against each other: zero when the forward is
+    /// deterministic (the top-k is emitted sorted, so the attention sums its keys in one
+    /// order; the MoE plan is a counting sort and its combine gathers in slot order).
     pub eager_vs_eager: Agreement,
     pub graph_argmax_equal: bool,
 }

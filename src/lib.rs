@@ -49,6 +49,7 @@ pub mod device;
 pub mod error;
 pub mod fp8;
 pub mod indexer;
+pub mod layers;
 pub mod moe;
 pub mod paged_batch;
 pub mod runtime;

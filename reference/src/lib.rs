@@ -42,5 +42,5 @@ pub mod weights;
 pub use config::Config;
 pub use error::{ConfigError, ModelError};
 pub use model::{
-    AttentionForm, CacheDtype, ForwardOptions, ForwardStats, KvCache, Model, Sequence,
+    AttentionForm, CacheDtype, ForwardOptions, ForwardStats, ForwardTrace, KvCache, Model, Sequence,
 };

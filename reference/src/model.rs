@@ -107,6 +107,16 @@ impl std::ops::AddAssign for ForwardStats {
     }
 }
 
+/// What [`Model::forward_traced`] records, per layer `l`.
+#[derive(Clone, Debug, Default)]
+pub struct ForwardTrace {
+    /// `hidden[l]`: the f32 residual stream `[n, hidden]` after layer `l`.
+    pub hidden: Vec<Vec<f32>>,
+    /// `selected[l][t]`: the positions query `t` attended in layer `l` (the indexer's
+    /// top-k, or every causal key when DSA is off), in the top-k's order.
+    pub selected: Vec<Vec<Vec<i32>>>,
+}
+
 /// The paged caches of all layers: MLA (FP8 or bf16) and indexer.
 #[derive(Clone, Debug)]
 pub struct KvCache {
@@ -379,6 +389,32 @@ impl Model {
         seq: &mut Sequence,
         opts: &ForwardOptions,
     ) -> Result<(Vec<f32>, ForwardStats), ModelError> {
+        self.forward_impl(tokens, cache, seq, opts, None)
+    }
+
+    /// [`Model::forward`] that also records, per layer, the residual stream after the
+    /// layer and the keys the indexer selected: what a GPU forward is compared with layer
+    /// by layer.
+    pub fn forward_traced(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        seq: &mut Sequence,
+        opts: &ForwardOptions,
+    ) -> Result<(Vec<f32>, ForwardTrace), ModelError> {
+        let mut trace = ForwardTrace::default();
+        let (logits, _) = self.forward_impl(tokens, cache, seq, opts, Some(&mut trace))?;
+        Ok((logits, trace))
+    }
+
+    fn forward_impl(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        seq: &mut Sequence,
+        opts: &ForwardOptions,
+        mut trace: Option<&mut ForwardTrace>,
+    ) -> Result<(Vec<f32>, ForwardStats), ModelError> {
         let c = &self.cfg;
         let n = tokens.len();
         let p0 = seq.len;
@@ -426,7 +462,11 @@ impl Model {
             .collect();
         let mut stats = ForwardStats::default();
         for (li, layer) in self.layers.iter().enumerate() {
-            let a = self.attention(li, layer, &x, p0, cache, seq, opts, &mut stats);
+            let selected = trace.as_mut().map(|t| {
+                t.selected.push(Vec::new());
+                t.selected.last_mut().expect("just pushed")
+            });
+            let a = self.attention(li, layer, &x, p0, cache, seq, opts, &mut stats, selected);
             for (xi, ai) in x.iter_mut().zip(a) {
                 *xi += ai;
             }
@@ -437,6 +477,9 @@ impl Model {
             };
             for (xi, yi) in x.iter_mut().zip(y) {
                 *xi += yi;
+            }
+            if let Some(t) = trace.as_mut() {
+                t.hidden.push(x.clone());
             }
         }
         seq.len = end;
@@ -459,6 +502,7 @@ impl Model {
         seq: &Sequence,
         opts: &ForwardOptions,
         stats: &mut ForwardStats,
+        selected: Option<&mut Vec<Vec<i32>>>,
     ) -> Vec<f32> {
         let c = &self.cfg;
         let pow2 = c.act_scale_ue8m0;
@@ -550,6 +594,9 @@ impl Model {
         } else {
             (0..n).map(|t| (0..=(p0 + t) as i32).collect()).collect()
         };
+        if let Some(sel) = selected {
+            sel.clone_from(&slot_rows);
+        }
         for (t, r) in slot_rows.iter().enumerate() {
             stats.queries += 1;
             stats.keys_attended += r.len() as u64;

@@ -14,6 +14,7 @@ pub mod common;
 pub mod dense_mla;
 pub mod grouped_gemm;
 pub mod indexer;
+pub mod layers;
 pub mod mla_combine;
 pub mod moe;
 pub mod moe_ep;
@@ -39,3 +40,9 @@ unsafe impl cudarc::driver::DeviceRepr for grouped_gemm::DsaGroupedGemmParams {}
 unsafe impl cudarc::driver::DeviceRepr for moe_ep::DsaMoeEpIdsParams {}
 unsafe impl cudarc::driver::DeviceRepr for moe_ep::DsaMoeEpGatherParams {}
 unsafe impl cudarc::driver::DeviceRepr for moe_ep::DsaMoeEpRowsParams {}
+unsafe impl cudarc::driver::DeviceRepr for layers::DsaEmbeddingParams {}
+unsafe impl cudarc::driver::DeviceRepr for layers::DsaResidualAddParams {}
+unsafe impl cudarc::driver::DeviceRepr for layers::DsaRmsNormParams {}
+unsafe impl cudarc::driver::DeviceRepr for layers::DsaLayerNormParams {}
+unsafe impl cudarc::driver::DeviceRepr for layers::DsaMlaRopeParams {}
+unsafe impl cudarc::driver::DeviceRepr for layers::DsaActQuantParams {}

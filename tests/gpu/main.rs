@@ -10,6 +10,7 @@ mod dense_mla;
 mod dsa_step;
 mod grouped_gemm;
 mod indexer;
+mod layers;
 mod moe;
 mod moe_ep;
 mod moe_layer;

@@ -269,4 +269,5 @@ mod tests {
         assert_eq!(ctas_per_sm(smem_bytes(64)), 6);
         assert_eq!(ctas_per_sm(smem_bytes(128)), 5);
         assert_eq!(ctas_per_sm(smem_bytes(256)), 3);
-    }}
+    }
+}

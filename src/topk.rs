@@ -33,17 +33,21 @@
 //! than k or more than 16384 values above it, as in rows made of a few distinct values),
 //! the full select runs: histograms of the row in global memory until the threshold bin
 //! fits in shared memory, a few more passes over the row. `topk` may be anything in
-//! `1..=4096`; rows may be of any length below 2^31 (one CTA per row at every length: a
-//! row past ~200K keys is proportionally slower, and a few long rows use few SMs). No
-//! workspace is needed.
-use cudarc::driver::{DevicePtr, DevicePtrMut};
+//! `1..=4096`; rows may be of any length below 2^31. When the rows are few and long (a
+//! decode batch: rows x 2 at most half the SM count, rows over 16384 keys) each row is a
+//! cluster of 2, 4 or 8 CTAs that split the candidate pass and gather their candidates
+//! in the first CTA's shared memory; otherwise one CTA per row (a row past ~200K keys is
+//! then proportionally slower). No workspace is needed.
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 
 use crate::check;
 use crate::error::{DsaError, Result};
 use crate::paged_batch::PagedBatch;
 use crate::runtime::{linear, DsaKernels};
 use crate::sys::common::DSA_PAGE_SIZE;
-use crate::sys::topk::{DsaTopkParams, DSA_TOPK_MAX_K, DSA_TOPK_SMEM_BYTES, DSA_TOPK_THREADS};
+use crate::sys::topk::{
+    DsaTopkParams, DSA_TOPK_CAND_CAP, DSA_TOPK_MAX_K, DSA_TOPK_SMEM_BYTES, DSA_TOPK_THREADS,
+};
 
 /// The largest `topk` supported.
 pub const TOPK_MAX: usize = DSA_TOPK_MAX_K as usize;
@@ -242,9 +246,10 @@ impl DsaKernels {
             next_n: 1,
             seq_lens: std::ptr::null(),
         };
+        let (kernel, cfg) = topk_launch(rows, shape.cols, self.sm_count());
         // SAFETY: every buffer holds what the kernel reads or writes for these shapes
         // (checked above); range values are clamped to [0, cols] in the kernel.
-        unsafe { a.launch("topk", "dsa_topk_f32", topk_launch(rows), &params) }
+        unsafe { a.launch("topk", kernel, cfg, &params) }
     }
 
     /// Top-k of a paged decode step: the rows of `logits` are the query rows of `batch`
@@ -286,16 +291,42 @@ impl DsaKernels {
             next_n: b.next_n as i32,
             seq_lens: a.read("seq_lens", batch.seq_lens(), 4)?,
         };
+        let (kernel, cfg) = topk_launch(rows, shape.cols, self.sm_count());
         // SAFETY: logits and out hold what the kernel touches for this batch (checked
         // above), seq_lens holds `batch` entries and the table `batch * max_pages`
         // (checked by PagedBatch::new); lengths are clamped to [0, cols] and table pages
         // bounds-checked in the kernel.
-        unsafe { a.launch("topk", "dsa_topk_f32", topk_launch(rows), &params) }
+        unsafe { a.launch("topk", kernel, cfg, &params) }
     }
 }
 
-fn topk_launch(rows: usize) -> cudarc::driver::LaunchConfig {
-    linear(rows as u32, DSA_TOPK_THREADS, DSA_TOPK_SMEM_BYTES)
+/// CTAs per row: rows longer than the candidate buffer split their candidate pass over a
+/// cluster of 8, 4 or 2 CTAs (the most that keeps rows x CTAs within half the SMs), so that
+/// few long rows (a decode batch) still read through many SMs; one CTA per row otherwise.
+/// Half, because each CTA takes a whole SM's shared memory and a cluster must fit in one
+/// GPC: on the H200 32 rows x 4 CTAs did not all fit at once (34 us against 25 us for 32 x
+/// 2 and 29 us unsplit), while 4 rows x 8 did (20 us against 27 us).
+fn topk_split(rows: usize, cols: usize, sms: usize) -> usize {
+    if cols <= DSA_TOPK_CAND_CAP as usize {
+        return 1;
+    }
+    [8, 4, 2]
+        .into_iter()
+        .find(|&c| rows.saturating_mul(c) <= sms / 2)
+        .unwrap_or(1)
+}
+
+fn topk_launch(rows: usize, cols: usize, sms: usize) -> (&'static str, LaunchConfig) {
+    let split = topk_split(rows, cols, sms);
+    let kernel = match split {
+        8 => "dsa_topk_f32_split8",
+        4 => "dsa_topk_f32_split4",
+        2 => "dsa_topk_f32_split2",
+        _ => "dsa_topk_f32",
+    };
+    // rows * split <= sms / 2 when split > 1; rows fits an i32 (checked by validate).
+    let cfg = linear((rows * split) as u32, DSA_TOPK_THREADS, DSA_TOPK_SMEM_BYTES);
+    (kernel, cfg)
 }
 
 #[cfg(test)]
@@ -332,6 +363,19 @@ mod tests {
         }
         .validate()
         .is_err());
+    }
+
+    #[test]
+    fn long_rows_split_only_while_clusters_fit() {
+        assert_eq!(topk_split(4, 131072, 132), 8);
+        assert_eq!(topk_split(16, 131072, 132), 4);
+        assert_eq!(topk_split(32, 131072, 132), 2);
+        assert_eq!(topk_split(33, 131072, 132), 2);
+        assert_eq!(topk_split(34, 131072, 132), 1);
+        assert_eq!(topk_split(128, 131072, 132), 1);
+        assert_eq!(topk_split(4, 16384, 132), 1);
+        assert_eq!(topk_launch(32, 131072, 132).0, "dsa_topk_f32_split2");
+        assert_eq!(topk_launch(128, 131072, 132).0, "dsa_topk_f32");
     }
 
     #[test]

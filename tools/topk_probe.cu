@@ -37,7 +37,20 @@ struct Case {
 static const Case kCases[] = {
     {128, 32 * 1024, 2048, false, "128x32K"},   {128, 128 * 1024, 2048, false, "128x128K"},
     {4, 128 * 1024, 2048, false, "4x128K"},     {4096, 8 * 1024, 2048, false, "4096x8K"},
-    {128, 128 * 1024, 2048, true, "128x128K/ties"},
+    {128, 128 * 1024, 2048, true, "128x128K/ties"}, {32, 128 * 1024, 2048, false, "32x128K"},
+    {32, 128 * 1024, 2048, true, "32x128K/ties"},   {32, 8 * 1024, 2048, false, "32x8K"},
+};
+
+// Kernels by CTAs per row (clusters with -DPROBE_SPLITS, on sources that define them).
+struct Kern {
+    int split;
+    void (*fn)(const DsaTopkParams);
+};
+static const Kern kKerns[] = {
+    {1, dsa_topk_f32},
+#ifdef PROBE_SPLITS
+    {2, dsa_topk_f32_split2}, {4, dsa_topk_f32_split4}, {8, dsa_topk_f32_split8},
+#endif
 };
 
 // Indices of the k largest (value desc, index asc), NaN never present here.
@@ -54,7 +67,8 @@ static std::vector<int> host_topk(const float *row, int n, int k) {
 
 int main(int argc, char **argv) {
     const int only = argc > 1 ? std::atoi(argv[1]) : -1;
-    CK(cudaFuncSetAttribute(dsa_topk_f32, cudaFuncAttributeMaxDynamicSharedMemorySize, DSA_TOPK_SMEM_BYTES));
+    for (const Kern &kk : kKerns)
+        CK(cudaFuncSetAttribute(kk.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, DSA_TOPK_SMEM_BYTES));
     void *flush = nullptr;
     const size_t flush_bytes = 128u << 20;
     CK(cudaMalloc(&flush, flush_bytes));
@@ -94,8 +108,10 @@ int main(int argc, char **argv) {
         p.cols = c.cols;
         p.k = c.k;
         p.next_n = 1;
+      for (const Kern &kk : kKerns) {
+        if (kk.split > 1 && c.rows * kk.split > 264) continue;
         auto launch = [&] {
-            dsa_topk_f32<<<c.rows, DSA_TOPK_THREADS, DSA_TOPK_SMEM_BYTES>>>(p);
+            kk.fn<<<c.rows * kk.split, DSA_TOPK_THREADS, DSA_TOPK_SMEM_BYTES>>>(p);
         };
         for (int i = 0; i < 3; ++i) launch();
         CK(cudaGetLastError());
@@ -133,8 +149,17 @@ int main(int argc, char **argv) {
             if (got != want) ++bad;
         }
         const double gb = n * 4.0 / 1e9;
-        std::printf("PROBE %-14s flushed median %8.2f us (%6.0f GB/s)  back-to-back %8.2f us (%6.0f GB/s)  rows-bad %d\n",
-                    c.name, ts[ts.size() / 2], gb / (ts[ts.size() / 2] * 1e-6), ms_b2b * 1e3 / 20,
+        CK(cudaMemset(d_out, 0xff, out.size() * 4));
+        launch();
+        CK(cudaMemcpy(out.data(), d_out, out.size() * 4, cudaMemcpyDeviceToHost));
+        for (int r = 0; r < c.rows; r += 7) {
+            std::vector<int> want = host_topk(h.data() + (size_t)r * c.cols, c.cols, c.k);
+            std::vector<int> got(out.begin() + (size_t)r * c.k, out.begin() + (size_t)(r + 1) * c.k);
+            std::sort(got.begin(), got.end());
+            if (got != want) ++bad;
+        }
+        std::printf("PROBE split%d %-14s flushed median %8.2f us (%6.0f GB/s)  back-to-back %8.2f us (%6.0f GB/s)  rows-bad %d\n",
+                    kk.split, c.name, ts[ts.size() / 2], gb / (ts[ts.size() / 2] * 1e-6), ms_b2b * 1e3 / 20,
                     gb / (ms_b2b * 1e-3 / 20), bad);
 #ifdef DSA_TOPK_PROBES
         CK(cudaMemsetAsync(flush, 7, flush_bytes));
@@ -148,6 +173,7 @@ int main(int argc, char **argv) {
                     (pr[4] - pr[3]) / 1e3, (pr[5] - pr[4]) / 1e3, (pr[6] - pr[5]) / 1e3, pr[8], pr[9], pr[10],
                     pr[11], pr[12]);
 #endif
+      }
         CK(cudaFree(d_logits));
         CK(cudaFree(d_ends));
         CK(cudaFree(d_out));

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Top-k tuning on a GPU host: builds tools/topk_probe.cu against kernel variants,
-# runs each (times, host check, phase times of CTA 0), then one Nsight Compute profile.
-#   tools/topk_probe.sh [extra-kernel-source.cu ...]
+# runs each (times, host check, phase times of CTA 0) with one CTA per row and with the
+# cluster-split kernels, then one Nsight Compute profile.
+#   tools/topk_probe.sh [extra-kernel-source.cu ...]   (extra sources must define the split kernels)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 nvcc=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
@@ -9,7 +10,7 @@ out=${OUT:-/tmp}
 bin=$(mktemp -d)
 build() {
   local name=$1; shift
-  "$nvcc" -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -Ikernels-cuda/common -Ikernels-cuda/topk "$@" \
+  "$nvcc" -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -Ikernels-cuda/common -Ikernels-cuda/topk -DPROBE_SPLITS "$@" \
     tools/topk_probe.cu -o "$bin/$name" > "$bin/$name.log" 2>&1 || { echo "build $name failed"; tail -5 "$bin/$name.log"; }
 }
 variants=(base u8 preload pipe2 probes)

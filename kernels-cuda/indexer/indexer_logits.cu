@@ -1,7 +1,7 @@
 // Lightning-indexer logits on FP8 tensor cores (wgmma, sm_90a): ragged prefill over a flat
 // key array and paged decode over the indexer K cache, plus the decode scheduling plan.
 //
-// Shape of the work: one warpgroup per CTA, two CTAs per SM (up to three for decode) so
+// Shape of the work: one warpgroup per CTA, two CTAs per SM (three to six for decode) so
 // one CTA's epilogue hides under another's tensor-core work. Keys are the A operand (M = 64 keys = one tile, or
 // one cache page), the queries' head rows the B operand (N = queries x H, up to 256), so
 // the accumulator's rows are keys and its columns (query, head) pairs. The head reduction
@@ -284,23 +284,33 @@ __device__ __forceinline__ void prefill_body(const DsaIndexerPrefillParams &p) {
 // work is even whatever the lengths. The q rows of the current batch (next_n x H, all
 // sharing each loaded page) stay in shared memory until the batch changes. The producer
 // records each stage's (batch, page, page valid) in shared memory, so the consumer's path
-// has no global loads; the host launches as many CTAs per SM as shared memory allows (up
-// to 3), which hides the per-page latency of the MMA and the reduction.
-constexpr int kDecodeStages = 6;
+// has no global loads, and it locates each page (plan walk, block-table entry) one
+// iteration before issuing its copies, so the table load's latency never stalls the
+// issue. The host launches as many CTAs per SM as shared memory allows (up to
+// DSA_INDEXER_DECODE_MAX_CTAS_PER_SM): a CTA's page loop is a serial chain of barrier,
+// MMA, reduction and stores, and more CTAs overlap more of those chains.
+constexpr int kDecodeStages = DSA_INDEXER_DECODE_STAGES;
+constexpr int kStageBytes = kTile + kKeys * 4 + 16;  // keys, scales, meta
 
-template <int H, int NQ>
+template <int H, int NQ, int S = kDecodeStages>
 struct DecodeCfg {
     static_assert(NQ >= 1 && NQ <= DSA_INDEXER_MAX_NEXT_N, "queries per CTA");
+    static_assert(S >= 3, "a stage in flight besides the one read and the one refilled");
     static constexpr int N = H * NQ;
     static constexpr int kQBytes = N * kRow;
-    static constexpr int kKBytes = kDecodeStages * kTile;
-    static constexpr int kSmem = 1024 + kQBytes + kKBytes + kDecodeStages * kKeys * 4 + N * 4 + kDecodeStages * 16;
-    static_assert(kSmem == DSA_INDEXER_DECODE_SMEM_BASE + DSA_INDEXER_DECODE_SMEM_PER_COLUMN * N,
-                  "indexer_params.h decode shared memory is stale");
-    static_assert(2 * (kSmem + DSA_SM90_SMEM_RESERVED_PER_CTA) <= DSA_SM90_SMEM_PER_SM, "two CTAs per SM");
+    static constexpr int kKBytes = S * kTile;
+    static constexpr int kSmem = 1024 + kQBytes + kKBytes + S * kKeys * 4 + N * 4 + S * 16;
+    // The host's rule (src/indexer/logits_decode.rs, ctas_per_sm).
+    static constexpr int kCtasBySmem = DSA_SM90_SMEM_PER_SM / (kSmem + DSA_SM90_SMEM_RESERVED_PER_CTA);
+    static constexpr int kCtasPerSm =
+        kCtasBySmem < DSA_INDEXER_DECODE_MAX_CTAS_PER_SM ? kCtasBySmem : DSA_INDEXER_DECODE_MAX_CTAS_PER_SM;
+    static_assert(kCtasPerSm >= 2, "two CTAs per SM");
+    static_assert(S * kStageBytes + 1024 == 1024 + kKBytes + S * kKeys * 4 + S * 16, "stage layout");
 };
+static_assert(DecodeCfg<64, 1>::kSmem == DSA_INDEXER_DECODE_SMEM_BASE + DSA_INDEXER_DECODE_SMEM_PER_COLUMN * 64,
+              "indexer_params.h decode shared memory is stale");
 
-__device__ __forceinline__ int batch_of(const int32_t *plan, int batch, int64_t gp) {
+__device__ __forceinline__ int batch_of(const int32_t *plan, int batch, int gp) {
     // largest b < batch with plan[b] <= gp
     int lo = 0, hi = batch - 1;
     while (lo < hi) {
@@ -311,16 +321,10 @@ __device__ __forceinline__ int batch_of(const int32_t *plan, int batch, int64_t 
     return lo;
 }
 
-__device__ __forceinline__ int64_t page_id(const DsaIndexerDecodeParams &p, int b, int lp) {
-    if (lp < 0 || lp >= p.max_pages) return -1;
-    const int64_t id = p.block_table[(int64_t)b * p.max_pages + lp];
-    return (id >= 0 && id < p.num_pages) ? id : -1;
-}
-
-template <int H, int NQ>
+template <int H, int NQ, int S = kDecodeStages>
 __device__ __forceinline__ void decode_body(const DsaIndexerDecodeParams &p) {
-    using C = DecodeCfg<H, NQ>;
-    constexpr int N = C::N, S = kDecodeStages;
+    using C = DecodeCfg<H, NQ, S>;
+    constexpr int N = C::N;
     uint8_t *base = dsa::align_1024(dyn_smem);
     uint8_t *q_s = base;
     uint8_t *k_s = q_s + C::kQBytes;
@@ -332,57 +336,88 @@ __device__ __forceinline__ void decode_body(const DsaIndexerDecodeParams &p) {
     const int batch = p.batch, next_n = p.next_n;
     // The plan is device data of unchecked provenance (stale, of another geometry, not
     // monotonic): nothing read from it may send an access outside a buffer. The total is
-    // clamped to [0, batch * cap] (a batch has at most `cap` pages); since it is at most
-    // plan[batch], the walk below stops at batch - 1 whatever the entries before it. A
-    // page's local index outside [0, cap) becomes the first page past max_ctx: every key
-    // of it fails the store's bound check (and page_id checks it against the table). The
-    // -inf tail of a row starts at a page count clamped to [0, cap]. A bad plan gives wrong
-    // logits, never an out-of-bounds access.
+    // clamped to [0, batch * cap] (a batch has at most `cap` pages; the host checks that
+    // product fits an int32); since it is at most plan[batch], the walk below stops at
+    // batch - 1 whatever the entries before it. A page's local index outside [0, cap)
+    // becomes the first page past max_ctx: every key of it fails the store's bound check
+    // (and the table lookup checks it against max_pages). The -inf tail of a row starts
+    // at a page count clamped to [0, cap]. A bad plan gives wrong logits, never an
+    // out-of-bounds access.
     const int past_ctx = (int)(((int64_t)p.max_ctx + kKeys - 1) / kKeys);  // first page past max_ctx
     const int cap = min(p.max_pages, past_ctx);
-    const int64_t total = min(max((int64_t)p.plan[batch], (int64_t)0), (int64_t)batch * cap);
-    const int64_t lo = total * blockIdx.x / gridDim.x, hi = total * (blockIdx.x + 1) / gridDim.x;
-    const int64_t ntiles = hi - lo;
+    const int total = (int)min(max((int64_t)p.plan[batch], (int64_t)0), (int64_t)batch * cap);
+    const int lo = (int)((int64_t)total * blockIdx.x / gridDim.x);
+    const int ntiles = (int)((int64_t)total * (blockIdx.x + 1) / gridDim.x) - lo;
 
-    int pf_b = ntiles > 0 ? batch_of(p.plan, batch, lo) : 0;
-    auto issue = [&](int64_t i) {
-        if (i < ntiles) {
-            const int64_t gp = lo + i;
-            while (p.plan[pf_b + 1] <= gp) ++pf_b;
-            int lp = (int)(gp - p.plan[pf_b]);
-            if ((unsigned)lp >= (unsigned)cap) lp = past_ctx;  // only from a corrupt plan
-            const int64_t id = page_id(p, pf_b, lp);
-            const uint8_t *page = p.cache + (id < 0 ? 0 : id) * DSA_INDEXER_PAGE_BYTES;
-            const int bytes = id < 0 ? 0 : 16;
-            const int st = (int)(i % S);
-            const uint32_t dst = dsa::smem_u32(k_s + st * kTile);
+    // Producer state: the next page to issue, already located. pf_start / pf_end are
+    // plan[pf_b] / plan[pf_b + 1], kept in registers so locating a page is a compare.
+    int pf_b = 0, pf_start = 0, pf_end = 0;
+    if (ntiles > 0) {
+        pf_b = batch_of(p.plan, batch, lo);
+        pf_start = p.plan[pf_b];
+        pf_end = p.plan[pf_b + 1];
+    }
+    int nx_b = 0, nx_lp = 0, nx_id = -1;
+    auto locate = [&](int i) {
+        if (i >= ntiles) return;
+        const int gp = lo + i;
+        while (pf_end <= gp) {
+            ++pf_b;
+            pf_start = pf_end;
+            pf_end = p.plan[pf_b + 1];
+        }
+        int lp = gp - pf_start;
+        if ((unsigned)lp >= (unsigned)cap) lp = past_ctx;  // only from a corrupt plan
+        nx_b = pf_b;
+        nx_lp = lp;
+        // The entry's load is consumed by the next issue, an iteration later. An id
+        // outside [0, num_pages) reads as -inf keys.
+        nx_id = lp < p.max_pages ? p.block_table[(int64_t)pf_b * p.max_pages + lp] : -1;
+    };
+    // This thread's 16-byte chunks of a tile: chunk id tid + 128 j is row id / 8, column
+    // id % 8, at the same swizzled offset in every stage.
+    uint32_t sw[kTile / 16 / kThreads];
 #pragma unroll
-            for (int j = 0; j < kTile / 16 / kThreads; ++j) {
-                const int cid = tid + j * kThreads, r = cid >> 3, c = cid & 7;
-                dsa::cp_async16_zfill(dst + dsa::sw128_offset(r, c), page + cid * 16, bytes);
-            }
-            if (tid < kKeys / 4)
-                dsa::cp_async16_zfill(dsa::smem_u32(ksc_s + st * kKeys + tid * 4), page + kTile + tid * 16, bytes);
+    for (int j = 0; j < kTile / 16 / kThreads; ++j) {
+        const int cid = tid + j * kThreads;
+        sw[j] = dsa::sw128_offset(cid >> 3, cid & 7);
+    }
+    const uint32_t k_u32 = dsa::smem_u32(k_s), ksc_u32 = dsa::smem_u32(ksc_s);
+    int pf_st = 0;
+    auto issue = [&](int i) {
+        if (i < ntiles) {
+            const bool ok = nx_id >= 0 && (int64_t)nx_id < p.num_pages;
+            const uint8_t *page = p.cache + (ok ? (int64_t)nx_id * DSA_INDEXER_PAGE_BYTES : 0) + tid * 16;
+            const int bytes = ok ? 16 : 0;
+            const uint32_t dst = k_u32 + pf_st * kTile;
+#pragma unroll
+            for (int j = 0; j < kTile / 16 / kThreads; ++j)
+                dsa::cp_async16_zfill(dst + sw[j], page + j * kThreads * 16, bytes);
+            if (tid < kKeys / 4) dsa::cp_async16_zfill(ksc_u32 + pf_st * kKeys * 4 + tid * 16, page + kTile, bytes);
             if (tid == 0) {
-                meta_s[st * 4 + 0] = pf_b;
-                meta_s[st * 4 + 1] = lp;
-                meta_s[st * 4 + 2] = id >= 0;
+                meta_s[pf_st * 4 + 0] = nx_b;
+                meta_s[pf_st * 4 + 1] = nx_lp;
+                meta_s[pf_st * 4 + 2] = ok;
             }
+            pf_st = pf_st + 1 == S ? 0 : pf_st + 1;
+            locate(i + 1);
         }
         dsa::cp_async_commit();
     };
+    locate(0);
 #pragma unroll
     for (int i = 0; i < S - 1; ++i) issue(i);
 
     const int r0 = 16 * warp + (lane >> 2);
     int loaded_b = -1, len = 0;
+    float *out_b = p.out;
     float acc[N / 2];
-    for (int64_t i = 0; i < ntiles; ++i) {
+    int st = 0;
+    for (int i = 0; i < ntiles; ++i) {
         dsa::cp_async_wait_group<S - 2>();
         dsa::fence_async_smem();
         __syncthreads();
         issue(i + S - 1);
-        const int st = (int)(i % S);
         const int cb = meta_s[st * 4 + 0], lp = meta_s[st * 4 + 1];
         const bool page_ok = meta_s[st * 4 + 2] != 0;
         if (cb != loaded_b) {
@@ -396,12 +431,13 @@ __device__ __forceinline__ void decode_body(const DsaIndexerDecodeParams &p) {
             }
             for (int i2 = tid; i2 < N; i2 += kThreads) w_s[i2] = i2 < valid ? p.w[(int64_t)cb * next_n * H + i2] : 0.f;
             len = p.context_lens[cb];
+            out_b = p.out + (int64_t)cb * next_n * p.out_stride;
             dsa::fence_async_smem();
             __syncthreads();
             loaded_b = cb;
         }
         float s0[NQ], s1[NQ];
-        tile_mma<N>(dsa::smem_u32(k_s + st * kTile), dsa::smem_u32(q_s), acc);
+        tile_mma<N>(k_u32 + st * kTile, dsa::smem_u32(q_s), acc);
         head_reduce<H, NQ>(acc, w_s, lane, s0, s1);
         const float ks0 = ksc_s[st * kKeys + r0], ks1 = ksc_s[st * kKeys + r0 + 8];
 #pragma unroll
@@ -413,8 +449,9 @@ __device__ __forceinline__ void decode_body(const DsaIndexerDecodeParams &p) {
             const int64_t end = (int64_t)len - next_n + j + 1;
             float v = -INFINITY;
             if (page_ok && key < end) v = (rr ? s1[j] : s0[j]) * (rr ? ks1 : ks0);
-            p.out[((int64_t)cb * next_n + j) * p.out_stride + key] = v;
+            out_b[(int64_t)j * p.out_stride + key] = v;
         }
+        st = st + 1 == S ? 0 : st + 1;
     }
     dsa::cp_async_wait_group<0>();
 
@@ -439,8 +476,10 @@ DSA_PREFILL(16)
 DSA_PREFILL(32)
 DSA_PREFILL(64)
 
+// Each decode kernel declares the CTAs per SM the host launches for it (shared memory
+// allows them, at most DSA_INDEXER_DECODE_MAX_CTAS_PER_SM), so its registers fit them too.
 #define DSA_DECODE(H, NQ)                                                                           \
-    extern "C" __global__ void __launch_bounds__(kThreads, 2)                                       \
+    extern "C" __global__ void __launch_bounds__(kThreads, DecodeCfg<H, NQ>::kCtasPerSm)            \
         dsa_indexer_logits_decode_h##H##_q##NQ(const __grid_constant__ DsaIndexerDecodeParams p) {  \
         decode_body<H, NQ>(p);                                                                      \
     }

@@ -23,13 +23,18 @@
  * exists (checked equal to the list where the kernels are built). next_n runs on the
  * kernel with the smallest Q >= next_n. 16 x 3 = 48 columns has no kernel: next_n = 3 at
  * 16 heads runs the 4-query kernel with its last query empty.
- * Dynamic shared memory = SMEM_BASE + SMEM_PER_COLUMN * N. */
+ * Dynamic shared memory = SMEM_BASE + SMEM_PER_COLUMN * N, SMEM_BASE = 1024 + STAGES * 8464
+ * (a ring of STAGES pages: 8 KB keys, 256 B scales, 16 B of page record, plus 1 KB of
+ * alignment slack); the host launches as many CTAs per SM as that allows, at most
+ * MAX_CTAS_PER_SM. */
 #define DSA_INDEXER_DECODE_VARIANTS(X) \
     X(16, 1) X(16, 2) X(16, 4) X(32, 1) X(32, 2) X(32, 3) X(32, 4) X(64, 1) X(64, 2) X(64, 3) X(64, 4)
 #define DSA_INDEXER_DECODE_QUERIES_H16 0xB
 #define DSA_INDEXER_DECODE_QUERIES_H32 0xF
 #define DSA_INDEXER_DECODE_QUERIES_H64 0xF
-#define DSA_INDEXER_DECODE_SMEM_BASE 51808
+#define DSA_INDEXER_DECODE_STAGES 3
+#define DSA_INDEXER_DECODE_MAX_CTAS_PER_SM 6
+#define DSA_INDEXER_DECODE_SMEM_BASE 26416
 #define DSA_INDEXER_DECODE_SMEM_PER_COLUMN 132
 
 /* Fused q/k preparation: rotate-half RoPE on dims 0..63 (pairs (i, i+32)), Hadamard over

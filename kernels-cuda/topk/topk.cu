@@ -420,12 +420,44 @@ __device__ void sort_out_desc(Smem &sm, int m) {
     }
 }
 
+// Cluster primitives for the split candidate pass (the CTAs of one row form a cluster).
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+// The address of this CTA's shared variable `p` in the shared memory of cluster CTA `rank`.
+__device__ __forceinline__ uint32_t peer_smem(const void *p, uint32_t rank) {
+    uint32_t out;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(out) : "r"((uint32_t)__cvta_generic_to_shared(p)), "r"(rank));
+    return out;
+}
+__device__ __forceinline__ int ld_peer_s32(uint32_t addr) {
+    int v;
+    asm volatile("ld.shared::cluster.s32 %0, [%1];" : "=r"(v) : "r"(addr) : "memory");
+    return v;
+}
+__device__ __forceinline__ u64 ld_peer_u64(uint32_t addr) {
+    u64 v;
+    asm volatile("ld.shared::cluster.u64 %0, [%1];" : "=l"(v) : "r"(addr) : "memory");
+    return v;
+}
+
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(kThreads, 1) dsa_topk_f32(const DsaTopkParams p) {
-    extern __shared__ __align__(16) unsigned char smem_raw[];
+extern __shared__ __align__(16) unsigned char smem_raw[];
+
+// One row per cluster of kSplit CTAs (kSplit = 1: one CTA per row, no cluster). With
+// kSplit > 1, sampled rows split their candidate pass: every CTA of the cluster derives
+// the same threshold from the same sample, filters its own contiguous share of the row's
+// vector steps into its own candidate buffer, and CTA 0 gathers the others' candidates
+// through distributed shared memory and selects among them as a lone CTA would; when
+// the gathered count misses (fewer than k, or more than the buffer holds) CTA 0 runs the
+// full select over the whole row alone. Unsampled rows (at most DSA_TOPK_CAND_CAP keys,
+// or at most k) are CTA 0's alone.
+template <int kSplit>
+__device__ __forceinline__ void topk_body(const DsaTopkParams &p) {
     Smem &sm = *reinterpret_cast<Smem *>(smem_raw);
-    const int r = blockIdx.x;
+    const int r = blockIdx.x / kSplit;
+    const int rank = kSplit > 1 ? (int)(blockIdx.x % kSplit) : 0;
     const int tid = threadIdx.x;
     const float *__restrict__ row = p.logits + (int64_t)r * p.row_stride;
     int s = p.starts ? p.starts[r] : 0;
@@ -463,6 +495,11 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) dsa_topk_f32(const Dsa
     int thr_shift = 63;
     bool in_smem = false;
 
+    // Uniform over the cluster: every CTA of a row takes the same branches up to the
+    // cluster barriers below.
+    const bool split = kSplit > 1 && n > k && n > kCandCap;
+    if (kSplit > 1 && !split && rank != 0) return;
+
     if (n > k) {
         // Rows that fit the candidate buffer skip the sample: on 4096 x 8K keys sampling
         // them cost more (451 us) than refining every valid key (337 us).
@@ -475,11 +512,16 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) dsa_topk_f32(const Dsa
         const int tail0 = a + 4 * nvec;
         const float4 *v = reinterpret_cast<const float4 *>(row + a);
         constexpr int kU = kMainUnroll;
-        const int steps = (nvec + kU * kThreads - 1) / (kU * kThreads);
+        const int all_steps = (nvec + kU * kThreads - 1) / (kU * kThreads);
+        // This CTA's steps [step0, step0 + steps) of the row's; the scalar head and tail
+        // are CTA 0's.
+        const int step0 = split ? (int)((int64_t)all_steps * rank / kSplit) : 0;
+        const int steps = split ? (int)((int64_t)all_steps * (rank + 1) / kSplit) - step0 : all_steps;
+        const bool ends = rank == 0;
         float4 x[kU];
-        if (DSA_TOPK_PRELOAD && steps > 0) load_step(v, nvec, 0, x);
+        if (DSA_TOPK_PRELOAD && steps > 0) load_step(v, nvec, step0, x);
         const uint32_t t_lo = sampled ? sample_threshold(sm, row, s, n, k) : 0u;
-        if (!DSA_TOPK_PRELOAD && steps > 0) load_step(v, nvec, 0, x);
+        if (!DSA_TOPK_PRELOAD && steps > 0) load_step(v, nvec, step0, x);
         TOPK_PROBE(1, t_lo);
         // The float at the threshold key: for non-NaN x, x >= tf iff key(x) >= lo_key
         // (the key is order-preserving, -0 == +0 both ways); lo_key >= key(-FLT_MAX)
@@ -487,19 +529,19 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) dsa_topk_f32(const Dsa
         // valid sample) gives tf = NaN: no candidates, the full select runs.
         const uint32_t lo_key = max(t_lo, 0x00800000u);
         const float tf = __uint_as_float((lo_key & 0x80000000u) ? (lo_key ^ 0x80000000u) : ~lo_key);
-        if (tid < head) {
+        if (ends && tid < head) {
             const float y = __ldg(row + s + tid);
             push_cand(sm, y >= tf, [&] { return raw_cand(y, s + tid); });
         }
-        if (tid < e - tail0) {
+        if (ends && tid < e - tail0) {
             const float y = __ldg(row + tail0 + tid);
             push_cand(sm, y >= tf, [&] { return raw_cand(y, tail0 + tid); });
         }
-        for (int it = 0; it < steps; ++it) {
+        for (int it = step0; it < step0 + steps; ++it) {
             const int c0 = a + 4 * (it * kU * kThreads + tid);
             if (DSA_TOPK_PIPELINE) {
                 float4 y[kU];
-                if (it + 1 < steps) load_step(v, nvec, it + 1, y);
+                if (it + 1 < step0 + steps) load_step(v, nvec, it + 1, y);
                 if (sampled) filter_step(sm, x, tf, c0);
                 else filter_step_dense(sm, x, tf, c0);
 #pragma unroll
@@ -507,11 +549,47 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) dsa_topk_f32(const Dsa
             } else {
                 if (sampled) filter_step(sm, x, tf, c0);
                 else filter_step_dense(sm, x, tf, c0);
-                if (it + 1 < steps) load_step(v, nvec, it + 1, x);
+                if (it + 1 < step0 + steps) load_step(v, nvec, it + 1, x);
             }
         }
         __syncthreads();
-        const int nc = sm.n_cand;
+        int nc = sm.n_cand;
+        if constexpr (kSplit > 1) {
+            if (split) {
+                // Every CTA's count is final at the first cluster barrier; CTA 0 appends
+                // the others' candidates after its own when they all fit, and the second
+                // barrier keeps the others' shared memory alive until it has read them.
+                cluster_sync();
+                if (rank == 0) {
+                    int counts[kSplit];
+                    int all = nc;
+                    bool lost = nc > kCandCap;
+#pragma unroll
+                    for (int q = 1; q < kSplit; ++q) {
+                        counts[q] = ld_peer_s32(peer_smem(&sm.n_cand, q));
+                        lost |= counts[q] > kCandCap;
+                        all += counts[q];
+                    }
+                    if (lost || all > kCandCap) {
+                        nc = kCandCap + 1;  // the full select
+                    } else if (all >= k) {
+                        int at = nc;
+#pragma unroll
+                        for (int q = 1; q < kSplit; ++q) {
+                            const uint32_t src = peer_smem(sm.cand, q);
+                            for (int j = tid; j < counts[q]; j += kThreads) sm.cand[at + j] = ld_peer_u64(src + 8 * j);
+                            at += counts[q];
+                        }
+                        nc = all;
+                        if (tid == 0) sm.n_cand = all;
+                    } else {
+                        nc = all;  // fewer than k: the full select
+                    }
+                }
+                cluster_sync();
+                if (rank != 0) return;
+            }
+        }
         __syncthreads();
         TOPK_PROBE(2, nc);
         uint32_t needed = (uint32_t)k;
@@ -680,3 +758,14 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1) dsa_topk_f32(const Dsa
     }
     TOPK_PROBE(6, 0);
 }
+
+extern "C" __global__ void __launch_bounds__(kThreads, 1) dsa_topk_f32(const DsaTopkParams p) { topk_body<1>(p); }
+
+#define DSA_TOPK_SPLIT(C)                                                                              \
+    extern "C" __global__ void __cluster_dims__(C, 1, 1) __launch_bounds__(kThreads, 1)               \
+        dsa_topk_f32_split##C(const DsaTopkParams p) {                                                 \
+        topk_body<C>(p);                                                                               \
+    }
+DSA_TOPK_SPLIT(2)
+DSA_TOPK_SPLIT(4)
+DSA_TOPK_SPLIT(8)

@@ -90,10 +90,12 @@ fn smem_bytes(n: usize) -> u32 {
     isys::DSA_INDEXER_DECODE_SMEM_BASE + isys::DSA_INDEXER_DECODE_SMEM_PER_COLUMN * n as u32
 }
 
-/// CTAs per SM: as many as shared memory holds, at most 3; more CTAs hide more of each
-/// page's MMA and reduction latency.
+/// CTAs per SM: as many as shared memory holds, at most
+/// `DSA_INDEXER_DECODE_MAX_CTAS_PER_SM`; more CTAs hide more of each page's MMA and
+/// reduction latency.
 fn ctas_per_sm(smem: u32) -> u32 {
-    (csys::DSA_SM90_SMEM_PER_SM / (smem + csys::DSA_SM90_SMEM_RESERVED_PER_CTA)).clamp(1, 3)
+    (csys::DSA_SM90_SMEM_PER_SM / (smem + csys::DSA_SM90_SMEM_RESERVED_PER_CTA))
+        .clamp(1, isys::DSA_INDEXER_DECODE_MAX_CTAS_PER_SM)
 }
 
 /// `dsa_indexer_logits_decode_h{H}_q{Q}` for every supported head count and Q in
@@ -162,7 +164,7 @@ impl DsaKernels {
     /// Indexer logits of one decode step over the paged K cache (layouts in
     /// [`DecodeLogitsShape`] and [`PagedBatchShape`]), scheduled by `plan` from
     /// [`Self::indexer_decode_plan`]: the pages of all sequences are split evenly over a
-    /// fixed grid (two or three CTAs per SM, by the kernel's shared memory), and each page
+    /// fixed grid (three to six CTAs per SM, by the kernel's shared memory), and each page
     /// is read once for all `next_n * heads` query rows of its sequence.
     ///
     /// `q8` must be 16-byte aligned. The plan is device data: the kernel re-checks pages
@@ -256,13 +258,16 @@ mod tests {
 
     #[test]
     fn decode_smem_matches_the_kernel_layout() {
-        // 6 stages of (8 KB keys + 256 B scales + 16 B meta), 1 KB slack, then per column a
-        // 128-byte q row and a 4-byte weight.
+        // A ring of stages of (8 KB keys + 256 B scales + 16 B page record), 1 KB slack,
+        // then per column a 128-byte q row and a 4-byte weight.
+        let stages = isys::DSA_INDEXER_DECODE_STAGES;
         assert_eq!(
             smem_bytes(256),
-            1024 + 256 * 128 + 6 * 8192 + 6 * 256 + 256 * 4 + 6 * 16
+            1024 + 256 * 128 + stages * (8192 + 256 + 16) + 256 * 4
         );
-        assert_eq!(ctas_per_sm(smem_bytes(64)), 3);
-        assert_eq!(ctas_per_sm(smem_bytes(256)), 2);
+        assert_eq!(stages, 3);
+        assert_eq!(ctas_per_sm(smem_bytes(64)), 6);
+        assert_eq!(ctas_per_sm(smem_bytes(128)), 5);
+        assert_eq!(ctas_per_sm(smem_bytes(256)), 3);
     }
 }

@@ -58,6 +58,20 @@ fn decode_case<K: MlaCacheKind>(
 {
     let stream = k.stream().clone();
     let h_q = 128;
+    let cfg = SparseDecodeConfig {
+        heads: h_q,
+        topk: TOPK,
+        softmax_scale: SCALE,
+    };
+    let name = format!(
+        "{}/b{batch}_sq{s_q}_h128_topk2048_splits{}",
+        if K::FP8 { "fp8" } else { "bf16" },
+        cfg.num_splits(batch * s_q, k.sm_count())
+    );
+    // A filtered run skips the setup (cache fill, indices) of the cases it does not time.
+    if !common::selected("sparse_mla_decode", &name) {
+        return;
+    }
     let mut rng = Rng(0x5eed ^ (batch * 31 + s_q) as u64);
     let pages_per_seq = CTX / PAGE_SIZE;
     let cache = {
@@ -99,11 +113,6 @@ fn decode_case<K: MlaCacheKind>(
             }
         }
     }
-    let cfg = SparseDecodeConfig {
-        heads: h_q,
-        topk: TOPK,
-        softmax_scale: SCALE,
-    };
     // Only the batch's geometry matters here (the indices are physical slots already).
     let shape = PagedBatchShape {
         batch,
@@ -129,11 +138,6 @@ fn decode_case<K: MlaCacheKind>(
         anchor: Some(anchor),
         anchor_unit: "TFLOP/s",
     };
-    let name = format!(
-        "{}/b{batch}_sq{s_q}_h128_topk2048_splits{}",
-        if K::FP8 { "fp8" } else { "bf16" },
-        cfg.num_splits(shape.rows(), k.sm_count())
-    );
     common::bench_case(c, "sparse_mla_decode", &name, &stream, work, true, || {
         k.sparse_mla_decode(
             &cfg,
@@ -151,6 +155,9 @@ fn decode_case<K: MlaCacheKind>(
 }
 
 fn prefill_case(c: &mut Criterion, k: &DsaKernels) {
+    if !common::selected("sparse_mla_prefill", "sq4096_skv128k_h128_topk2048") {
+        return;
+    }
     let stream = k.stream().clone();
     let (s_q, s_kv, h_q) = (4096usize, 131072usize, 128usize);
     let mut rng = Rng(0xfeed);

@@ -154,6 +154,7 @@ __device__ __forceinline__ void split_kernel(const DsaDenseMlaDecodeParams &p) {
     float *s_sum = s_max + 128;                                            // [2][64]
 
     const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+    const int wgu = __shfl_sync(0xffffffffu, wg, 0);  // warp-uniform copy, for descriptors
     const int g = lane >> 2, t = lane & 3;
     const int row0 = warp * 16 + g;  // this thread's rows: row0 and row0 + 8
     const int part = blockIdx.x;
@@ -228,13 +229,19 @@ __device__ __forceinline__ void split_kernel(const DsaDenseMlaDecodeParams &p) {
             for (int i = 0; i < 16; ++i) s[i] = 0.f;
             dsa::fence_operands(s);
             dsa::wgmma_fence();
+            {
+                // Tiles start on 1 KB boundaries below 256 KB: stepping K adds bytes / 16 to
+                // the descriptors' address field without a carry, one add per MMA instead
+                // of a descriptor built from the address each time.
+                const uint64_t dq = dsa::smem_desc(sbase + kQOff, 16, 1024);
+                const uint64_t dk = dsa::smem_desc(sbase + kv_off + wgu * 4096, 16, 1024);
 #pragma unroll
-            for (int c = 0; c < kRowTiles; ++c) {
+                for (int c = 0; c < kRowTiles; ++c) {
 #pragma unroll
-                for (int kk = 0; kk < 4; ++kk) {
-                    const uint64_t da = dsa::smem_desc(sbase + kQOff + c * kTileBytes + kk * 32, 16, 1024);
-                    const uint64_t db = dsa::smem_desc(sbase + kv_off + c * kTileBytes + wg * 4096 + kk * 32, 16, 1024);
-                    dsa::wgmma_bf16_ss<32>(s, da, db, (c | kk) != 0);
+                    for (int kk = 0; kk < 4; ++kk) {
+                        const uint32_t off = (c * kTileBytes + kk * 32) >> 4;
+                        dsa::wgmma_bf16_ss<32>(s, dq + off, dk + off, (c | kk) != 0);
+                    }
                 }
             }
             dsa::wgmma_commit();
@@ -303,11 +310,12 @@ __device__ __forceinline__ void split_kernel(const DsaDenseMlaDecodeParams &p) {
             // O[:, 256 wg .. +256] += P V.
             dsa::fence_operands(o);
             dsa::wgmma_fence();
+            {
+                const uint64_t dp = dsa::smem_desc(sbase + kPOff, 16, 1024);
+                const uint64_t dv = dsa::smem_desc(sbase + kv_off + 4 * wgu * kTileBytes, kTileBytes, 1024);
 #pragma unroll
-            for (int kk = 0; kk < 4; ++kk) {
-                const uint64_t da = dsa::smem_desc(sbase + kPOff + kk * 32, 16, 1024);
-                const uint64_t db = dsa::smem_desc(sbase + kv_off + 4 * wg * kTileBytes + kk * 2048, kTileBytes, 1024);
-                dsa::wgmma_bf16_ss<256, 1>(o, da, db, 1);
+                for (int kk = 0; kk < 4; ++kk)
+                    dsa::wgmma_bf16_ss<256, 1>(o, dp + ((kk * 32) >> 4), dv + ((kk * 2048) >> 4), 1);
             }
             dsa::wgmma_commit();
             dsa::wgmma_wait<0>();

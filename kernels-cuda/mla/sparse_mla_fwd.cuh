@@ -8,6 +8,14 @@
 //    while this one is in flight; FP8 latents (512 B) are loaded into registers one round
 //    ahead and dequantized once per token, so all heads share one conversion. Index reads
 //    run three blocks ahead, L2 prefetches two.
+//  * paired FP8 (kPair: an even number of head groups): the CTAs of the two head groups
+//    of a (row, split) form a 2-CTA cluster. Each producer gathers and dequantizes 32 of a
+//    block's 64 tokens and writes them into both tiles, its own with st.shared and the
+//    peer's with st.async (completing transaction bytes on the peer's full barrier); a
+//    stage is released by both CTAs' consumers (the peer's once per warp, remotely). With
+//    8 tokens a warp, the loads run a whole block ahead. Per block and SM this halves the
+//    gathered bytes and the FP8 conversions, which the measurements below say bound the
+//    unpaired FP8 decode.
 //  * warpgroups 0 and 1, the consumers: S = Q K^T with wgmma (M = 64 heads, each
 //    warpgroup 32 of the 64 tokens, K = 576), an online softmax in the exp2 domain whose
 //    row maxima and probabilities are exchanged through shared memory, then
@@ -18,16 +26,21 @@
 // the layout wgmma reads directly: Q and K as K-major operands, the same key tile as the
 // MN-major (transposed) V operand, P as a K-major operand.
 //
-// Tried and dropped (2026-11-22, H100, see BENCHMARKS.md): pairing the two head-group CTAs
-// of a query in a 2-CTA cluster, each gathering half of every block and forwarding it to
-// the other with a shared::cluster bulk copy (FlashMLA's FP8 split). Correct, but 3-6%
-// slower than two independent gathers at h_q = 128 once the producer stopped stalling
-// (commit 6e329c6 has it). A pair schedule for bf16 rows (each consumer warpgroup takes
-// every other block whole: one m64n64 QK^T chain, so Q is read once per block, P from
-// registers for its own columns, running max chained between the warpgroups, P exchanged
-// through the block's rope chunk), which lets one warpgroup's softmax overlap the other's
-// tensor-core work: correct, but prefill unchanged (314 vs 315 TFLOP/s) and bf16 decode
-// 4% slower, so the consumers' chain is not what bounds a block (commit 6bc14e4 has it).
+// Measured on the H200 (2026-12-02, FP8, h_q 128, top-2048, B 128, s_q 2; each group of
+// numbers from one process): unpaired 526 us, its producer alone (consumers release at
+// once) 375 us, its consumers alone (producer gathers nothing) 337 us, raw bits stored
+// without the dequantization 431 us; then unpaired 530 us, paired 505 us, the paired
+// producer alone 327 us. An earlier pairing (2026-11-22, H100, commit 6e329c6) forwarded
+// each half with shared::cluster bulk copies after its own barrier and was 3-6% slower
+// than two independent gathers.
+//
+// Tried and dropped (2026-11-22, H100): a pair schedule for bf16 rows (each consumer
+// warpgroup takes every other block whole: one m64n64 QK^T chain, so Q is read once per
+// block, P from registers for its own columns, running max chained between the
+// warpgroups, P exchanged through the block's rope chunk), which lets one warpgroup's
+// softmax overlap the other's tensor-core work: correct, but prefill unchanged (314 vs
+// 315 TFLOP/s) and bf16 decode 4% slower, so the consumers' chain is not what bounds a
+// block (commit 6bc14e4 has it).
 #pragma once
 #include <math_constants.h>
 
@@ -67,9 +80,23 @@ static_assert(kSmemBytes <= DSA_SM90_SMEM_PER_CTA_MAX, "exceeds the opt-in share
 static_assert(kSmemBytes == DSA_SPARSE_SMEM_BYTES, "DSA_SPARSE_SMEM_BYTES is stale");
 static_assert(kThreads == 3 * 128, "two consumer warpgroups and one producer");
 
-template <bool kFp8>
+// kPair (FP8 only, an even number of head groups): the CTAs of the two head groups of a
+// (row, split) form a 2-CTA cluster; each gathers and dequantizes half of every block's
+// tokens and writes the result into both tiles, its own with st.shared and the peer's
+// with st.async completing transaction bytes on the peer's full barrier.
+template <bool kFp8, bool kPair = false>
 __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
-    constexpr int kTokW = kBlock / 4;  // tokens of a block per producer warp
+    static_assert(!kPair || kFp8, "the paired gather is the FP8 one");
+    // QK^T descriptors stepped by addition, and the FP8 stores in the bank-conflict-free
+    // order: measured on the H200 (2026-12-02, h_q 128, top-2048) the two made the bf16
+    // decode 2.5% and the paired FP8 decode 1.5-2% faster, but the unpaired FP8 decode 4%
+    // slower (553 vs 530 us at B 128, s_q 2), so that one keeps the per-MMA descriptors.
+    constexpr bool kDescStep = !kFp8 || kPair;
+    constexpr bool kSwapStore = kPair;
+    constexpr int kOwn = kPair ? kBlock / 2 : kBlock;  // tokens of a block gathered here
+    constexpr int kTokW = kOwn / 4;  // tokens of a block per producer warp
+    // Bytes the peer writes into this CTA's tile per block (latent and rope of its half).
+    constexpr uint32_t kPeerBytes = (kBlock - kOwn) * DSA_QK_DIM * 2;
     constexpr uint32_t kRowBytes = kFp8 ? DSA_MLA_FP8_BYTES_PER_TOKEN : DSA_QK_DIM * 2;
     extern __shared__ uint8_t smem_raw[];
     uint8_t *smem = dsa::align_1024_generic(smem_raw);
@@ -95,16 +122,20 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
     const uint32_t sQ = dsa::smem_u32(smem + kSmemQ);
     const uint32_t sKV = dsa::smem_u32(smem + kSmemKV);
     const uint32_t sP = dsa::smem_u32(smem + kSmemP);
+    const uint32_t rank = kPair ? dsa::cluster_ctarank() : 0;
 
     if (tid == 0) {
         // full: each producer thread arrives twice (its cp.async copies landing, and its own
         // stores: slot entries, dequantized values); empty: one arrival per consumer thread,
         // so each thread's own reads of the stage (slot entries, and the tile through its
         // finished wgmma) are released by its own arrive rather than through a warp sync.
+        // Paired: full takes one arrival per producer thread (one of them also expects the
+        // peer's bytes), empty also one per peer consumer warp.
         for (int s = 0; s < 2; ++s) {
-            dsa::mbar_init(&full[s], 256);
-            dsa::mbar_init(&empty[s], 256);
+            dsa::mbar_init(&full[s], kPair ? 128 : 256);
+            dsa::mbar_init(&empty[s], kPair ? 256 + 8 : 256);
         }
+        if (kPair) dsa::fence_mbar_init();
     }
     {
         // Q tile; rows past h_q (h_q = 16, 32) are zero and never written out.
@@ -121,7 +152,11 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
         dsa::cp_async_wait_all();
         dsa::fence_async_smem();
     }
-    __syncthreads();
+    // Paired: the peer's barriers must be initialized before anything reaches them.
+    if constexpr (kPair)
+        dsa::cluster_sync();
+    else
+        __syncthreads();
 
     const int wg = tid >> 7;
     if (wg == 2) {
@@ -131,10 +166,18 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
         const int pw = pt >> 5, lane = pt & 31;
         const int32_t *idx_row = p.indices + (int64_t)row * p.topk;
         const uint8_t *kv = static_cast<const uint8_t *>(p.kv);
-        // Warp pw gathers tokens kTokW * pw + j (j < kTokW) of every block, on its own (no
+        // Warp pw gathers tokens row_base + j (j < kTokW) of every block, on its own (no
         // barrier among producer warps); lane l < kTokW holds the slot of token j = l.
-        const int row_base = kTokW * pw;  // first tile row of this warp
-        const int my_tok = lane < kTokW ? row_base + lane : -1;
+        const int own_base = kPair ? kOwn * (int)rank : 0;
+        const int row_base = own_base + kTokW * pw;  // first tile row of this warp
+        // Paired: lanes kTokW..2 kTokW-1 hold the slots of the peer's tokens of the same
+        // rows, only for the validity mask.
+        const int my_tok = lane < kTokW ? row_base + lane
+                           : (kPair && lane < 2 * kTokW) ? kOwn * (1 - (int)rank) + kTokW * pw + (lane - kTokW)
+                                                           : -1;
+        // Paired: the peer's tile base and full barriers as shared::cluster addresses.
+        const uint32_t peer_delta = kPair ? dsa::mapa_shared(sKV, rank ^ 1u) - sKV : 0u;
+        const uint32_t peer_full0 = kPair ? dsa::mapa_shared(dsa::smem_u32(&full[0]), rank ^ 1u) : 0u;
         // Slot of this lane's token in block b; -1 when unused. Out-of-range slots are
         // treated as unused, never read.
         auto load_idx = [&](int b) -> int {
@@ -158,7 +201,10 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
         // scale (lane / 8). Loads run one round ahead of the dequantization in a second
         // register set, across block boundaries too, so a block's first loads are in flight
         // while the producer waits for its stage. Rope (and bf16 rows) go in with cp.async.
-        constexpr int kPer = kTokW / 2;
+        // Paired: a warp's 8 tokens of a block are one round, loaded a whole block ahead
+        // (the next block's loads go out before this block is dequantized), which the
+        // unpaired gather (16 tokens a warp) has not the registers for.
+        constexpr int kPer = kPair ? kTokW : kTokW / 2;
         auto load = [&](int sv, int r, uint4(&raw)[kPer], float(&sc)[kPer]) {
 #pragma unroll
             for (int i = 0; i < kPer; ++i) {
@@ -173,16 +219,35 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
             }
         };
         const uint32_t lane_off = (lane >> 2) * kChunkBytes + row_base * 128;
-        auto store = [&](uint32_t tile, int r, const uint4(&raw)[kPer], const float(&sc)[kPer]) {
+        auto store = [&](uint32_t tile, uint32_t pbar, int r, const uint4(&raw)[kPer], const float(&sc)[kPer]) {
 #pragma unroll
             for (int i = 0; i < kPer; ++i) {
                 const int j = kPer * r + i;  // tile row row_base + j; its swizzle row is j & 7
                 uint32_t o[8];
+                uint4 rw = raw[i];
+                // The warp's 8 four-lane groups write the same row of 8 chunks 8 KB apart,
+                // so the same banks: with kSwapStore odd groups store their second unit
+                // first, and each store of the warp covers all 8 bank slots (4 wavefronts,
+                // not 8).
+                const int odd = kSwapStore ? (lane >> 2) & 1 : 0;
+                const int u0 = 2 * (lane & 3) + odd, u1 = 2 * (lane & 3) + 1 - odd;
+                {
+                    const uint32_t x = rw.x, y = rw.y;
+                    rw.x = odd ? rw.z : x;
+                    rw.y = odd ? rw.w : y;
+                    rw.z = odd ? x : rw.z;
+                    rw.w = odd ? y : rw.w;
+                }
                 // Unused tokens load zeros: P is 0 there, but 0 * NaN would poison O.
-                dsa::dequant16(raw[i], sc[i], o);
+                dsa::dequant16(rw, sc[i], o);
                 const uint32_t base = tile + lane_off + j * 128;
-                dsa::st_shared_v4(base + (((2 * (lane & 3)) ^ (j & 7)) << 4), make_uint4(o[0], o[1], o[2], o[3]));
-                dsa::st_shared_v4(base + (((2 * (lane & 3) + 1) ^ (j & 7)) << 4), make_uint4(o[4], o[5], o[6], o[7]));
+                const uint32_t a0 = base + ((u0 ^ (j & 7)) << 4), a1 = base + ((u1 ^ (j & 7)) << 4);
+                dsa::st_shared_v4(a0, make_uint4(o[0], o[1], o[2], o[3]));
+                dsa::st_shared_v4(a1, make_uint4(o[4], o[5], o[6], o[7]));
+                if constexpr (kPair) {
+                    dsa::st_async_v4(a0 + peer_delta, make_uint4(o[0], o[1], o[2], o[3]), pbar);
+                    dsa::st_async_v4(a1 + peer_delta, make_uint4(o[4], o[5], o[6], o[7]), pbar);
+                }
             }
         };
         uint4 ra[kPer], rb[kPer];
@@ -196,11 +261,40 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
             const int s3raw = load_idx(b + 3);
             const int s2 = valid_slot(s2raw);
             prefetch_row(s2);
-            if (it >= 2) dsa::mbar_wait(&empty[stage], ((it >> 1) + 1) & 1);
+            // Paired: the rope of this warp's tokens goes through registers to both tiles;
+            // its loads are issued before the wait.
+            uint4 rope[kPair ? kTokW / 4 : 1];
+            if constexpr (kPair) {
+#pragma unroll
+                for (int i = 0; i < kTokW / 4; ++i) {
+                    const int s = __shfl_sync(0xffffffffu, cur, 4 * i + (lane >> 3));
+                    rope[i] = s >= 0 ? dsa::ld_global_nc_v4(kv + (int64_t)s * kRowBytes + 528 + 16 * (lane & 7))
+                                     : make_uint4(0, 0, 0, 0);
+                }
+            }
+            if (it >= 2) dsa::mbar_wait<kPair>(&empty[stage], ((it >> 1) + 1) & 1);
             // The block's slots (-1 = unused) go to shared memory for the consumers' mask.
             if (my_tok >= 0) svalid[stage * kBlock + my_tok] = cur;
             const uint32_t tile = sKV + stage * kTileBytes;
-            if constexpr (kFp8) {
+            const uint32_t pbar = peer_full0 + stage * 8;
+            if constexpr (kPair) {
+                const bool more = it + 1 < nblk;
+                if (more) load(s1, 0, rb, sb);
+                store(tile, pbar, 0, ra, sa);
+#pragma unroll
+                for (int i = 0; i < kTokW / 4; ++i) {
+                    const uint32_t dst = tile + 8 * kChunkBytes + dsa::sw128_offset(row_base + 4 * i + (lane >> 3), lane & 7);
+                    dsa::st_shared_v4(dst, rope[i]);
+                    dsa::st_async_v4(dst + peer_delta, rope[i], pbar);
+                }
+                if (more) {
+#pragma unroll
+                    for (int i = 0; i < kPer; ++i) {
+                        ra[i] = rb[i];
+                        sa[i] = sb[i];
+                    }
+                }
+            } else if constexpr (kFp8) {
 #pragma unroll
                 for (int i = 0; i < kTokW / 4; ++i) {
                     const int tl = 4 * i + (lane >> 3), u = lane & 7;
@@ -210,9 +304,9 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
                 }
                 const bool more = it + 1 < nblk;
                 load(cur, 1, rb, sb);
-                store(tile, 0, ra, sa);
+                store(tile, 0u, 0, ra, sa);
                 if (more) load(s1, 0, ra, sa);
-                store(tile, 1, rb, sb);
+                store(tile, 0u, 1, rb, sb);
             } else {
                 // Consecutive lanes take consecutive 16-byte units of a row, so a warp's loads
                 // touch a few whole cache lines.
@@ -228,11 +322,21 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
                     dsa::cp_async16_zfill(dst, src, s >= 0 ? 16u : 0u);
                 }
             }
-            // Two arrivals per thread: its cp.async copies landing, and its own stores (slot
-            // entries, dequantized values), made visible to the async proxy first.
-            dsa::cp_async_mbar_arrive_noinc(&full[stage]);
-            dsa::fence_async_smem();
-            dsa::mbar_arrive(&full[stage]);
+            if constexpr (kPair) {
+                // One arrival per thread after its own stores (made visible to the async
+                // proxy first); thread 0 also expects the bytes the peer writes here.
+                dsa::fence_async_smem();
+                if (pt == 0)
+                    dsa::mbar_arrive_expect_tx(&full[stage], kPeerBytes);
+                else
+                    dsa::mbar_arrive(&full[stage]);
+            } else {
+                // Two arrivals per thread: its cp.async copies landing, and its own stores
+                // (slot entries, dequantized values), made visible to the async proxy first.
+                dsa::cp_async_mbar_arrive_noinc(&full[stage]);
+                dsa::fence_async_smem();
+                dsa::mbar_arrive(&full[stage]);
+            }
             cur = s1;
             s1 = s2;
             s2raw = s3raw;
@@ -241,10 +345,23 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
     } else {
         // ---------------------------------------------------------------- consumers
         dsa::setmaxnreg_inc<kConsumerRegs>();
+        const uint32_t peer_empty0 = kPair ? dsa::mapa_shared(dsa::smem_u32(&empty[0]), rank ^ 1u) : 0u;
         const int w = wg;
+        // The warpgroup index as a warp-uniform value (kept in uniform registers).
+        const int wu = __shfl_sync(0xffffffffu, wg, 0);
         const int t = tid & 127;
         const int warp = t >> 5, lane = t & 31;
         const int r0 = warp * 16 + (lane >> 2);  // this thread's rows: r0 and r0 + 8
+        // Releases a stage after this thread's last read of it (slot entries, and the tile
+        // through its finished wgmma). Paired: the peer's producer writes this tile too,
+        // so each warp also arrives on the peer's barrier (all lanes' reads are complete).
+        auto release = [&](int stage) {
+            dsa::mbar_arrive(&empty[stage]);
+            if constexpr (kPair) {
+                __syncwarp();
+                if (lane == 0) dsa::mbar_arrive_cluster(peer_empty0 + stage * 8);
+            }
+        };
         const int c0 = (lane & 3) * 2;
         const float sl2 = p.scale_log2;
         float o[128];
@@ -254,7 +371,7 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
 
         for (int it = 0; it < nblk; ++it) {
             const int stage = it & 1;
-            dsa::mbar_wait(&full[stage], (it >> 1) & 1);
+            dsa::mbar_wait<kPair>(&full[stage], (it >> 1) & 1);
             // The tile was written by cp.async (generic proxy) and is read by wgmma.
             dsa::fence_async_smem();
             const uint32_t kvs = sKV + stage * kTileBytes;
@@ -262,10 +379,24 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
 #pragma unroll
             for (int i = 0; i < 16; ++i) s[i] = 0.f;
             dsa::wgmma_fence();
+            if constexpr (!kDescStep) {
 #pragma unroll
-            for (int kk = 0; kk < 36; ++kk) {
-                const uint32_t koff = (kk >> 2) * kChunkBytes + (kk & 3) * 32;
-                dsa::wgmma_bf16_ss<32>(s, dsa::smem_desc(sQ + koff, 16, 1024), dsa::smem_desc(kvs + w * 32 * 128 + koff, 16, 1024), kk > 0);
+                for (int kk = 0; kk < 36; ++kk) {
+                    const uint32_t koff = (kk >> 2) * kChunkBytes + (kk & 3) * 32;
+                    dsa::wgmma_bf16_ss<32>(s, dsa::smem_desc(sQ + koff, 16, 1024), dsa::smem_desc(kvs + w * 32 * 128 + koff, 16, 1024), kk > 0);
+                }
+            } else {
+                // Tiles start on 1 KB boundaries and stay below 256 KB, so stepping K is
+                // adding bytes / 16 to the descriptors' address field, never carrying out:
+                // one add per MMA instead of a descriptor built from the address each time
+                // (~13 instructions per MMA in the SASS).
+                const uint64_t dq = dsa::smem_desc(sQ, 16, 1024);
+                const uint64_t dk = dsa::smem_desc(kvs + wu * 32 * 128, 16, 1024);
+#pragma unroll
+                for (int kk = 0; kk < 36; ++kk) {
+                    const uint32_t koff = (kk >> 2) * kChunkBytes + (kk & 3) * 32;
+                    dsa::wgmma_bf16_ss<32>(s, dq + (koff >> 4), dk + (koff >> 4), kk > 0);
+                }
             }
             dsa::wgmma_commit();
             dsa::wgmma_wait<0>();
@@ -342,7 +473,7 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
             dsa::wgmma_commit();
             dsa::wgmma_wait<0>();
             dsa::fence_operands(o);
-            dsa::mbar_arrive(&empty[stage]);
+            release(stage);
         }
 
         // ---------------------------------------------------------------- epilogue
@@ -392,6 +523,8 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
             }
         }
     }
+    // Paired: no CTA leaves while its peer may still arrive on its barriers.
+    if constexpr (kPair) dsa::cluster_sync();
 }
 
 }  // namespace dsa_sparse

@@ -42,6 +42,10 @@ pub trait MlaCacheKind: CacheKind + sealed::Sealed {
     const DENSE_SMEM: u32;
     /// The sparse decode kernel over this layout.
     const SPARSE_KERNEL: &'static str;
+    /// Its paired form, if the layout has one: the two head groups of a query row as a
+    /// 2-CTA cluster that gathers each block once (half per CTA), for an even number of
+    /// 64-head groups.
+    const SPARSE_PAIR_KERNEL: Option<&'static str>;
 }
 
 mod sealed {
@@ -54,11 +58,13 @@ impl MlaCacheKind for MlaFp8 {
     const DENSE_KERNEL: &'static str = "dsa_dense_mla_decode_fp8";
     const DENSE_SMEM: u32 = crate::sys::dense_mla::DSA_DENSE_SMEM_FP8;
     const SPARSE_KERNEL: &'static str = "dsa_sparse_mla_decode_fp8";
+    const SPARSE_PAIR_KERNEL: Option<&'static str> = Some("dsa_sparse_mla_decode_fp8_pair");
 }
 impl MlaCacheKind for MlaBf16 {
     const DENSE_KERNEL: &'static str = "dsa_dense_mla_decode_bf16";
     const DENSE_SMEM: u32 = crate::sys::dense_mla::DSA_DENSE_SMEM_BF16;
     const SPARSE_KERNEL: &'static str = "dsa_sparse_mla_decode_bf16";
+    const SPARSE_PAIR_KERNEL: Option<&'static str> = None;
 }
 
 /// The three paged layouts of the crate.

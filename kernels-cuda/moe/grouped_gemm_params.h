@@ -1,7 +1,7 @@
 /* Parameters of the FP8 block-scaled grouped GEMM (kernels-cuda/moe/grouped_gemm.cu):
  * activations e4m3 with 1x128 fp32 scales, weights e4m3 with 128x128 fp32 scales, bf16 out.
- * Mirrored in Rust by bindgen into src/sys/grouped_gemm.rs. Layouts: /work/wt/MOE-CONTRACT.md
- * and src/moe/gemm.rs. */
+ * Mirrored in Rust by bindgen into src/sys/grouped_gemm.rs. Layouts: the module docs of
+ * src/moe/ (mod.rs, gemm.rs). */
 #ifndef DSA_GROUPED_GEMM_PARAMS_H
 #define DSA_GROUPED_GEMM_PARAMS_H
 #include "common_params.h"

@@ -2,7 +2,7 @@
  * and combine kernels (kernels-cuda/moe/moe_*.cu). Mirrored in Rust by bindgen into
  * src/sys/moe.rs. The grouped GEMM has its own header (grouped_gemm_params.h).
  *
- * Row spaces (MOE-CONTRACT.md):
+ * Row spaces (the layouts of src/moe/mod.rs):
  *   contiguous: rows [0, rows) with rows = round_up(slots + experts * (align - 1), align),
  *     expert e's segment [offsets[e], offsets[e + 1]) is a multiple of align long;
  *   masked: rows [0, experts * max_m), expert e owns [e * max_m, (e + 1) * max_m).

@@ -3,13 +3,14 @@
 //! (contiguous and masked layouts), SwiGLU + quantization, and the weighted combine.
 //!
 //! A layer is a fixed sequence of launches on one stream, none of which waits for the
-//! host: [`DsaKernels::moe_route`] -> [`DsaKernels::moe_plan`] ->
-//! [`DsaKernels::moe_permute_quant`] -> grouped GEMM (w13) -> [`DsaKernels::moe_swiglu_quant`]
-//! -> grouped GEMM (w2) -> [`DsaKernels::moe_combine`]; [`MoeLayer`] runs it with the shared
+//! host: [`moe_route`](crate::DsaKernels::moe_route) -> [`moe_plan`](crate::DsaKernels::moe_plan)
+//! -> [`moe_permute_quant`](crate::DsaKernels::moe_permute_quant) -> grouped GEMM (w13) ->
+//! [`moe_swiglu_quant`](crate::DsaKernels::moe_swiglu_quant) -> grouped GEMM (w2) ->
+//! [`moe_combine`](crate::DsaKernels::moe_combine); [`MoeLayer`] runs it with the shared
 //! expert. Every buffer is sized from a [`MoeShape`] for the worst case of any routing
 //! (`T k + E (align - 1)` rows, contiguous), so the whole layer can be captured once in a
-//! CUDA graph and replayed for every routing. Layouts follow MOE-CONTRACT.md (the grouped
-//! GEMM's side) and spec section 2: e4m3 codes K-major, activation scales MN-major,
+//! CUDA graph and replayed for every routing. Layouts follow DeepGEMM's grouped-GEMM
+//! operand conventions and spec section 2: e4m3 codes K-major, activation scales MN-major,
 //! `m_indices` `-1` on padding rows, `masked_m` per expert.
 //!
 //! Determinism: rows inside an expert are in slot order (a counting sort, not atomic slot

@@ -2,7 +2,7 @@
 //! (w13's A), SwiGLU of the w13 output (w2's A), and plain rows (a dense FP8 linear's A).
 //!
 //! Codes are e4m3 `[rows, cols]` row-major; scales f32 MN-major as the GEMM reads them
-//! (MOE-CONTRACT.md): contiguous `[cols / 128, scale_stride]` with element (row, kb) at
+//! (module docs of [`crate::moe`]): contiguous `[cols / 128, scale_stride]` with element (row, kb) at
 //! `kb * scale_stride + row`, masked `[E, cols / 128, max_m]`. Per 128-column block,
 //! `scale = max(amax, 1e-4) / 448` (rounded up to a power of two with UE8M0) and
 //! `code = e4m3(value / scale)` (round to nearest even, saturating): bit-equal to

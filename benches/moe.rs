@@ -147,8 +147,8 @@ impl Contiguous {
 fn layout(counts: &[usize], align: usize, capacity: usize) -> Vec<i32> {
     let mut ids = Vec::with_capacity(capacity);
     for (e, &c) in counts.iter().enumerate() {
-        ids.extend(std::iter::repeat(e as i32).take(c));
-        ids.extend(std::iter::repeat(-1).take(c.div_ceil(align) * align - c));
+        ids.extend(std::iter::repeat_n(e as i32, c));
+        ids.extend(std::iter::repeat_n(-1, c.div_ceil(align) * align - c));
     }
     assert!(ids.len() <= capacity);
     ids.resize(capacity, -1);

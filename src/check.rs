@@ -23,7 +23,7 @@ pub(crate) fn at_least(
 
 /// Device pointer alignment required by the kernels' vector loads.
 pub(crate) fn aligned(what: &'static str, ptr: u64, bytes: u64) -> Result<()> {
-    if ptr % bytes != 0 {
+    if !ptr.is_multiple_of(bytes) {
         return Err(DsaError::Alignment {
             what,
             detail: format!("address {ptr:#x} is not {bytes}-byte aligned"),
@@ -114,7 +114,7 @@ pub(crate) fn row_stride(
             detail: format!("row stride {stride} is below the row's {width} elements"),
         });
     }
-    if stride % multiple != 0 {
+    if !stride.is_multiple_of(multiple) {
         return Err(DsaError::Alignment {
             what,
             detail: format!("row stride {stride} is not a multiple of {multiple} elements"),

@@ -111,7 +111,7 @@ proptest! {
             if let Ok((n, s)) = validate::write_cache::<K>(src, rows, stride, slots) {
                 assert_eq!(n as usize, rows);
                 assert_eq!(s as usize, stride);
-                assert!(stride >= K::SRC_DIM && stride % 8 == 0);
+                assert!(stride >= K::SRC_DIM && stride.is_multiple_of(8));
                 assert!(span(rows, stride, K::SRC_DIM) <= src as u128);
                 assert!(slots >= rows);
             }
@@ -208,7 +208,7 @@ proptest! {
             prop_assert!((1..=4096).contains(&k));
             prop_assert!(span(rows, stride, cols) <= lens[0] as u128);
             prop_assert!(prod(&[rows, k]) <= lens[4] as u128);
-            prop_assert!(rows <= lens[2] && starts.map_or(true, |s| rows <= s) && offs.map_or(true, |o| rows <= o));
+            prop_assert!(rows <= lens[2] && starts.is_none_or(|s| rows <= s) && offs.is_none_or(|o| rows <= o));
         }
     }
 

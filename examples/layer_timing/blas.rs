@@ -90,9 +90,9 @@ pub fn absorb_uk(
 }
 
 /// `o[t, h, 0..128] = W_UV[h] . o_latent[t, h, 0..512]`: `o_latent` bf16 `[tokens, HEADS,
-/// 512]`, `o` bf16 `[tokens, HEADS * 128]` (o_proj's input). Head h reads W_UV at h * 256
-/// * 512 + 128 * 512 (128 x 512) and o_latent[t * 65536 + h * 512 ..][..512], writes
-/// o[t * 16384 + h * 128 ..][..128].
+/// 512]`, `o` bf16 `[tokens, HEADS * 128]` (o_proj's input). Head h reads W_UV at
+/// `h * 256 * 512 + 128 * 512` (128 x 512) and `o_latent[t * 65536 + h * 512 ..][..512]`,
+/// writes `o[t * 16384 + h * 128 ..][..128]`.
 pub fn absorb_uv(
     blas: &CudaBlas,
     tokens: usize,

@@ -22,7 +22,7 @@ pub struct Fp8Linear {
 /// to a multiple of 128 rows with zero codes (its last scale block already covers them).
 fn stack(parts: &[&Fp8Weight]) -> Result<(Vec<u8>, Vec<f32>, usize, usize)> {
     let k = parts[0].in_features;
-    if k % 128 != 0 || parts.iter().any(|p| p.in_features != k) {
+    if !k.is_multiple_of(128) || parts.iter().any(|p| p.in_features != k) {
         return Err(ForwardError::Input(format!(
             "stacked FP8 weights need one input width, a multiple of 128 (got {k})"
         )));

@@ -391,7 +391,7 @@ impl Config {
                     "MoE layers need at least one expert",
                 ));
             }
-            if self.n_routed_experts % self.n_group != 0 {
+            if !self.n_routed_experts.is_multiple_of(self.n_group) {
                 return Err(invalid(
                     "n_group",
                     format!(

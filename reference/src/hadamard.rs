@@ -5,7 +5,7 @@
 
 /// Entry `(i, j)` of the n x n Sylvester Hadamard matrix: `+1` or `-1`.
 pub fn entry(i: usize, j: usize) -> f32 {
-    if (i & j).count_ones() % 2 == 0 {
+    if (i & j).count_ones().is_multiple_of(2) {
         1.0
     } else {
         -1.0

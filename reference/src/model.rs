@@ -564,7 +564,7 @@ impl Model {
             let qi = fp8_linear(&qr, n, &l.idx.wq_b, pow2);
             let qpos: Vec<i32> = positions
                 .iter()
-                .flat_map(|&p| std::iter::repeat(p).take(ni))
+                .flat_map(|&p| std::iter::repeat_n(p, ni))
                 .collect();
             let (q8, qs) = indexer::prepare(&qi, &qpos, &self.rope);
             let hs = (ni as f32).powf(-0.5);

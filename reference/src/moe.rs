@@ -76,7 +76,7 @@ pub fn route_token(logits: &[f32], bias: &[f32], p: &RouteParams) -> (Vec<i32>, 
     let e = logits.len();
     assert_eq!(bias.len(), e, "one bias per expert");
     assert!(
-        p.n_group > 0 && e % p.n_group == 0,
+        p.n_group > 0 && e.is_multiple_of(p.n_group),
         "experts must split into groups"
     );
     let per = e / p.n_group;

@@ -128,7 +128,7 @@ impl RopeTables {
     /// YaRN tables for positions `0..max_positions`. Panics if `rotary_dim` is odd or 0.
     pub fn yarn(p: &YarnParams, rotary_dim: usize, max_positions: usize) -> Self {
         assert!(
-            rotary_dim > 0 && rotary_dim % 2 == 0,
+            rotary_dim > 0 && rotary_dim.is_multiple_of(2),
             "rotary_dim must be even"
         );
         let inv = yarn_inv_freq(p, rotary_dim);

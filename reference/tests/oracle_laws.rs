@@ -272,7 +272,7 @@ proptest! {
         let rope_t = rope::RopeTables::deepseek_v32(len as usize);
         let pos: Vec<i32> = (0..len).collect();
         let (k8, ks) = indexer::prepare(&keys, &pos, &rope_t);
-        let qpos: Vec<i32> = (0..next_n).flat_map(|j| std::iter::repeat(len - next_n as i32 + j as i32).take(h)).collect();
+        let qpos: Vec<i32> = (0..next_n).flat_map(|j| std::iter::repeat_n(len - next_n as i32 + j as i32, h)).collect();
         let qx: Vec<f32> = (0..next_n * h * 128).map(|_| r() * 3.0).collect();
         let (q8, qs) = indexer::prepare(&qx, &qpos, &rope_t);
         let w: Vec<f32> = (0..next_n * h).map(|_| r()).collect();

@@ -74,7 +74,7 @@ impl DecodeLogitsShape {
             });
         }
         let pages = batch.max_pages.min(self.max_ctx.div_ceil(PAGE_SIZE));
-        let total = batch.batch.checked_mul(pages).unwrap_or(usize::MAX);
+        let total = batch.batch.saturating_mul(pages);
         check::fits_i32("decode plan pages (batch x pages per sequence)", total)?;
         check::span("decode logits", batch.rows(), self.out_stride, self.max_ctx)
     }

@@ -30,7 +30,7 @@ impl DsaKernels {
         C: DevicePtrMut<u8>,
         S: DevicePtrMut<f32>,
     {
-        if cols == 0 || cols % MOE_BLOCK != 0 {
+        if cols == 0 || !cols.is_multiple_of(MOE_BLOCK) {
             return Err(DsaError::Unsupported {
                 what: "act_quant cols",
                 detail: format!("{cols}, must be a positive multiple of 128"),

@@ -25,7 +25,7 @@ impl DsaKernels {
         I: DevicePtr<i32>,
         O: DevicePtrMut<f32>,
     {
-        if dim == 0 || dim % 4 != 0 {
+        if dim == 0 || !dim.is_multiple_of(4) {
             return Err(DsaError::Unsupported {
                 what: "embedding dim",
                 detail: format!("{dim}, must be a positive multiple of 4"),

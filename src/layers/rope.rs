@@ -21,7 +21,7 @@ pub struct RopeRows {
 
 impl RopeRows {
     fn span(&self, what: &'static str, tokens: usize, heads: usize) -> Result<usize> {
-        if self.token_stride % 2 != 0 || self.head_stride % 2 != 0 {
+        if !self.token_stride.is_multiple_of(2) || !self.head_stride.is_multiple_of(2) {
             return Err(DsaError::Alignment {
                 what,
                 detail: "rope strides must be even (pairs are 4-byte loads)".into(),

@@ -234,7 +234,7 @@ impl DsaKernels {
         I: DevicePtr<i32>,
         O: DevicePtrMut<bf16>,
     {
-        if cols == 0 || cols % 8 != 0 {
+        if cols == 0 || !cols.is_multiple_of(8) {
             return Err(DsaError::Unsupported {
                 what: "expert-parallel row gather",
                 detail: format!("{cols} columns, must be a positive multiple of 8"),

@@ -67,7 +67,7 @@ fn rows_i32(what: &'static str, a: usize, b: usize) -> Result<usize> {
 impl EpPartition {
     /// `experts` split over `ranks`; `ranks` must be positive and divide `experts`.
     pub fn new(experts: usize, ranks: usize) -> Result<Self> {
-        if ranks == 0 || experts == 0 || experts % ranks != 0 {
+        if ranks == 0 || experts == 0 || !experts.is_multiple_of(ranks) {
             return Err(DsaError::Unsupported {
                 what: "expert-parallel partition",
                 detail: format!(
@@ -142,7 +142,7 @@ pub struct DispatchPlan {
 /// order. Fails when `capacity` is not a positive multiple of 64 or too small for some
 /// destination (never with [`EpPartition::send_capacity`]).
 pub fn plan_dispatch(part: &EpPartition, ids: &[i32], capacity: usize) -> Result<DispatchPlan> {
-    if capacity == 0 || capacity % EP_ROW_ALIGN != 0 {
+    if capacity == 0 || !capacity.is_multiple_of(EP_ROW_ALIGN) {
         return Err(DsaError::Unsupported {
             what: "expert-parallel message rows",
             detail: format!("{capacity} must be a positive multiple of {EP_ROW_ALIGN}"),
@@ -216,7 +216,7 @@ pub fn plan_receive(
 ) -> Result<ReceivePlan> {
     let n = part.ranks();
     let per = part.experts_per_rank();
-    if max_m == 0 || max_m % EP_ROW_ALIGN != 0 {
+    if max_m == 0 || !max_m.is_multiple_of(EP_ROW_ALIGN) {
         return Err(DsaError::Unsupported {
             what: "expert-parallel max_m",
             detail: format!("{max_m} must be a positive multiple of {EP_ROW_ALIGN}"),

@@ -134,7 +134,7 @@ impl Tiling {
     /// then feeds twice the MMA work of a 128-wide tile (128 x 128 tiles are bound by L2
     /// bandwidth, about 7.6 TB/s at 970 TFLOP/s on the H200).
     fn pick(block_m: usize, n: usize) -> Self {
-        match (block_m, n % 256 == 0) {
+        match (block_m, n.is_multiple_of(256)) {
             (128, true) => Tiling::M128N256,
             (128, false) => Tiling::M128N128,
             (_, true) => Tiling::M64N256,

@@ -224,7 +224,7 @@ impl MoeLayer {
 impl SharedWork {
     /// The shared expert's workspace of width `inter` for `shape.tokens` rows.
     pub(crate) fn new(stream: &Arc<CudaStream>, shape: &MoeShape, inter: usize) -> Result<Self> {
-        if inter == 0 || inter % MOE_BLOCK != 0 {
+        if inter == 0 || !inter.is_multiple_of(MOE_BLOCK) {
             return Err(DsaError::Unsupported {
                 what: "shared expert width",
                 detail: format!("{inter}, must be a positive multiple of 128"),

@@ -287,7 +287,7 @@ impl DsaKernels {
 
 /// Scale stride `round_up(m, 4)` and scale count of `m` plain rows of `cols` columns.
 fn plain_sizes(what: &'static str, m: usize, cols: usize) -> Result<(usize, usize)> {
-    if cols == 0 || cols % MOE_BLOCK != 0 {
+    if cols == 0 || !cols.is_multiple_of(MOE_BLOCK) {
         return Err(DsaError::Unsupported {
             what,
             detail: format!("{cols} columns, must be a positive multiple of 128"),

@@ -41,7 +41,7 @@ impl RouteConfig {
         };
         if self.n_group == 0
             || self.n_group > super::MOE_MAX_GROUPS
-            || shape.experts % self.n_group != 0
+            || !shape.experts.is_multiple_of(self.n_group)
         {
             return bad(format!(
                 "n_group = {} must be in 1..=32 and divide the {} experts",

@@ -99,7 +99,7 @@ impl Step {
         // Slots past each length in its last page are NaN: masked tokens must not leak.
         for b in 0..batch {
             let l = lens[b] as usize;
-            if l % PAGE_SIZE != 0 {
+            if !l.is_multiple_of(PAGE_SIZE) {
                 let page = block_table[b * max_pages + l / PAGE_SIZE] as usize;
                 for off in l % PAGE_SIZE..PAGE_SIZE {
                     let s = (page * PAGE_SIZE + off) * DIM;

@@ -106,10 +106,10 @@ fn contiguous_layout(counts: &[usize], align: usize, tail_blocks: usize) -> Vec<
     let mut ids = Vec::new();
     for (g, &c) in counts.iter().enumerate() {
         let padded = c.div_ceil(align) * align;
-        ids.extend(std::iter::repeat(g as i32).take(c));
-        ids.extend(std::iter::repeat(-1).take(padded - c));
+        ids.extend(std::iter::repeat_n(g as i32, c));
+        ids.extend(std::iter::repeat_n(-1, padded - c));
     }
-    ids.extend(std::iter::repeat(-1).take(tail_blocks * align));
+    ids.extend(std::iter::repeat_n(-1, tail_blocks * align));
     ids
 }
 

@@ -696,7 +696,7 @@ fn topk_survives_extreme_offsets_and_tables() {
     let got = out.check(&stream, "top-k out (table)", |v| *v == POISON);
     for &v in &got {
         assert!(
-            v == -1 || (v >= 7 * 64 && v < 8 * 64),
+            v == -1 || (7 * 64..8 * 64).contains(&v),
             "slot {v} is neither -1 nor on the one valid page"
         );
     }

@@ -86,6 +86,7 @@ impl DsaStep {
             heads: H_Q,
             topk: TOPK,
             softmax_scale: SCALE,
+            sorted_topk: false,
         };
         assert_eq!(d.shape.max_tokens(), ctx, "contexts are whole pages");
         let mut step = DsaDecodeStep::new(k, cfg).unwrap();

@@ -84,6 +84,10 @@ pub struct DsaDecodeStepConfig {
     pub topk: usize,
     /// Softmax scale of the sparse attention (DeepSeek-V3.2: 0.135234).
     pub softmax_scale: f32,
+    /// Emit each row's top-k sorted (value descending, index ascending) instead of in the
+    /// selection's order: the attention then sums its keys in one fixed order, so a step
+    /// gives the same bits on every run and graph replay, at the cost of the sort.
+    pub sorted_topk: bool,
 }
 
 impl DsaDecodeStepConfig {
@@ -98,6 +102,7 @@ impl DsaDecodeStepConfig {
             heads: 128,
             topk: 2048,
             softmax_scale: 0.135_234,
+            sorted_topk: false,
         }
     }
 
@@ -138,7 +143,7 @@ impl DsaDecodeStepConfig {
             cols: batch.max_tokens(),
             row_stride: batch.max_tokens(),
             topk: self.topk,
-            sorted: false,
+            sorted: self.sorted_topk,
         }
     }
 

@@ -4,11 +4,12 @@
 //! an access outside the buffers (device-resident indices are the kernels' business), and
 //! they can be exercised without a GPU: every size is computed with checked arithmetic,
 //! and every value a kernel takes is bounded by its index type.
-use crate::cache::{CacheKind, INDEXER_DIM, KV_LORA_RANK, QK_DIM};
+use crate::cache::{CacheKind, INDEXER_DIM, KV_LORA_RANK, QK_DIM, ROPE_DIM};
 use crate::check;
 use crate::dense_mla::DenseMlaConfig;
 use crate::error::{DsaError, Result};
 use crate::indexer::{decode_plan_len, DecodeLogitsShape, IndexerPrepShape, PrefillLogitsShape};
+use crate::layers::{NormRows, RopeRows};
 use crate::paged_batch::PagedBatchShape;
 use crate::sparse_mla::{SparseDecodeConfig, SparsePrefillConfig};
 use crate::topk::{PagedTopkShape, TopkShape};
@@ -312,4 +313,152 @@ pub fn sparse_mla_prefill(
         check::at_least("attn_sink", s, h, &[h])?;
     }
     Ok(())
+}
+
+/// [`crate::DsaKernels::rms_norm`]: input `x_len` elements in the layout `rows`, the
+/// weight `weight_len`, the f32 output's length if given, the bf16 output's length and
+/// row stride if given (at least one output). Returns the bf16 stride as the kernel takes
+/// it (0 without a bf16 output).
+pub fn rms_norm(
+    rows: NormRows,
+    x_len: usize,
+    weight_len: usize,
+    out_f32: Option<usize>,
+    out_bf16: Option<(usize, usize)>,
+) -> Result<i64> {
+    let span = rows.validate()?;
+    check::at_least("rms_norm x", x_len, span, &[rows.rows, rows.stride])?;
+    check::holds("rms_norm weight", weight_len, &[rows.dim])?;
+    if out_f32.is_none() && out_bf16.is_none() {
+        return Err(DsaError::Unsupported {
+            what: "rms_norm outputs",
+            detail: "give out_f32, out_bf16 or both".into(),
+        });
+    }
+    if let Some(len) = out_f32 {
+        check::holds("rms_norm out_f32", len, &[rows.rows, rows.dim])?;
+    }
+    match out_bf16 {
+        Some((len, stride)) => {
+            let s = check::row_stride("rms_norm out_bf16 stride", stride, rows.dim, 1)?;
+            let need = check::span("rms_norm out_bf16", rows.rows, stride, rows.dim)?;
+            check::at_least("rms_norm out_bf16", len, need, &[rows.rows, stride])?;
+            Ok(s)
+        }
+        None => Ok(0),
+    }
+}
+
+/// [`crate::DsaKernels::layer_norm`]: input `x_len` elements in the layout `rows`,
+/// `weight_len`, `bias_len`, the output `out_len`.
+pub fn layer_norm(
+    rows: NormRows,
+    x_len: usize,
+    weight_len: usize,
+    bias_len: usize,
+    out_len: usize,
+) -> Result<()> {
+    let span = rows.validate()?;
+    check::at_least("layer_norm x", x_len, span, &[rows.rows, rows.stride])?;
+    check::holds("layer_norm weight", weight_len, &[rows.dim])?;
+    check::holds("layer_norm bias", bias_len, &[rows.dim])?;
+    check::holds("layer_norm out", out_len, &[rows.rows, rows.dim])
+}
+
+/// [`crate::DsaKernels::embedding`]: a `[vocab, dim]` table in `table_len`, `rows` token
+/// ids in `tokens_len`, the output `out_len`. Returns vocab, rows and dim as the kernel
+/// takes them.
+pub fn embedding(
+    vocab: usize,
+    dim: usize,
+    table_len: usize,
+    rows: usize,
+    tokens_len: usize,
+    out_len: usize,
+) -> Result<(i32, i32, i32)> {
+    if dim == 0 || !dim.is_multiple_of(4) {
+        return Err(DsaError::Unsupported {
+            what: "embedding dim",
+            detail: format!("{dim}, must be a positive multiple of 4"),
+        });
+    }
+    check::holds("embedding table", table_len, &[vocab, dim])?;
+    check::holds("embedding tokens", tokens_len, &[rows])?;
+    check::holds("embedding out", out_len, &[rows, dim])?;
+    Ok((
+        check::fits_i32("embedding vocab", vocab)?,
+        check::fits_i32("embedding rows", rows)?,
+        check::fits_i32("embedding dim", dim)?,
+    ))
+}
+
+/// [`crate::DsaKernels::residual_add`]: `n` elements of `x_len` and `y_len`. Returns `n`
+/// as the kernel takes it and the blocks of its grid-stride loop (256 threads each).
+pub fn residual_add(n: usize, x_len: usize, y_len: usize) -> Result<(i64, u32)> {
+    check::at_least("residual x", x_len, n, &[n])?;
+    check::at_least("residual y", y_len, n, &[n])?;
+    let n_i = check::fits_i64("residual n", n)?;
+    let blocks = check::grid("residual add grid", n, 256)?.min(4096);
+    Ok((n_i, blocks))
+}
+
+/// [`crate::DsaKernels::mla_rope`]: `tokens` x `heads` groups of 64 values read from
+/// `src_len` elements in the layout `src` and written to `dst_len` in `dst`, `positions_len`
+/// positions, RoPE tables of `max_pos` rows whose shorter holds `rope_len` values.
+/// Returns tokens, heads and `max_pos` as the kernel takes them and its blocks (4 groups
+/// each).
+#[allow(clippy::too_many_arguments)]
+pub fn mla_rope(
+    tokens: usize,
+    heads: usize,
+    src_len: usize,
+    src: RopeRows,
+    dst_len: usize,
+    dst: RopeRows,
+    positions_len: usize,
+    max_pos: usize,
+    rope_len: usize,
+) -> Result<(i32, i32, i32, u32)> {
+    let ss = src.span("mla_rope src", tokens, heads)?;
+    let ds = dst.span("mla_rope dst", tokens, heads)?;
+    check::at_least("mla_rope src", src_len, ss, &[tokens, heads, ROPE_DIM])?;
+    check::at_least("mla_rope dst", dst_len, ds, &[tokens, heads, ROPE_DIM])?;
+    check::holds("mla_rope positions", positions_len, &[tokens])?;
+    let max_pos = crate::indexer::check_rope_tables(max_pos, rope_len)?;
+    let groups = check::product("mla_rope tokens * heads", &[tokens, heads])?;
+    let blocks = check::grid("mla_rope grid", groups, 4)?;
+    Ok((
+        check::fits_i32("mla_rope tokens", tokens)?,
+        check::fits_i32("mla_rope heads", heads)?,
+        max_pos,
+        blocks,
+    ))
+}
+
+/// [`crate::DsaKernels::act_quant_f32`]: `rows` f32 rows of `cols` values (a positive
+/// multiple of 128) at row stride `x_stride` (a multiple of 4) in `x_len`, codes
+/// `codes_len`, MN-major scales `scales_len`. Returns the scale stride and the kernel's
+/// blocks (4 warps, one per 128-value block).
+pub fn act_quant_f32(
+    rows: usize,
+    cols: usize,
+    x_stride: usize,
+    x_len: usize,
+    codes_len: usize,
+    scales_len: usize,
+) -> Result<(usize, u32)> {
+    let (stride, scale_len) = crate::moe::plain_sizes("act_quant", rows, cols)?;
+    check::row_stride("act_quant x stride", x_stride, cols, 4)?;
+    let span = check::span("act_quant x", rows, x_stride, cols)?;
+    check::at_least("act_quant x", x_len, span, &[rows, x_stride])?;
+    check::holds("act_quant codes", codes_len, &[rows, cols])?;
+    check::at_least(
+        "act_quant scales",
+        scales_len,
+        scale_len,
+        &[cols / crate::moe::MOE_BLOCK, stride],
+    )?;
+    let warps = check::product("act_quant blocks", &[rows, cols / crate::moe::MOE_BLOCK])?;
+    let blocks = check::grid("act_quant grid", warps, 4)?;
+    Ok((stride, blocks))
 }

@@ -482,3 +482,80 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4096))]
+
+    /// The model-layer operations' host rules (`dsa_kernels::layers`): whatever is accepted
+    /// has every span within its buffer and every value the kernels take within its type.
+    #[test]
+    fn layer_ops_survive_extremes(
+        rows in ext(), dim in ext(), stride in ext(), x in len(), w in len(), out in len(),
+        out2 in len(), stride2 in ext(), which in 0u8..3,
+    ) {
+        use dsa_kernels::layers::NormRows;
+        let r = NormRows { rows, dim, stride };
+        let out_f32 = (which != 1).then_some(out);
+        let out_bf16 = (which != 0).then_some((out2, stride2));
+        if let Ok(s) = validate::rms_norm(r, x, w, out_f32, out_bf16) {
+            prop_assert!(dim > 0 && stride >= dim && rows as u128 <= I32 && dim as u128 <= I32);
+            prop_assert!(span(rows, stride, dim) <= x as u128 && stride as u128 <= I64);
+            prop_assert!(w >= dim);
+            if let Some(o) = out_f32 { prop_assert!(o as u128 >= prod(&[rows, dim])); }
+            match out_bf16 {
+                Some((o, st)) => {
+                    prop_assert_eq!(s as usize, st);
+                    prop_assert!(st >= dim && span(rows, st, dim) <= o as u128);
+                }
+                None => prop_assert_eq!(s, 0),
+            }
+        }
+        if validate::layer_norm(r, x, w, out2, out).is_ok() {
+            prop_assert!(span(rows, stride, dim) <= x as u128 && rows as u128 <= I32);
+            prop_assert!(w >= dim && out2 >= dim && out as u128 >= prod(&[rows, dim]));
+        }
+        if let Ok((v, ri, di)) = validate::embedding(stride, dim, x, rows, w, out) {
+            prop_assert_eq!((v as usize, ri as usize, di as usize), (stride, rows, dim));
+            prop_assert!(dim % 4 == 0 && x as u128 >= prod(&[stride, dim]));
+            prop_assert!(w >= rows && out as u128 >= prod(&[rows, dim]));
+        }
+        if let Ok((n, blocks)) = validate::residual_add(rows, x, w) {
+            prop_assert!(n as usize == rows && x >= rows && w >= rows && blocks <= 4096);
+        }
+        if let Ok((scale_stride, blocks)) = validate::act_quant_f32(rows, dim, stride, x, w, out) {
+            prop_assert!(dim > 0 && dim % 128 == 0 && dim as u128 * 2 <= I32);
+            prop_assert!(scale_stride >= rows && scale_stride as u128 <= I32);
+            prop_assert!(stride >= dim && stride % 4 == 0 && span(rows, stride, dim) <= x as u128);
+            prop_assert!(w as u128 >= prod(&[rows, dim]));
+            prop_assert!(out as u128 >= prod(&[dim / 128, scale_stride]));
+            prop_assert!(blocks as u128 * 4 >= prod(&[rows, dim / 128]));
+        }
+    }
+
+    /// MLA RoPE's host rules: the last value each (token, head) group touches lies inside
+    /// both buffers, positions and tables cover what the kernel reads, and the strides fit
+    /// the kernel's types.
+    #[test]
+    fn mla_rope_survives_extremes(
+        tokens in ext(), heads in ext(), src_len in len(), dst_len in len(), ts in ext(),
+        hs in ext(), td in ext(), hd in ext(), positions in len(), max_pos in ext(), rope in len(),
+    ) {
+        use dsa_kernels::layers::RopeRows;
+        let src = RopeRows { token_stride: ts, head_stride: hs };
+        let dst = RopeRows { token_stride: td, head_stride: hd };
+        if let Ok((t, h, mp, _blocks)) = validate::mla_rope(
+            tokens, heads, src_len, src, dst_len, dst, positions, max_pos, rope,
+        ) {
+            prop_assert_eq!((t as usize, h as usize, mp as usize), (tokens, heads, max_pos));
+            prop_assert!(positions >= tokens && rope as u128 >= prod(&[max_pos, 32]));
+            prop_assert!(hs as u128 <= I32 && hd as u128 <= I32 && ts as u128 <= I64 && td as u128 <= I64);
+            if tokens > 0 && heads > 0 {
+                let last = |t: usize, h: usize| {
+                    (tokens as u128 - 1) * t as u128 + (heads as u128 - 1) * h as u128 + 64
+                };
+                prop_assert!(last(ts, hs) <= src_len as u128);
+                prop_assert!(last(td, hd) <= dst_len as u128);
+            }
+        }
+    }
+}

@@ -9,8 +9,6 @@ use dsa_kernels::moe::gemm::{self, sfa_row_stride, LinearShape};
 use dsa_kernels::moe::{
     Align, Fp8Weights, MoeLayer, MoeLayout, MoeShape, MoeWeights, RouteConfig, SharedExpert,
 };
-use dsa_kernels::sparse_mla::{SparseDecodeConfig, SparseExtras};
-use dsa_kernels::topk::PagedTopkShape;
 use dsa_kernels::{
     DsaDecodeStep, DsaDecodeStepConfig, DsaKernels, DsaLayerInputs, PagedBatch, PagedBatchShape,
 };
@@ -80,12 +78,9 @@ pub struct GpuModel {
     pub w: GpuWeights,
     pub k: DsaKernels,
     blas: Blas,
+    /// The DSA step (top-k emitted sorted); its indices hold the current layer's
+    /// selected cache slots.
     step: DsaDecodeStep,
-    sparse: SparseDecodeConfig,
-    /// Selected cache slots of the current layer, i32 `[max_rows, topk]`.
-    indices: CudaSlice<i32>,
-    /// Split workspace of the sparse decode, sized for every batch up to `max_rows`.
-    workspace: CudaSlice<f32>,
     mla: Vec<MlaFp8Cache>,
     index: Vec<IndexerKCache>,
     cos: CudaSlice<f32>,
@@ -127,16 +122,9 @@ impl GpuModel {
             heads: c.num_attention_heads,
             topk: c.index_topk,
             softmax_scale: c.softmax_scale(),
+            sorted_topk: true,
         };
         let step = DsaDecodeStep::new(&k, step_cfg)?;
-        let sparse = SparseDecodeConfig {
-            heads: c.num_attention_heads,
-            topk: c.index_topk,
-            softmax_scale: c.softmax_scale(),
-        };
-        let ws = k.sparse_mla_decode_workspace_len_up_to(max_rows, 1, &sparse);
-        let indices = s.alloc_zeros::<i32>(max_rows * c.index_topk)?;
-        let workspace = s.alloc_zeros::<f32>(ws.max(1))?;
         let mut mla = Vec::new();
         let mut index = Vec::new();
         for _ in 0..c.num_hidden_layers {
@@ -149,9 +137,6 @@ impl GpuModel {
             sin: s.clone_htod(&sin)?,
             max_pos,
             step,
-            sparse,
-            indices,
-            workspace,
             mla,
             index,
             max_rows,
@@ -507,29 +492,18 @@ impl GpuModel {
                 slots: &r.slots,
                 rope,
             };
-            // The step's chain with the top-k emitted sorted (value descending, index
+            // The step runs with its top-k emitted sorted (value descending, index
             // ascending, the reference's order): the attention then sums its keys in one
             // fixed order, so a step's output is the same bits on every run and replay.
-            self.step
-                .prepare(k, &batch, &inputs, &mut self.index[li], &mut self.mla[li])?;
-            self.step.index_logits(k, &batch, &self.index[li])?;
-            let topk_shape = PagedTopkShape {
-                cols: shape.max_tokens(),
-                row_stride: shape.max_tokens(),
-                topk: c.index_topk,
-                sorted: true,
-            };
-            k.topk_paged(&batch, self.step.logits(), topk_shape, &mut self.indices)?;
-            k.sparse_mla_decode(
-                &self.sparse,
+            self.step.layer(
+                k,
                 &batch,
-                &self.mla[li],
+                &inputs,
+                &mut self.index[li],
+                &mut self.mla[li],
                 &r.q576,
-                &self.indices,
-                SparseExtras::default(),
                 &mut r.attn,
                 &mut r.lse,
-                &mut self.workspace,
             )?;
             // o = o_lat W_UV^T per head, then o_proj and the residual add.
             let w_uv: CudaView<'_, bf16> = lw.kv_b.slice(NOPE * KV_LORA..);
@@ -608,7 +582,7 @@ impl GpuModel {
             if let Some(t) = trace.as_mut() {
                 let s = k.stream();
                 t.hidden.push(s.clone_dtoh(&r.x)?[..n * h].to_vec());
-                let idx = s.clone_dtoh(&self.indices)?;
+                let idx = s.clone_dtoh(self.step.indices())?;
                 t.slots.push(idx[..n * c.index_topk].to_vec());
             }
         }

@@ -44,7 +44,6 @@ pub struct CandleMoeWeights<'t> {
 #[derive(Debug)]
 pub struct CandleMoeLayer {
     layer: MoeLayer,
-    shared_inter: Option<usize>,
 }
 
 /// Every tensor of one layer call, read-locked for the call.
@@ -67,20 +66,16 @@ impl CandleDsa {
     ) -> Result<CandleMoeLayer> {
         let layer =
             MoeLayer::new(self.kernels.stream(), shape, route, shared_inter).map_err(wrap)?;
-        Ok(CandleMoeLayer {
-            layer,
-            shared_inter,
-        })
+        Ok(CandleMoeLayer { layer })
     }
 
     fn lock_fp8<'t>(
         &self,
         names: [&'static str; 2],
         w: &CandleFp8<'t>,
-        dims: [usize; 3],
+        (n, k): (usize, usize),
         lead: Option<usize>,
     ) -> Result<[Locked<'t>; 2]> {
-        let [n, k, _] = dims;
         let (codes, scales): (Vec<usize>, Vec<usize>) = match lead {
             Some(e) => (vec![e, n, k], vec![e, n / MOE_BLOCK, k / MOE_BLOCK]),
             None => (vec![n, k], vec![n / MOE_BLOCK, k / MOE_BLOCK]),
@@ -138,16 +133,11 @@ impl CandleMoeLayer {
         expect_dims("x", x, &[t, hd])?;
         expect_dtype("bias", w.bias, DType::F32)?;
         expect_dims("bias", w.bias, &[e])?;
-        let shared = match (&w.shared, self.shared_inter) {
+        let shared = match (&w.shared, self.layer.shared_inter()) {
             (None, None) => None,
             (Some((w13, w2)), Some(si)) => Some([
-                dsa.lock_fp8(
-                    ["shared w13", "shared w13 scales"],
-                    w13,
-                    [2 * si, hd, 0],
-                    None,
-                )?,
-                dsa.lock_fp8(["shared w2", "shared w2 scales"], w2, [hd, si, 0], None)?,
+                dsa.lock_fp8(["shared w13", "shared w13 scales"], w13, (2 * si, hd), None)?,
+                dsa.lock_fp8(["shared w2", "shared w2 scales"], w2, (hd, si), None)?,
             ]),
             (Some(_), None) => {
                 bail!("dsa: shared expert weights given to a layer created without one")
@@ -158,12 +148,12 @@ impl CandleMoeLayer {
         };
         let locks = LockedWeights {
             bias: dsa.lock("bias", w.bias)?,
-            w13: dsa.lock_fp8(["w13", "w13 scales"], &w.w13, [2 * it, hd, 0], Some(e))?,
-            w2: dsa.lock_fp8(["w2", "w2 scales"], &w.w2, [hd, it, 0], Some(e))?,
+            w13: dsa.lock_fp8(["w13", "w13 scales"], &w.w13, (2 * it, hd), Some(e))?,
+            w2: dsa.lock_fp8(["w2", "w2 scales"], &w.w2, (hd, it), Some(e))?,
             shared,
         };
         let (l_lock, x_lock) = (dsa.lock("logits", logits)?, dsa.lock("x", x)?);
-        let shared_w = match (&locks.shared, self.shared_inter) {
+        let shared_w = match (&locks.shared, self.layer.shared_inter()) {
             (Some([w13, w2]), Some(inter)) => Some(SharedExpert {
                 inter,
                 w13: fp8_view(w13)?,

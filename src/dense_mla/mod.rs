@@ -118,6 +118,10 @@ impl DenseMlaConfig {
     /// `[max_splits, next_n, heads, 512]`, then partial lse `[max_splits, next_n, heads]`
     /// (saturating; exact once [`Self::validate`] passed).
     pub fn workspace_len(&self, batch: &PagedBatchShape) -> usize {
+        self.workspace_elems(batch).unwrap_or(usize::MAX)
+    }
+
+    fn workspace_elems(&self, batch: &PagedBatchShape) -> Result<usize> {
         check::product(
             "dense MLA workspace",
             &[
@@ -127,7 +131,6 @@ impl DenseMlaConfig {
                 crate::cache::KV_LORA_RANK + 1,
             ],
         )
-        .unwrap_or(usize::MAX)
     }
 
     /// Checks the configuration with `batch` against the kernels' limits (32-bit
@@ -176,16 +179,8 @@ impl DenseMlaConfig {
         check::fits_i32("dense MLA plan", self.plan_len(batch))?;
         let rows = check::product("dense MLA rows", &[batch.rows(), self.heads])?;
         check::fits_i32("dense MLA rows", rows)?;
-        check::product(
-            "dense MLA workspace",
-            &[
-                self.max_splits(batch),
-                batch.next_n,
-                self.heads,
-                crate::cache::KV_LORA_RANK + 1,
-                4,
-            ],
-        )?;
+        // The workspace's bytes must be addressable too.
+        check::product("dense MLA workspace", &[self.workspace_elems(batch)?, 4])?;
         Ok(())
     }
 }

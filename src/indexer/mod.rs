@@ -21,6 +21,7 @@ mod rope;
 
 pub use logits_decode::{decode_plan_len, DecodeLogitsShape};
 pub use logits_prefill::{prefill_out_stride, PrefillLogitsShape};
+pub(crate) use prep::check_rope_tables;
 pub use prep::{IndexerPrepShape, RopeTablesRef};
 pub use rope::{rope_tables, YarnRope, INDEXER_ROPE_PAIRS};
 

@@ -71,18 +71,25 @@ impl IndexerPrepShape {
             need,
             &[tokens, heads, INDEXER_DIM],
         )?;
-        let table = check::product("rope tables", &[max_pos, INDEXER_ROPE_PAIRS])?;
-        check::at_least(
-            "rope tables",
-            rope_len,
-            table,
-            &[max_pos, INDEXER_ROPE_PAIRS],
-        )?;
-        check::fits_i32("rope positions", max_pos)?;
+        check_rope_tables(max_pos, rope_len)?;
         let rows = check::product("indexer prep rows", &[tokens, heads])?;
         check::fits_i32("indexer prep rows", rows)?;
         Ok(rows)
     }
+}
+
+/// The rule of a pair of RoPE tables covering `max_pos` positions, the shorter holding
+/// `rope_len` values (`[max_pos, 32]` each, positions within i32), pure; `max_pos` as the
+/// kernels take it.
+pub(crate) fn check_rope_tables(max_pos: usize, rope_len: usize) -> Result<i32> {
+    let table = check::product("rope tables", &[max_pos, INDEXER_ROPE_PAIRS])?;
+    check::at_least(
+        "rope tables",
+        rope_len,
+        table,
+        &[max_pos, INDEXER_ROPE_PAIRS],
+    )?;
+    check::fits_i32("rope positions", max_pos)
 }
 
 impl DsaKernels {
@@ -178,7 +185,7 @@ impl DsaKernels {
             slots.len(),
         )?;
         let slots = slots.checked_for(shape.tokens, cache.capacity_tokens())?;
-        self.indexer_prepare_k_device_slots(shape, x, positions, rope, cache, &slots)
+        self.launch_prepare_k(shape, x, positions, rope, cache, &slots)
     }
 
     /// As [`Self::indexer_prepare_k`], with the slots already on the device (an engine's

@@ -28,7 +28,7 @@ impl NormRows {
 
     /// The rules, pure: a positive `dim`, `stride >= dim`, rows and dims within i32; the
     /// elements the input spans.
-    fn validate(&self) -> Result<usize> {
+    pub(crate) fn validate(&self) -> Result<usize> {
         if self.dim == 0 {
             return Err(DsaError::Unsupported {
                 what: "norm dim",
@@ -71,31 +71,17 @@ impl DsaKernels {
         B: DevicePtr<bf16>,
         W: DevicePtr<f32>,
     {
-        let span = rows.validate()?;
         let x_len = match x {
             NormInput::F32(b) => b.len(),
             NormInput::Bf16(b) => b.len(),
         };
-        check::at_least("rms_norm x", x_len, span, &[rows.rows, rows.stride])?;
-        check::holds("rms_norm weight", weight.len(), &[rows.dim])?;
-        if out_f32.is_none() && out_bf16.is_none() {
-            return Err(DsaError::Unsupported {
-                what: "rms_norm outputs",
-                detail: "give out_f32, out_bf16 or both".into(),
-            });
-        }
-        if let Some(o) = &out_f32 {
-            check::holds("rms_norm out_f32", o.len(), &[rows.rows, rows.dim])?;
-        }
-        let bf16_stride = match &out_bf16 {
-            Some((o, stride)) => {
-                let s = check::row_stride("rms_norm out_bf16 stride", *stride, rows.dim, 1)?;
-                let need = check::span("rms_norm out_bf16", rows.rows, *stride, rows.dim)?;
-                check::at_least("rms_norm out_bf16", o.len(), need, &[rows.rows, *stride])?;
-                s
-            }
-            None => 0,
-        };
+        let bf16_stride = crate::validate::rms_norm(
+            rows,
+            x_len,
+            weight.len(),
+            out_f32.as_ref().map(|o| o.len()),
+            out_bf16.as_ref().map(|(o, stride)| (o.len(), *stride)),
+        )?;
         if rows.rows == 0 {
             return Ok(());
         }
@@ -154,11 +140,7 @@ impl DsaKernels {
         W: DevicePtr<f32>,
         O: DevicePtrMut<bf16>,
     {
-        let span = rows.validate()?;
-        check::at_least("layer_norm x", x.len(), span, &[rows.rows, rows.stride])?;
-        check::holds("layer_norm weight", weight.len(), &[rows.dim])?;
-        check::holds("layer_norm bias", bias.len(), &[rows.dim])?;
-        check::holds("layer_norm out", out.len(), &[rows.rows, rows.dim])?;
+        crate::validate::layer_norm(rows, x.len(), weight.len(), bias.len(), out.len())?;
         if rows.rows == 0 {
             return Ok(());
         }

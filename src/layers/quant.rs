@@ -1,10 +1,7 @@
 //! FP8 1x128 quantization of f32 activations.
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 
-use crate::check;
-use crate::error::{DsaError, Result};
-use crate::moe::gemm::sfa_row_stride;
-use crate::moe::MOE_BLOCK;
+use crate::error::Result;
 use crate::runtime::{linear, DsaKernels};
 use crate::sys::layers::DsaActQuantParams;
 
@@ -30,29 +27,14 @@ impl DsaKernels {
         C: DevicePtrMut<u8>,
         S: DevicePtrMut<f32>,
     {
-        if cols == 0 || !cols.is_multiple_of(MOE_BLOCK) {
-            return Err(DsaError::Unsupported {
-                what: "act_quant cols",
-                detail: format!("{cols}, must be a positive multiple of 128"),
-            });
-        }
-        check::row_stride("act_quant x stride", x_stride, cols, 4)?;
-        let span = check::span("act_quant x", rows, x_stride, cols)?;
-        check::at_least("act_quant x", x.len(), span, &[rows, x_stride])?;
-        check::holds("act_quant codes", codes.len(), &[rows, cols])?;
-        let stride = sfa_row_stride(rows);
-        check::holds(
-            "act_quant scales",
+        let (stride, blocks) = crate::validate::act_quant_f32(
+            rows,
+            cols,
+            x_stride,
+            x.len(),
+            codes.len(),
             scales.len(),
-            &[cols / MOE_BLOCK, stride],
         )?;
-        let warps = check::product("act_quant blocks", &[rows, cols / MOE_BLOCK])?;
-        let blocks = check::grid("act_quant grid", warps, 4)?;
-        let (rows_i, cols_i, stride_i) = (
-            check::fits_i32("act_quant rows", rows)?,
-            check::fits_i32("act_quant cols", cols)?,
-            check::fits_i32("act_quant scale stride", stride)?,
-        );
         if rows == 0 {
             return Ok(());
         }
@@ -61,10 +43,12 @@ impl DsaKernels {
             x: a.read("act_quant x", x, 16)?,
             codes: a.write("act_quant codes", codes, 4)?,
             scales: a.write("act_quant scales", scales, 4)?,
+            // Rows, columns and the scale stride are within i32, the row stride within
+            // i64 (validate::act_quant_f32).
             x_stride: x_stride as i64,
-            rows: rows_i,
-            cols: cols_i,
-            scale_stride: stride_i,
+            rows: rows as i32,
+            cols: cols as i32,
+            scale_stride: stride as i32,
             pow2: ue8m0 as i32,
         };
         // SAFETY: every buffer holds its checked layout; one warp per (row, block).

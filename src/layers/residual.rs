@@ -3,8 +3,7 @@ use cudarc::driver::{DevicePtr, DevicePtrMut};
 use half::bf16;
 
 use super::ROW_THREADS;
-use crate::check;
-use crate::error::{DsaError, Result};
+use crate::error::Result;
 use crate::runtime::{linear, DsaKernels};
 use crate::sys::layers::{DsaEmbeddingParams, DsaResidualAddParams};
 
@@ -25,20 +24,8 @@ impl DsaKernels {
         I: DevicePtr<i32>,
         O: DevicePtrMut<f32>,
     {
-        if dim == 0 || !dim.is_multiple_of(4) {
-            return Err(DsaError::Unsupported {
-                what: "embedding dim",
-                detail: format!("{dim}, must be a positive multiple of 4"),
-            });
-        }
-        check::holds("embedding table", table.len(), &[vocab, dim])?;
-        check::holds("embedding tokens", tokens.len(), &[rows])?;
-        check::holds("embedding out", out.len(), &[rows, dim])?;
-        let vocab = check::fits_i32("embedding vocab", vocab)?;
-        let (rows_i, dim_i) = (
-            check::fits_i32("embedding rows", rows)?,
-            check::fits_i32("embedding dim", dim)?,
-        );
+        let (vocab, rows_i, dim_i) =
+            crate::validate::embedding(vocab, dim, table.len(), rows, tokens.len(), out.len())?;
         if rows == 0 {
             return Ok(());
         }
@@ -70,13 +57,10 @@ impl DsaKernels {
         X: DevicePtrMut<f32>,
         Y: DevicePtr<bf16>,
     {
-        check::at_least("residual x", x.len(), n, &[n])?;
-        check::at_least("residual y", y.len(), n, &[n])?;
-        let n_i = check::fits_i64("residual n", n)?;
+        let (n_i, blocks) = crate::validate::residual_add(n, x.len(), y.len())?;
         if n == 0 {
             return Ok(());
         }
-        let blocks = check::grid("residual add grid", n, 256)?.min(4096);
         let mut a = self.args();
         let params = DsaResidualAddParams {
             x: a.write("residual x", x, 4)?,

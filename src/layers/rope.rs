@@ -5,7 +5,7 @@ use half::bf16;
 use crate::cache::ROPE_DIM;
 use crate::check;
 use crate::error::{DsaError, Result};
-use crate::indexer::{RopeTablesRef, INDEXER_ROPE_PAIRS};
+use crate::indexer::RopeTablesRef;
 use crate::runtime::{linear, DsaKernels};
 use crate::sys::layers::DsaMlaRopeParams;
 
@@ -20,7 +20,7 @@ pub struct RopeRows {
 }
 
 impl RopeRows {
-    fn span(&self, what: &'static str, tokens: usize, heads: usize) -> Result<usize> {
+    pub(crate) fn span(&self, what: &'static str, tokens: usize, heads: usize) -> Result<usize> {
         if !self.token_stride.is_multiple_of(2) || !self.head_stride.is_multiple_of(2) {
             return Err(DsaError::Alignment {
                 what,
@@ -66,32 +66,18 @@ impl DsaKernels {
         P: DevicePtr<i32>,
         R: DevicePtr<f32>,
     {
-        let ss = src_rows.span("mla_rope src", tokens, heads)?;
-        let ds = dst_rows.span("mla_rope dst", tokens, heads)?;
-        check::at_least("mla_rope src", src.len(), ss, &[tokens, heads, ROPE_DIM])?;
-        check::at_least("mla_rope dst", dst.len(), ds, &[tokens, heads, ROPE_DIM])?;
-        check::holds("mla_rope positions", positions.len(), &[tokens])?;
-        let tables = check::product("mla_rope tables", &[rope.max_pos, INDEXER_ROPE_PAIRS])?;
-        check::at_least(
-            "mla_rope cos",
-            rope.cos.len(),
-            tables,
-            &[rope.max_pos, INDEXER_ROPE_PAIRS],
+        let (tokens_i, heads_i, max_pos, blocks) = crate::validate::mla_rope(
+            tokens,
+            heads,
+            src.len(),
+            src_rows,
+            dst.len(),
+            dst_rows,
+            positions.len(),
+            rope.max_pos,
+            rope.cos.len().min(rope.sin.len()),
         )?;
-        check::at_least(
-            "mla_rope sin",
-            rope.sin.len(),
-            tables,
-            &[rope.max_pos, INDEXER_ROPE_PAIRS],
-        )?;
-        let groups = check::product("mla_rope tokens * heads", &[tokens, heads])?;
-        let blocks = check::grid("mla_rope grid", groups, 4)?;
-        let (tokens_i, heads_i, max_pos) = (
-            check::fits_i32("mla_rope tokens", tokens)?,
-            check::fits_i32("mla_rope heads", heads)?,
-            check::fits_i32("mla_rope max_pos", rope.max_pos)?,
-        );
-        if groups == 0 {
+        if tokens == 0 || heads == 0 {
             return Ok(());
         }
         let mut a = self.args();

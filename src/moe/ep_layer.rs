@@ -64,8 +64,7 @@ use cudarc::nccl::{group_end, group_start, Comm, NcclType};
 use half::bf16;
 
 use super::expert_parallel::EpPartition;
-use super::gemm::{self, MaskedShape};
-use super::layer::{check_weights, SharedWork};
+use super::layer::{check_weights, ExpertWork, SharedWork};
 use super::{Align, MoeLayout, MoePlan, MoeShape, MoeWeights, RouteConfig, MOE_BLOCK};
 use crate::error::{DsaError, Result};
 use crate::runtime::DsaKernels;
@@ -134,12 +133,8 @@ pub struct ExpertParallelMoe {
     recv_plan: MoePlan,
     send: EpRows,
     recv: EpRows,
-    a1: CudaSlice<u8>,
-    sfa1: CudaSlice<f32>,
-    h: CudaSlice<bf16>,
-    a2: CudaSlice<u8>,
-    sfa2: CudaSlice<f32>,
-    y: CudaSlice<bf16>,
+    /// The experts' buffers over the received rows (`recv_shape`).
+    work: ExpertWork,
     ret_send: CudaSlice<bf16>,
     ret_recv: CudaSlice<bf16>,
     shared: Option<SharedWork>,
@@ -227,12 +222,7 @@ impl ExpertParallelMoe {
             recv_plan: MoePlan::new(stream, &recv_shape)?,
             send: EpRows::new(stream, n, capacity, shape.hidden)?,
             recv: EpRows::new(stream, n, capacity, shape.hidden)?,
-            a1: stream.alloc_zeros(recv_shape.a1_len()?)?,
-            sfa1: stream.alloc_zeros(recv_shape.sfa1_len()?)?,
-            h: stream.alloc_zeros(recv_shape.h_len()?)?,
-            a2: stream.alloc_zeros(recv_shape.a2_len()?)?,
-            sfa2: stream.alloc_zeros(recv_shape.sfa2_len()?)?,
-            y: stream.alloc_zeros(recv_shape.y_len()?)?,
+            work: ExpertWork::new(stream, &recv_shape)?,
             ret_send: stream.alloc_zeros(ret_len)?,
             ret_recv: stream.alloc_zeros(ret_len)?,
             shared,
@@ -343,7 +333,7 @@ impl ExpertParallelMoe {
     pub fn run_experts(&mut self, k: &DsaKernels, w: &MoeWeights<'_>) -> Result<()> {
         let rs = self.route_shape;
         check_weights(w, &rs, self.part.experts_per_rank(), self.shared.as_ref())?;
-        let (c, hd, it) = (self.capacity, rs.hidden, rs.inter);
+        let (c, hd) = (self.capacity, rs.hidden);
         let rsh = self.recv_shape;
         k.moe_plan(&rsh, &self.recv.experts, &mut self.recv_plan)?;
         k.moe_ep_gather_fp8(
@@ -352,50 +342,15 @@ impl ExpertParallelMoe {
             c,
             &self.recv.codes,
             &self.recv.scales,
-            &mut self.a1,
-            &mut self.sfa1,
+            &mut self.work.a1,
+            &mut self.work.sfa1,
         )?;
-        let masked_m = self.recv_plan.masked_m().ok_or(DsaError::Unsupported {
-            what: "MoE plan",
-            detail: "masked plan without masked_m".into(),
-        })?;
-        let MoeLayout::Masked { max_m } = rsh.layout else {
-            unreachable!("the receive shape is masked by construction")
-        };
-        let groups = rsh.experts;
-        let shape = |n: usize, kd: usize| MaskedShape {
-            groups,
-            max_m,
-            n,
-            k: kd,
-        };
-        let (w13, w2) = (&w.w13, &w.w2);
-        gemm::grouped_gemm_masked(
-            k,
-            shape(2 * it, hd),
-            &self.a1,
-            &self.sfa1,
-            &w13.codes,
-            &w13.scales,
-            &masked_m,
-            &mut self.h,
-        )?;
-        k.moe_swiglu_quant(&rsh, &self.recv_plan, &self.h, &mut self.a2, &mut self.sfa2)?;
-        gemm::grouped_gemm_masked(
-            k,
-            shape(hd, it),
-            &self.a2,
-            &self.sfa2,
-            &w2.codes,
-            &w2.scales,
-            &masked_m,
-            &mut self.y,
-        )?;
+        self.work.run(k, &rsh, &self.recv_plan, w)?;
         k.moe_ep_gather_rows(
             rsh.slots()?,
             rsh.rows()?,
             hd,
-            &self.y,
+            &self.work.y,
             &self.recv_plan.row_of(),
             &mut self.ret_send,
         )

@@ -75,12 +75,7 @@ pub struct MoeLayer {
     ids: CudaSlice<i32>,
     weights: CudaSlice<f32>,
     plan: MoePlan,
-    a1: CudaSlice<u8>,
-    sfa1: CudaSlice<f32>,
-    h: CudaSlice<bf16>,
-    a2: CudaSlice<u8>,
-    sfa2: CudaSlice<f32>,
-    y: CudaSlice<bf16>,
+    work: ExpertWork,
     shared: Option<SharedWork>,
 }
 
@@ -106,18 +101,18 @@ impl MoeLayer {
             ids: stream.alloc_zeros(slots.max(1))?,
             weights: stream.alloc_zeros(slots.max(1))?,
             plan: MoePlan::new(stream, shape)?,
-            a1: stream.alloc_zeros(shape.a1_len()?)?,
-            sfa1: stream.alloc_zeros(shape.sfa1_len()?)?,
-            h: stream.alloc_zeros(shape.h_len()?)?,
-            a2: stream.alloc_zeros(shape.a2_len()?)?,
-            sfa2: stream.alloc_zeros(shape.sfa2_len()?)?,
-            y: stream.alloc_zeros(shape.y_len()?)?,
+            work: ExpertWork::new(stream, shape)?,
             shared,
         })
     }
 
     pub fn shape(&self) -> &MoeShape {
         &self.shape
+    }
+
+    /// Width of the shared expert the layer was created for, if any.
+    pub fn shared_inter(&self) -> Option<usize> {
+        self.shared.as_ref().map(|w| w.inter)
     }
 
     /// The plan of the last forward (its status holds the masked overflow flag).
@@ -153,7 +148,6 @@ impl MoeLayer {
     {
         let s = self.shape;
         check_weights(w, &s, s.experts, self.shared.as_ref())?;
-        let (hd, it) = (s.hidden, s.inter);
         k.moe_route(
             &s,
             &self.route,
@@ -163,60 +157,116 @@ impl MoeLayer {
             &mut self.weights,
         )?;
         k.moe_plan(&s, &self.ids, &mut self.plan)?;
-        k.moe_permute_quant(&s, &self.plan, x, &mut self.a1, &mut self.sfa1)?;
-        self.grouped_gemm(k, &w.w13, 2 * it, hd, true)?;
-        k.moe_swiglu_quant(&s, &self.plan, &self.h, &mut self.a2, &mut self.sfa2)?;
-        self.grouped_gemm(k, &w.w2, hd, it, false)?;
+        k.moe_permute_quant(&s, &self.plan, x, &mut self.work.a1, &mut self.work.sfa1)?;
+        self.work.run(k, &s, &self.plan, w)?;
         if let (Some(sw), Some(work)) = (&w.shared, &mut self.shared) {
             work.forward(k, sw, &s, x)?;
         }
         let shared_y = self.shared.as_ref().map(|w| w.y());
-        k.moe_combine(&s, &self.plan, &self.y, &self.weights, shared_y, out)
+        k.moe_combine(&s, &self.plan, &self.work.y, &self.weights, shared_y, out)
+    }
+}
+
+/// The routed experts' buffers for one [`MoeShape`] (the w13 GEMM's FP8 input and scales,
+/// its output, the w2 GEMM's FP8 input and scales, its output) and the launches between
+/// them. The single-GPU layer fills `a1` by the permutation, the expert-parallel layer by
+/// gathering received rows; both read `y`.
+#[derive(Debug)]
+pub(crate) struct ExpertWork {
+    pub(crate) a1: CudaSlice<u8>,
+    pub(crate) sfa1: CudaSlice<f32>,
+    h: CudaSlice<bf16>,
+    a2: CudaSlice<u8>,
+    sfa2: CudaSlice<f32>,
+    pub(crate) y: CudaSlice<bf16>,
+}
+
+impl ExpertWork {
+    pub(crate) fn new(stream: &Arc<CudaStream>, shape: &MoeShape) -> Result<Self> {
+        Ok(Self {
+            a1: stream.alloc_zeros(shape.a1_len()?)?,
+            sfa1: stream.alloc_zeros(shape.sfa1_len()?)?,
+            h: stream.alloc_zeros(shape.h_len()?)?,
+            a2: stream.alloc_zeros(shape.a2_len()?)?,
+            sfa2: stream.alloc_zeros(shape.sfa2_len()?)?,
+            y: stream.alloc_zeros(shape.y_len()?)?,
+        })
     }
 
-    /// One grouped GEMM of the layer: w13 (`a1 -> h`) or w2 (`a2 -> y`).
-    fn grouped_gemm(
+    /// `a1` -> grouped GEMM (w13) -> `h` -> SwiGLU + quant -> `a2` -> grouped GEMM (w2) ->
+    /// `y`, over the rows `plan` puts in use; `w` holds `s.experts` groups.
+    pub(crate) fn run(
         &mut self,
         k: &DsaKernels,
-        w: &Fp8Weights<'_>,
-        n: usize,
-        kd: usize,
-        first: bool,
+        s: &MoeShape,
+        plan: &MoePlan,
+        w: &MoeWeights<'_>,
     ) -> Result<()> {
-        let s = self.shape;
-        let (a, sfa, d) = if first {
-            (&self.a1, &self.sfa1, &mut self.h)
-        } else {
-            (&self.a2, &self.sfa2, &mut self.y)
-        };
-        match s.layout {
-            MoeLayout::Contiguous => {
-                let m_indices = self.plan.m_indices().ok_or(DsaError::Unsupported {
-                    what: "MoE plan",
-                    detail: "contiguous plan without m_indices".into(),
-                })?;
-                let shape = ContiguousShape {
-                    rows: s.rows()?,
-                    groups: s.experts,
-                    n,
-                    k: kd,
-                    align: s.align.rows(),
-                };
-                gemm::grouped_gemm_contiguous(k, shape, a, sfa, &w.codes, &w.scales, &m_indices, d)
-            }
-            MoeLayout::Masked { max_m } => {
-                let masked_m = self.plan.masked_m().ok_or(DsaError::Unsupported {
-                    what: "MoE plan",
-                    detail: "masked plan without masked_m".into(),
-                })?;
-                let shape = MaskedShape {
-                    groups: s.experts,
-                    max_m,
-                    n,
-                    k: kd,
-                };
-                gemm::grouped_gemm_masked(k, shape, a, sfa, &w.codes, &w.scales, &masked_m, d)
-            }
+        let (hd, it) = (s.hidden, s.inter);
+        grouped_gemm(
+            k,
+            s,
+            plan,
+            &w.w13,
+            (&self.a1, &self.sfa1),
+            &mut self.h,
+            2 * it,
+            hd,
+        )?;
+        k.moe_swiglu_quant(s, plan, &self.h, &mut self.a2, &mut self.sfa2)?;
+        grouped_gemm(
+            k,
+            s,
+            plan,
+            &w.w2,
+            (&self.a2, &self.sfa2),
+            &mut self.y,
+            hd,
+            it,
+        )
+    }
+}
+
+/// One grouped GEMM of the routed experts, `a` (codes, scales) times `w` into `d`
+/// (`[.., n]` from `kd` columns), in the shape's layout.
+#[allow(clippy::too_many_arguments)]
+fn grouped_gemm(
+    k: &DsaKernels,
+    s: &MoeShape,
+    plan: &MoePlan,
+    w: &Fp8Weights<'_>,
+    (a, sfa): (&CudaSlice<u8>, &CudaSlice<f32>),
+    d: &mut CudaSlice<bf16>,
+    n: usize,
+    kd: usize,
+) -> Result<()> {
+    match s.layout {
+        MoeLayout::Contiguous => {
+            let m_indices = plan.m_indices().ok_or(DsaError::Unsupported {
+                what: "MoE plan",
+                detail: "contiguous plan without m_indices".into(),
+            })?;
+            let shape = ContiguousShape {
+                rows: s.rows()?,
+                groups: s.experts,
+                n,
+                k: kd,
+                align: s.align.rows(),
+            };
+            gemm::grouped_gemm_contiguous(k, shape, a, sfa, &w.codes, &w.scales, &m_indices, d)
+        }
+        MoeLayout::Masked { max_m } => {
+            let masked_m = plan.masked_m().ok_or(DsaError::Unsupported {
+                what: "MoE plan",
+                detail: "masked plan without masked_m".into(),
+            })?;
+            let shape = MaskedShape {
+                groups: s.experts,
+                max_m,
+                n,
+                k: kd,
+            };
+            gemm::grouped_gemm_masked(k, shape, a, sfa, &w.codes, &w.scales, &masked_m, d)
         }
     }
 }

@@ -66,6 +66,7 @@ mod shape;
 pub use ep_layer::{EpConfig, EpRows, ExpertParallelMoe};
 pub use layer::{Fp8Weights, MoeLayer, MoeWeights, SharedExpert};
 pub use plan::MoePlan;
+pub(crate) use quant::plain_sizes;
 pub use route::RouteConfig;
 pub use shape::{
     Align, MoeLayout, MoeShape, MOE_BLOCK, MOE_MAX_EXPERTS, MOE_MAX_GROUPS, MOE_MAX_TOP_K,

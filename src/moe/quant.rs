@@ -285,8 +285,9 @@ impl DsaKernels {
     }
 }
 
-/// Scale stride `round_up(m, 4)` and scale count of `m` plain rows of `cols` columns.
-fn plain_sizes(what: &'static str, m: usize, cols: usize) -> Result<(usize, usize)> {
+/// Scale stride `round_up(m, 4)` and scale count of `m` plain rows of `cols` columns (a
+/// positive multiple of 128), every size within the kernels' 32-bit indexing.
+pub(crate) fn plain_sizes(what: &'static str, m: usize, cols: usize) -> Result<(usize, usize)> {
     if cols == 0 || !cols.is_multiple_of(MOE_BLOCK) {
         return Err(DsaError::Unsupported {
             what,

@@ -120,6 +120,7 @@ impl Problem {
             heads: H_Q,
             topk: self.topk,
             softmax_scale: SCALE,
+            sorted_topk: false,
         }
     }
 }

@@ -1,6 +1,7 @@
 // The row walker shared by the permutation and the SwiGLU quantizers (DsaMoeQuantParams):
-// one warp per row over a grid-stride loop of the rows the plan puts in use, one half-warp
-// per 128-column block (8 values per lane, 16-byte loads, 8-byte code stores).
+// one warp per 512-column chunk of a row, over a grid-stride loop of the chunks of the rows
+// the plan puts in use, one half-warp per 128-column block (8 values per lane, 16-byte
+// loads, 8-byte code stores).
 #pragma once
 #include <cuda_bf16.h>
 #include <stdint.h>
@@ -31,16 +32,26 @@ __device__ __forceinline__ uint8_t quantize_div(float x, float s, float rs) {
 }
 
 // Walks the rows to write and quantizes each: `load(row, col, vals)` fills 8 f32 values of
-// the row at columns [col, col + 8) (called only for rows with data).
+// the row at columns [col, col + 8) (called only for rows with data). The unit of work is
+// one warp on one 512-column chunk of a row (4 blocks, 2 per half-warp), not a whole row:
+// a row of 7168 columns walked by one warp is a chain of 14 dependent load rounds, which
+// made a 1-row quantization as slow as a 128-row one; chunks put every round in flight at
+// once on as many warps as the grid holds.
 template <typename Load>
 __device__ __forceinline__ void quantize_rows(const DsaMoeQuantParams &p, Load load) {
     const int lane = threadIdx.x & 31;
     const int half = lane >> 4, hl = lane & 15;
     const int kb_count = p.cols / DSA_MOE_BLOCK;
+    constexpr int kChunkBlocks = 4;
+    const int chunks = (kb_count + kChunkBlocks - 1) / kChunkBlocks;
     const bool masked = p.masked_m != nullptr;
     const int rows_used = masked ? p.rows : (p.offsets ? min(p.offsets[p.experts], p.rows) : p.rows);
-    const int warps = gridDim.x * (blockDim.x >> 5);
-    for (int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); r < rows_used; r += warps) {
+    const int64_t units = (int64_t)rows_used * chunks;
+    const int64_t warps = (int64_t)gridDim.x * (blockDim.x >> 5);
+    for (int64_t unit = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); unit < units;
+         unit += warps) {
+        const int r = (int)(unit / chunks);
+        const int kb0 = (int)(unit - (int64_t)r * chunks) * kChunkBlocks;
         int g = 0, i = r;
         if (masked) {
             g = r / p.max_m;
@@ -51,23 +62,25 @@ __device__ __forceinline__ void quantize_rows(const DsaMoeQuantParams &p, Load l
         }
         // The plan is device data: a slot outside [0, slots) is padding, never an address.
         const bool data = p.src == nullptr || (unsigned)p.src[r] < (unsigned)p.slots;
+        const int kb_end = min(kb0 + kChunkBlocks, kb_count);
         if (!data) {
             // Padding row: zero codes and the scale of a zero block, stored without the
             // quantizer's arithmetic (most rows of a small batch are padding).
             const uint4 zero = make_uint4(0, 0, 0, 0);
-            for (int c = lane * 16; c < p.cols; c += 32 * 16)
+            for (int c = kb0 * DSA_MOE_BLOCK + lane * 16; c < kb_end * DSA_MOE_BLOCK; c += 32 * 16)
                 *reinterpret_cast<uint4 *>(p.codes + (size_t)r * p.cols + c) = zero;
             const float s = fp8_block_scale(0.0f, p.pow2 != 0);
-            for (int kb = lane; kb < kb_count; kb += 32) {
+            const int kb = kb0 + lane;
+            if (kb < kb_end) {
                 const size_t at = masked ? ((size_t)g * kb_count + kb) * p.max_m + i
                                          : (size_t)kb * p.scale_stride + r;
                 p.scales[at] = s;
             }
             continue;
         }
-        // Two iterations per step, loads first, so each lane has two 16-byte loads in
+        // Two blocks per half-warp, loads first, so each lane has two 16-byte loads in
         // flight before the first reduction waits on them.
-        for (int kb0 = 0; kb0 < kb_count; kb0 += 4) {
+        {
             float v[2][8];
             bool active[2];
             int col[2];

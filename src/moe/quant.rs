@@ -270,12 +270,14 @@ impl DsaKernels {
             slots,
             reserved: 0,
         };
-        // One warp per row in a grid-stride loop: enough CTAs to fill the device
-        // without launching one per worst-case row (most of them idle at small T).
+        // One warp per 512-column chunk of a row in a grid-stride loop: enough CTAs to
+        // fill the device without launching one per worst-case chunk (most of them idle
+        // at small T).
         let warps_per_cta = DSA_MOE_QUANT_THREADS as usize / 32;
         let max_ctas = self.sm_count() * 8;
+        let units = job.rows.saturating_mul(job.cols.div_ceil(4 * MOE_BLOCK));
         let launch = LaunchConfig {
-            grid_dim: (job.rows.div_ceil(warps_per_cta).min(max_ctas) as u32, 1, 1),
+            grid_dim: (units.div_ceil(warps_per_cta).clamp(1, max_ctas) as u32, 1, 1),
             block_dim: (DSA_MOE_QUANT_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };

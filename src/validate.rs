@@ -398,7 +398,8 @@ pub fn residual_add(n: usize, x_len: usize, y_len: usize) -> Result<(i64, u32)> 
     check::at_least("residual x", x_len, n, &[n])?;
     check::at_least("residual y", y_len, n, &[n])?;
     let n_i = check::fits_i64("residual n", n)?;
-    let blocks = check::grid("residual add grid", n, 256)?.min(4096);
+    // Four elements per thread per step (the kernel's vector path).
+    let blocks = check::grid("residual add grid", n.div_ceil(4), 256)?.min(4096);
     Ok((n_i, blocks))
 }
 

@@ -7,7 +7,7 @@
 #include "common_params.h"
 
 /* Threads per block of the row kernels (one block per row). */
-#define DSA_LAYERS_ROW_THREADS 128
+#define DSA_LAYERS_ROW_THREADS 1024
 
 /* out[r, :] = table[tokens[r], :] (f32 rows of `dim`); a token outside [0, vocab) gives a
  * zero row. */

@@ -9,6 +9,7 @@
 namespace {
 
 constexpr int kThreads = DSA_LAYERS_ROW_THREADS;
+constexpr int kUnroll = 8;
 
 // Sum of v over the block (every thread gets it).
 __device__ double block_sum(double v, double *red) {
@@ -35,10 +36,18 @@ extern "C" __global__ void __launch_bounds__(kThreads) dsa_rms_norm(const DsaRms
     const int r = blockIdx.x;
     if (r >= p.rows) return;
     const int64_t base = (int64_t)r * p.x_stride;
+    // kUnroll loads per thread issued before their squares are summed: a decode batch is
+    // a few rows, so each row's read must be in flight at once, not a chain of loads.
     double ss = 0.0;
-    for (int i = threadIdx.x; i < p.dim; i += kThreads) {
-        const double v = load(p, base + i);
-        ss += v * v;
+    for (int i0 = threadIdx.x; i0 < p.dim; i0 += kThreads * kUnroll) {
+        float v[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+            const int i = i0 + u * kThreads;
+            v[u] = i < p.dim ? load(p, base + i) : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) ss += (double)v[u] * (double)v[u];
     }
     ss = block_sum(ss, red);
     const float inv = (float)(1.0 / sqrt(ss / p.dim + (double)p.eps));
@@ -56,7 +65,16 @@ extern "C" __global__ void __launch_bounds__(kThreads) dsa_layer_norm(const DsaL
     if (r >= p.rows) return;
     const __nv_bfloat16 *x = static_cast<const __nv_bfloat16 *>(p.x) + (int64_t)r * p.x_stride;
     double s = 0.0;
-    for (int i = threadIdx.x; i < p.dim; i += kThreads) s += (double)__bfloat162float(x[i]);
+    for (int i0 = threadIdx.x; i0 < p.dim; i0 += kThreads * kUnroll) {
+        float v[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+            const int i = i0 + u * kThreads;
+            v[u] = i < p.dim ? __bfloat162float(x[i]) : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) s += (double)v[u];
+    }
     const double mean = block_sum(s, red) / p.dim;
     double sq = 0.0;
     for (int i = threadIdx.x; i < p.dim; i += kThreads) {

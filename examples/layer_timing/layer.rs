@@ -1,14 +1,13 @@
 //! One DeepSeek-V3.2 MoE layer as the sequence of library calls an engine enqueues, one
-//! [`Op`] per timed stage: the MLA projections (FP8 linears, activations quantized by the
-//! crate's 1x128 quantizer), the absorbed per-head products (cuBLAS), the cache writes,
-//! the indexer, top-k, sparse MLA (decode over the paged FP8 cache, or prefill), o_proj,
-//! then the MoE (gate, routing, plan, permutation + quantization, grouped GEMMs, SwiGLU,
-//! shared expert, combine). Dense MLA decode over the same caches and the dense MLP of
-//! the first three layers are timed beside the layer, not in it.
-//!
-//! RMSNorm (input, q_a, kv_a, post-attention), RoPE of q_pe / k_pe and the residual adds
-//! are not library ops yet: their inputs here are buffers as those ops would leave them
-//! (see [`untimed`]).
+//! [`Op`] per timed stage: the input RMSNorm of the f32 residual stream, the MLA
+//! projections (FP8 linears, activations quantized by the crate's 1x128 quantizer) with
+//! the q_a / kv_a RMSNorms between them, RoPE of q_pe / k_pe, the absorbed per-head
+//! products (cuBLAS), the cache writes, the indexer, top-k, sparse MLA (decode over the
+//! paged FP8 cache, or prefill), o_proj and its residual add, then the post-attention
+//! RMSNorm and the MoE (gate, routing, plan, permutation + quantization, grouped GEMMs,
+//! SwiGLU, shared expert, combine) and its residual add. Dense MLA decode over the same
+//! caches and the dense MLP of the first three layers are timed beside the layer, not in
+//! it.
 use std::sync::Arc;
 
 use dsa_kernels::cache::{CacheRows, IndexerKCache, MlaBf16Cache, MlaFp8Cache};
@@ -18,6 +17,7 @@ use dsa_kernels::half::bf16;
 use dsa_kernels::indexer::{
     prefill_out_stride, IndexerPrepShape, PrefillLogitsShape, RopeTablesRef,
 };
+use dsa_kernels::layers::{NormInput, NormRows, RopeRows};
 use dsa_kernels::moe::gemm::{self, ContiguousShape, LinearShape};
 use dsa_kernels::moe::{
     Align, Fp8Weights, MoeLayer, MoeLayout, MoePlan, MoeShape, MoeWeights, RouteConfig,
@@ -60,11 +60,14 @@ impl Env {
 /// A timed stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
+    InputNorm,
     QuantX,
     AProj,
+    QkvNorms,
     QuantQa,
     QB,
     IdxQB,
+    Rope,
     WUk,
     CacheWrite,
     IdxKPrep,
@@ -75,6 +78,8 @@ pub enum Op {
     WUv,
     QuantO,
     OProj,
+    ResidualAttn,
+    PostNorm,
     Gate,
     Route,
     Plan,
@@ -84,6 +89,7 @@ pub enum Op {
     W2,
     Shared,
     Combine,
+    ResidualMoe,
     EpMoe,
     DenseFp8,
     DenseBf16,
@@ -93,6 +99,9 @@ pub enum Op {
 /// Where a stage's time goes in the plot and in the 61-layer sum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Group {
+    /// RMSNorms, RoPE and the residual adds: the per-token streaming ops around the
+    /// projections.
+    Norms,
     Proj,
     Absorb,
     Cache,
@@ -112,7 +121,8 @@ pub enum Group {
 }
 
 impl Group {
-    pub const PLOTTED: [Group; 10] = [
+    pub const PLOTTED: [Group; 11] = [
+        Group::Norms,
         Group::Proj,
         Group::Absorb,
         Group::Cache,
@@ -126,6 +136,7 @@ impl Group {
     ];
     pub fn name(self) -> &'static str {
         match self {
+            Group::Norms => "RMSNorm / RoPE / residual adds",
             Group::Proj => "FP8 projections (+ quant)",
             Group::Absorb => "absorbed W_UK / W_UV (cuBLAS)",
             Group::Cache => "cache writes",
@@ -143,6 +154,7 @@ impl Group {
     }
     pub fn color(self) -> &'static str {
         match self {
+            Group::Norms => "#c49c94",
             Group::Proj => "#1f77b4",
             Group::Absorb => "#aec7e8",
             Group::Cache => "#7f7f7f",
@@ -158,28 +170,19 @@ impl Group {
             Group::Ep => "#bcbd22",
         }
     }
-    /// Part of the attention half of the layer (the 61-layer sum runs it in every layer).
-    pub fn attention(self) -> bool {
-        matches!(
-            self,
-            Group::Proj
-                | Group::Absorb
-                | Group::Cache
-                | Group::Indexer
-                | Group::Topk
-                | Group::Attention
-        )
-    }
 }
 
 impl Op {
     pub fn name(self, decode: bool) -> &'static str {
         match self {
+            Op::InputNorm => "input RMSNorm (f32 stream -> bf16, 7168)",
             Op::QuantX => "quant x (1x128 FP8)",
             Op::AProj => "A proj: q_a + kv_a + idx k + idx w (FP8, N 2304)",
+            Op::QkvNorms => "RMSNorm q_a (1536) + kv_a (512)",
             Op::QuantQa => "quant q_a",
             Op::QB => "q_b (FP8, N 24576)",
             Op::IdxQB => "indexer q_b (FP8, N 8192)",
+            Op::Rope => "RoPE q_pe (128 x 64) + k_pe (64)",
             Op::WUk => "W_UK absorb (cuBLAS bf16 bmm)",
             Op::CacheWrite => "MLA cache write (FP8)",
             Op::IdxKPrep => "indexer k prep + cache write",
@@ -193,6 +196,8 @@ impl Op {
             Op::WUv => "W_UV absorb (cuBLAS bf16 bmm)",
             Op::QuantO => "quant o",
             Op::OProj => "o_proj (FP8, K 16384)",
+            Op::ResidualAttn => "residual add (attention out)",
+            Op::PostNorm => "post-attention RMSNorm (f32 stream -> bf16)",
             Op::Gate => "router gate (cuBLAS bf16 -> f32)",
             Op::Route => "route (sigmoid, groups, top-8)",
             Op::Plan => "plan (counts, offsets, rows)",
@@ -202,6 +207,7 @@ impl Op {
             Op::W2 => "grouped GEMM down",
             Op::Shared => "shared expert (quant, 2 FP8 linears, SwiGLU)",
             Op::Combine => "combine (+ shared)",
+            Op::ResidualMoe => "residual add (MoE out)",
             Op::EpMoe => "EP8 shape: route -> combine, 32 experts, 8B rows (beside)",
             Op::DenseFp8 => "dense MLA decode, FP8 cache (comparison)",
             Op::DenseBf16 => "dense MLA decode, bf16 cache (comparison)",
@@ -211,6 +217,12 @@ impl Op {
 
     pub fn group(self) -> Group {
         match self {
+            Op::InputNorm
+            | Op::QkvNorms
+            | Op::Rope
+            | Op::ResidualAttn
+            | Op::PostNorm
+            | Op::ResidualMoe => Group::Norms,
             Op::QuantX | Op::AProj | Op::QuantQa | Op::QB | Op::IdxQB | Op::QuantO | Op::OProj => {
                 Group::Proj
             }
@@ -233,16 +245,61 @@ impl Op {
     pub fn in_layer(self) -> bool {
         !matches!(self.group(), Group::DenseAttn | Group::DenseMlp | Group::Ep)
     }
+
+    /// Part of the attention half of the layer: its norms, RoPE and residual add included.
+    pub fn attention_half(self) -> bool {
+        match self.group() {
+            Group::Proj
+            | Group::Absorb
+            | Group::Cache
+            | Group::Indexer
+            | Group::Topk
+            | Group::Attention => true,
+            Group::Norms => !self.ffn_frame(),
+            _ => false,
+        }
+    }
+
+    /// The FFN's norm and residual add: in the MoE half here, but run by every layer (the
+    /// dense-MLP layers 0-2 too), so the 61-layer sum counts them 61 times.
+    pub fn ffn_frame(self) -> bool {
+        matches!(self, Op::PostNorm | Op::ResidualMoe)
+    }
+
+    /// The HBM floor of the per-token streaming ops (norms, RoPE, residual adds) at `t`
+    /// tokens; `None` for the other stages.
+    pub fn streaming_floor(self, t: usize) -> Option<Floor> {
+        let tf = t as f64;
+        // f32 stream rows in, bf16 rows out, the f32 weight once.
+        let stream_norm = Floor::bytes(tf * (HIDDEN * 6) as f64 + (HIDDEN * 4) as f64);
+        Some(match self {
+            Op::InputNorm | Op::PostNorm => stream_norm,
+            // bf16 in and out, both f32 weights.
+            Op::QkvNorms => {
+                let cols = Q_LORA + KV_LORA;
+                Floor::bytes(tf * (cols * 4) as f64 + (cols * 4) as f64)
+            }
+            // bf16 rope values in and out, and each launch's positions; the tables' rows
+            // (256 B per distinct position) stay in L2.
+            Op::Rope => Floor::bytes(tf * ((HEADS + 1) * ROPE * 4 + 2 * 4) as f64),
+            // f32 stream read and written, the block's bf16 output read.
+            Op::ResidualAttn | Op::ResidualMoe => Floor::bytes(tf * (HIDDEN * 10) as f64),
+            _ => return None,
+        })
+    }
 }
 
 /// The stages of the MoE layer in launch order, then the ones timed beside it.
 pub fn ops(decode: bool, bf16_cache: bool) -> Vec<Op> {
     let mut v = vec![
+        Op::InputNorm,
         Op::QuantX,
         Op::AProj,
+        Op::QkvNorms,
         Op::QuantQa,
         Op::QB,
         Op::IdxQB,
+        Op::Rope,
         Op::WUk,
         Op::CacheWrite,
         Op::IdxKPrep,
@@ -253,6 +310,8 @@ pub fn ops(decode: bool, bf16_cache: bool) -> Vec<Op> {
         Op::WUv,
         Op::QuantO,
         Op::OProj,
+        Op::ResidualAttn,
+        Op::PostNorm,
         Op::Gate,
         Op::Route,
         Op::Plan,
@@ -262,6 +321,7 @@ pub fn ops(decode: bool, bf16_cache: bool) -> Vec<Op> {
         Op::W2,
         Op::Shared,
         Op::Combine,
+        Op::ResidualMoe,
     ];
     if decode {
         v.push(Op::EpMoe);
@@ -274,21 +334,15 @@ pub fn ops(decode: bool, bf16_cache: bool) -> Vec<Op> {
     v
 }
 
-/// Ops that are not in the library yet, with their floors at `t` tokens: (name, floor).
+/// The norms, RoPE and residual adds with their floors at `t` tokens: (name, floor). A
+/// run from before they were timed stages has no times for them; its replot adds these
+/// floors instead (as such runs reported them).
 pub fn untimed(t: usize) -> Vec<(&'static str, Floor)> {
-    let row = |cols: usize| Floor::bytes((t * cols * 4) as f64); // bf16 in + out
-    vec![
-        (
-            "RMSNorm x2 (input, post-attention, 7168)",
-            Floor::bytes(2.0 * row(HIDDEN).bytes),
-        ),
-        ("RMSNorm q_a (1536) + kv_a (512)", row(Q_LORA + KV_LORA)),
-        ("RoPE q_pe (128 x 64) + k_pe (64)", row(HEADS * ROPE + ROPE)),
-        (
-            "residual adds x2",
-            Floor::bytes((2 * t * HIDDEN * 6) as f64),
-        ),
-    ]
+    ops(true, true)
+        .into_iter()
+        .filter(|o| o.group() == Group::Norms)
+        .filter_map(|o| Some((o.name(true), o.streaming_floor(t)?)))
+        .collect()
 }
 
 /// Experts touched and rows routed by the last routing: the layer's and, in decode, the
@@ -487,10 +541,21 @@ pub struct Layer {
     /// Context of each sequence (decode) or of the prompt after the chunk (prefill).
     pub ctx: usize,
     pub decode: bool,
+    /// The f32 residual stream `[t, HIDDEN]` both RMSNorms read. The passes repeat the
+    /// layer on the same inputs: a stream the adds wrote and the norms read would drift
+    /// pass by pass (and the routing with it), so the adds go to `h_acc`, a stream of the
+    /// same shape: the same bytes moved, the norms' input fixed.
+    h: CudaSlice<f32>,
+    h_acc: CudaSlice<f32>,
+    /// A normed row in bf16: the input norm's output (read by quant x), then the
+    /// post-attention norm's (read by the gate, the permutation and the shared expert).
     x: CudaSlice<bf16>,
     xq: Quant,
     a_out: CudaSlice<bf16>,
+    /// The q_a norm's output, quantized for q_b and the indexer's q_b.
     qa: CudaSlice<bf16>,
+    /// The MLA cache row `[t, 576]`: the kv_a norm's latent, then k_pe after RoPE.
+    kv: CudaSlice<bf16>,
     qaq: Quant,
     q_b: CudaSlice<bf16>,
     idx_q: CudaSlice<bf16>,
@@ -599,14 +664,18 @@ impl Layer {
         let w: Vec<f32> = (0..t * IDX_HEADS)
             .map(|i| ((i % 13) as f32 - 6.0) / 48.0)
             .collect();
+        let pat_f32: Vec<f32> = pat.iter().map(|v| v.to_f32()).collect();
         Ok(Self {
             t,
             ctx,
             decode: matches!(attn, Attn::Decode(_)),
+            h: tiled(s, t * HIDDEN, &pat_f32)?,
+            h_acc: tiled(s, t * HIDDEN, &pat_f32)?,
             x: tiled(s, t * HIDDEN, pat)?,
             xq: Quant::new(s, t, HIDDEN)?,
             a_out: tiled(s, t * A_OUT, pat)?,
             qa: tiled(s, t * Q_LORA, pat)?,
+            kv: tiled(s, t * QK_DIM, pat)?,
             qaq: Quant::new(s, t, Q_LORA)?,
             q_b: s.alloc_zeros(t * HEADS * QK_HEAD)?,
             idx_q: s.alloc_zeros(t * IDX_HEADS * IDX_DIM)?,
@@ -639,6 +708,96 @@ impl Layer {
             max_pos: env.max_pos,
         };
         match op {
+            // The norms write bf16 rows, the input of quant x and of the MoE's bf16 ops
+            // (an engine may instead keep f32 and quantize it, as the mini forward does:
+            // 2 more bytes per value written and read).
+            Op::InputNorm | Op::PostNorm => {
+                let wt = if op == Op::InputNorm {
+                    &w.attn_norm
+                } else {
+                    &w.ffn_norm
+                };
+                k.rms_norm(
+                    NormRows::contiguous(t, HIDDEN),
+                    NormInput::<_, CudaSlice<bf16>>::F32(&self.h),
+                    wt,
+                    NORM_EPS,
+                    None,
+                    Some((&mut self.x, HIDDEN)),
+                )?
+            }
+            Op::QkvNorms => {
+                // q_a's columns of the A projection into the rows quant q_a reads; kv_a's
+                // latent into the cache row.
+                k.rms_norm(
+                    NormRows {
+                        rows: t,
+                        dim: Q_LORA,
+                        stride: A_OUT,
+                    },
+                    NormInput::<CudaSlice<f32>, _>::Bf16(&self.a_out),
+                    &w.q_norm,
+                    NORM_EPS,
+                    None,
+                    Some((&mut self.qa, Q_LORA)),
+                )?;
+                let kv_a = self.a_out.slice(A_KV..);
+                k.rms_norm(
+                    NormRows {
+                        rows: t,
+                        dim: KV_LORA,
+                        stride: A_OUT,
+                    },
+                    NormInput::<CudaSlice<f32>, _>::Bf16(&kv_a),
+                    &w.kv_norm,
+                    NORM_EPS,
+                    None,
+                    Some((&mut self.kv, QK_DIM)),
+                )?
+            }
+            Op::Rope => {
+                // q_pe of every head from q_b's output into the absorbed query (W_UK
+                // writes its latent part), k_pe from kv_a's last 64 columns into the cache
+                // row.
+                let q_pe = self.q_b.slice(QK_NOPE..);
+                let mut q_rope = self.q.slice_mut(KV_LORA..);
+                k.mla_rope(
+                    t,
+                    HEADS,
+                    &q_pe,
+                    RopeRows {
+                        token_stride: HEADS * QK_HEAD,
+                        head_stride: QK_HEAD,
+                    },
+                    &mut q_rope,
+                    RopeRows {
+                        token_stride: HEADS * QK_DIM,
+                        head_stride: QK_DIM,
+                    },
+                    &self.positions,
+                    rope,
+                )?;
+                let k_pe = self.a_out.slice(A_KV + KV_LORA..);
+                let mut k_rope = self.kv.slice_mut(KV_LORA..);
+                k.mla_rope(
+                    t,
+                    1,
+                    &k_pe,
+                    RopeRows {
+                        token_stride: A_OUT,
+                        head_stride: 0,
+                    },
+                    &mut k_rope,
+                    RopeRows {
+                        token_stride: QK_DIM,
+                        head_stride: 0,
+                    },
+                    &self.positions,
+                    rope,
+                )?
+            }
+            Op::ResidualAttn => k.residual_add(&mut self.h_acc, &self.attn_out, t * HIDDEN)?,
+            Op::ResidualMoe => k.residual_add(&mut self.h_acc, &self.moe.r.out, t * HIDDEN)?,
             Op::QuantX => k.fp8_quantize_rows(
                 t,
                 HIDDEN,
@@ -660,12 +819,10 @@ impl Layer {
             Op::IdxQB => linear(k, t, &self.qaq, &w.idx_q_b, &mut self.idx_q)?,
             Op::WUk => blas::absorb_uk(&env.blas, t, &self.q_b, &w.kv_b, &mut self.q)?,
             Op::CacheWrite => {
-                // kv_a's output columns (after the kv norm and k_pe RoPE, not timed).
-                let kv = self.a_out.slice(A_KV..);
                 let rows = CacheRows {
-                    src: &kv,
+                    src: &self.kv,
                     rows: t,
-                    row_stride: A_OUT,
+                    row_stride: QK_DIM,
                 };
                 k.write_cache_device_slots(&mut env.mla, rows, &self.slots, false)?
             }
@@ -892,6 +1049,12 @@ impl Layer {
         let (touched, rows) = routing.layer;
         let tf = t as f64;
         match op {
+            Op::InputNorm
+            | Op::QkvNorms
+            | Op::Rope
+            | Op::ResidualAttn
+            | Op::PostNorm
+            | Op::ResidualMoe => op.streaming_floor(t).unwrap_or_default(),
             Op::QuantX => quant_floor(t, HIDDEN),
             Op::AProj => fp8_gemm_floor(t, A_OUT, HIDDEN, 1),
             Op::QuantQa => quant_floor(t, Q_LORA),

@@ -361,10 +361,7 @@ fn measure(
         stages,
         total: median(totals),
         routing,
-        untimed: layer::untimed(layer.t)
-            .into_iter()
-            .map(|(n, f)| (n, f.seconds()))
-            .collect(),
+        untimed: Vec::new(),
         reps,
     })
 }

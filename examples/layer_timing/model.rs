@@ -41,6 +41,7 @@ pub const A_OUT: usize = Q_LORA + QK_DIM + IDX_DIM + IDX_HEADS;
 pub const A_KV: usize = Q_LORA;
 pub const A_IDX_K: usize = Q_LORA + QK_DIM;
 pub const SOFTMAX_SCALE: f32 = 0.135_234;
+pub const NORM_EPS: f32 = 1e-6;
 /// MLA FP8 cache bytes per token, indexer cache bytes per token.
 pub const MLA_FP8_TOKEN: usize = 656;
 pub const IDX_TOKEN: usize = 132;
@@ -233,6 +234,12 @@ pub struct Weights {
     /// The dense MLP of layers 0-2: `[2 * 18432, HIDDEN]` and `[HIDDEN, 18432]`.
     pub dense13: Fp8Weight,
     pub dense2: Fp8Weight,
+    /// RMSNorm weights (f32): the input and post-attention norms `[HIDDEN]`, q_a
+    /// `[Q_LORA]`, kv_a `[KV_LORA]`.
+    pub attn_norm: CudaSlice<f32>,
+    pub ffn_norm: CudaSlice<f32>,
+    pub q_norm: CudaSlice<f32>,
+    pub kv_norm: CudaSlice<f32>,
 }
 
 impl Weights {
@@ -242,6 +249,10 @@ impl Weights {
         let bias: Vec<f32> = (0..EXPERTS)
             .map(|_| rng.random_range(-0.01f32..0.01))
             .collect();
+        let mut norm = |n: usize| -> Result<CudaSlice<f32>, Error> {
+            let w: Vec<f32> = (0..n).map(|_| rng.random_range(0.5f32..1.5)).collect();
+            Ok(s.clone_htod(&w)?)
+        };
         Ok(Self {
             a: p.fp8(s, 1, A_OUT, HIDDEN)?,
             q_b: p.fp8(s, 1, HEADS * QK_HEAD, Q_LORA)?,
@@ -256,6 +267,10 @@ impl Weights {
             shared2: p.fp8(s, 1, HIDDEN, SHARED_INTER)?,
             dense13: p.fp8(s, 1, 2 * DENSE_INTER, HIDDEN)?,
             dense2: p.fp8(s, 1, HIDDEN, DENSE_INTER)?,
+            attn_norm: norm(HIDDEN)?,
+            ffn_norm: norm(HIDDEN)?,
+            q_norm: norm(Q_LORA)?,
+            kv_norm: norm(KV_LORA)?,
         })
     }
 }

@@ -33,7 +33,8 @@ pub struct CaseResult {
     pub total: f64,
     /// Experts touched and rows routed (the layer's, the EP8 shape's).
     pub routing: Routing,
-    /// Floors of the ops not timed (not library ops yet).
+    /// A run from before the norms, RoPE and residual adds were timed stages (a replot of
+    /// its JSON): their floors, counted as such runs did. Empty for a run that times them.
     pub untimed: Vec<(&'static str, f64)>,
     pub reps: usize,
 }
@@ -147,7 +148,6 @@ pub fn case_table(c: &CaseResult) -> String {
             share
         );
     }
-    let untimed: f64 = c.untimed.iter().map(|u| u.1).sum();
     let _ = writeln!(
         md,
         "| **layer (stages back to back, no events)** | **{}** | **{}** | | **{:.2}x** | |",
@@ -164,16 +164,19 @@ pub fn case_table(c: &CaseResult) -> String {
     for (name, f) in &c.untimed {
         let _ = writeln!(
             md,
-            "| {name}: not timed (not a library op yet) | - | {} | HBM | - | |",
+            "| {name}: not timed in this run | - | {} | HBM | - | |",
             us(*f)
         );
     }
-    let _ = writeln!(
-        md,
-        "\nUntimed ops' floors add {} us ({:.1}% of the layer).",
-        us(untimed),
-        100.0 * untimed / total
-    );
+    if !c.untimed.is_empty() {
+        let untimed: f64 = c.untimed.iter().map(|u| u.1).sum();
+        let _ = writeln!(
+            md,
+            "\nThis run predates the timed norms, RoPE and residual adds: their floors add {} us ({:.1}% of the layer).",
+            us(untimed),
+            100.0 * untimed / total
+        );
+    }
     md
 }
 
@@ -183,8 +186,8 @@ pub fn summary_table(cases: &[CaseResult]) -> String {
     let _ = writeln!(md, "| case | layer (us) | sum of floors (us) | layer / floors | attention part (us) | MoE part (us) | DSA attention (us) | dense FP8 attention (us) | dense bf16 attention (us) | layer with dense bf16 instead (us) | stages with floors < 1 us (us) | furthest from floor (ratio, floors >= 1 us) | furthest from floor (time above) |");
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for c in cases {
-        let attn = c.time_of(|s| s.op.in_layer() && s.group().attention());
-        let moe = c.time_of(|s| s.op.in_layer() && !s.group().attention());
+        let attn = c.time_of(|s| s.op.in_layer() && s.op.attention_half());
+        let moe = c.time_of(|s| s.op.in_layer() && !s.op.attention_half());
         let dsa = c.dsa_attention();
         let dense = |op| c.op(op).map(|s| s.time);
         let fmt = |v: Option<f64>| v.map(us).unwrap_or_else(|| "-".into());
@@ -234,16 +237,19 @@ pub fn projection(c: &CaseResult) -> String {
     let w = Sizes::deepseek_v32();
     let mut md = String::new();
     let b = c.tokens as f64;
-    let attn = c.time_of(|s| s.op.in_layer() && s.group().attention());
-    let moe = c.time_of(|s| s.op.in_layer() && !s.group().attention());
+    let attn = c.time_of(|s| s.op.in_layer() && s.op.attention_half());
+    // The FFN's norm and residual add: every layer runs them, the dense-MLP ones too.
+    let frame = c.time_of(|s| s.op.ffn_frame());
+    let moe = c.time_of(|s| s.op.in_layer() && !s.op.attention_half() && !s.op.ffn_frame());
     let dense_mlp = c.time_of(|s| s.op == Op::DenseMlp);
     let untimed: f64 = c.untimed.iter().map(|u| u.1).sum();
     // Scale stage sums to the back-to-back layer time (events between stages cost a little).
     let k = c.total / c.stage_sum();
-    let (attn, moe) = (attn * k, moe * k);
+    let (attn, frame, moe) = (attn * k, frame * k, moe * k);
+    let every_layer = attn + frame + untimed;
     let moe_layers = (LAYERS - DENSE_LAYERS) as f64;
     let dense_layers = DENSE_LAYERS as f64;
-    let one_gpu = LAYERS as f64 * (attn + untimed) + moe_layers * moe + dense_layers * dense_mlp;
+    let one_gpu = LAYERS as f64 * every_layer + moe_layers * moe + dense_layers * dense_mlp;
     // EP8: 8 GPUs each run the attention of their own B sequences (data-parallel
     // attention) and hold 32 of the 256 experts; each GPU's experts see the slots of all
     // 8B tokens: the routed part measured at that shape (32 experts, 8B rows), plus this
@@ -255,7 +261,7 @@ pub fn projection(c: &CaseResult) -> String {
     let moe_ep = own + ep_routed + a2a;
     let (touched_ep, _) = c.routing.ep.unwrap_or_default();
     let local = (EXPERTS / EP) as f64;
-    let ep_step = LAYERS as f64 * (attn + untimed) + moe_layers * moe_ep + dense_layers * dense_mlp;
+    let ep_step = LAYERS as f64 * every_layer + moe_layers * moe_ep + dense_layers * dense_mlp;
     let weights_gpu = LAYERS as f64 * w.attention
         + moe_layers * ((local + 1.0) * w.expert + w.gate)
         + dense_layers * w.dense_mlp
@@ -266,13 +272,25 @@ pub fn projection(c: &CaseResult) -> String {
     let _ = writeln!(md, "#### {}: 61-layer decode step\n", c.label());
     let _ = writeln!(md, "| | per layer (us) | step (ms) | tokens/s |");
     let _ = writeln!(md, "|---|---|---|---|");
+    let untimed_note = if c.untimed.is_empty() {
+        String::new()
+    } else {
+        format!(", + untimed floors {} us", us(untimed))
+    };
     let _ = writeln!(
         md,
-        "| attention half (x61), + untimed floors {} us | {} | {:.2} | |",
-        us(untimed),
+        "| attention half (x61){untimed_note} | {} | {:.2} | |",
         us(attn),
         LAYERS as f64 * (attn + untimed) * 1e3
     );
+    if frame > 0.0 {
+        let _ = writeln!(
+            md,
+            "| post-attention RMSNorm + MoE residual add (x61) | {} | {:.2} | |",
+            us(frame),
+            LAYERS as f64 * frame * 1e3
+        );
+    }
     let _ = writeln!(
         md,
         "| MoE half, all 256 experts here (x58) | {} | {:.2} | |",
@@ -336,9 +354,10 @@ pub fn projection(c: &CaseResult) -> String {
 pub fn projection_notes() -> String {
     format!(
         "Projection assumptions: the per-layer stage times above (scaled to the back-to-back layer time) \
-         times 61 layers for the attention half, 58 MoE layers and 3 dense-MLP layers (intermediate 18432); \
-         the untimed ops (RMSNorm, RoPE, residual adds) at their HBM floors; embedding, final norm, lm_head \
-         and sampling left out. EP8: 8 GPUs, data-parallel attention (each GPU runs its own B sequences and \
+         times 61 layers for the attention half (its RMSNorms, RoPE and residual add included) and for the \
+         post-attention RMSNorm and the FFN's residual add, 58 MoE layers and 3 dense-MLP layers \
+         (intermediate 18432); runs from before the norms, RoPE and residual adds were timed count them \
+         at their HBM floors instead; embedding, final norm, lm_head and sampling left out. EP8: 8 GPUs, data-parallel attention (each GPU runs its own B sequences and \
          holds their caches, attention weights replicated), 32 of the 256 experts per GPU, the shared expert \
          and the dense MLP replicated; a GPU's routed part (route, plan, permute, both grouped GEMMs, SwiGLU, \
          combine) is measured at its shape: 32 experts receiving 8B rows (an eighth of the 64B slots of the \
@@ -438,10 +457,8 @@ pub fn parse_json(text: &str) -> Result<Vec<CaseResult>, Error> {
                         .filter(|_| decode)
                         .map(|e| (e, num(line, "ep_rows").unwrap_or(0.0) as usize)),
                 },
-                untimed: crate::layer::untimed(t)
-                    .into_iter()
-                    .map(|(n, f)| (n, f.seconds()))
-                    .collect(),
+                // Filled below if the case turns out to have no timed norms.
+                untimed: Vec::new(),
                 reps: num(line, "reps").unwrap_or(20.0) as usize,
             });
         } else if let Some(name) = field(line, "stage") {
@@ -462,6 +479,14 @@ pub fn parse_json(text: &str) -> Result<Vec<CaseResult>, Error> {
                 floor: num(line, "floor_us")? * 1e-6,
                 basis,
             });
+        }
+    }
+    for c in &mut cases {
+        if !c.stages.iter().any(|s| s.group() == Group::Norms) {
+            c.untimed = crate::layer::untimed(c.tokens)
+                .into_iter()
+                .map(|(n, f)| (n, f.seconds()))
+                .collect();
         }
     }
     Ok(cases)

@@ -21,6 +21,10 @@
 //    row maxima and probabilities are exchanged through shared memory, then
 //    O += P V with wgmma (M = 64, N = 256: warpgroup w owns output columns 256w..256w+255,
 //    K = 64 tokens). fp32 accumulation throughout.
+//  * kSolo (paired FP8, the `_v2` entry point): the consumers split by role instead,
+//    warpgroup 0 QK^T over all 64 tokens, the softmax and PV for columns 0..255 with P in
+//    registers, warpgroup 1 PV for columns 256..511 from P in shared memory
+//    (solo_consumers).
 //
 // Tiles are stored as 128-byte-swizzled, K-major chunks of 64 columns (8 KB per 64 rows),
 // the layout wgmma reads directly: Q and K as K-major operands, the same key tile as the
@@ -97,6 +101,24 @@ static_assert(kProducerRegs + kSoloQkRegs + kSoloPvRegs <= 3 * (65536 / kThreads
 // and the scales free again; the epilogue's per-row factors ready.
 constexpr int kBarPReady = 1, kBarPFree = 2, kBarEpi = 3;
 
+// mbar_wait with the spin loop inside one asm block: a C++ spin loop is a divergent
+// region to ptxas, which then serializes wgmma groups still in flight across it.
+template <bool kCluster>
+__device__ __forceinline__ void mbar_wait_flat(uint64_t *bar, uint32_t parity) {
+    if constexpr (kCluster)
+        asm volatile(
+            "{\n.reg .pred p;\nWAIT_%=:\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%0], %1;\n"
+            "@!p bra WAIT_%=;\n}\n" ::"r"(dsa::smem_u32(bar)),
+            "r"(parity)
+            : "memory");
+    else
+        asm volatile(
+            "{\n.reg .pred p;\nWAIT_%=:\nmbarrier.try_wait.parity.acquire.cta.shared::cta.b64 p, [%0], %1;\n"
+            "@!p bra WAIT_%=;\n}\n" ::"r"(dsa::smem_u32(bar)),
+            "r"(parity)
+            : "memory");
+}
+
 template <bool kPair>
 __device__ __forceinline__ void solo_consumers(const DsaSparseMlaParams &p, uint8_t *smem, int nblk, int hg, int row,
                                                int split, int heads_here, uint32_t rank) {
@@ -161,23 +183,34 @@ __device__ __forceinline__ void solo_consumers(const DsaSparseMlaParams &p, uint
         const float sl2 = p.scale_log2;
         float m0 = -CUDART_INF_F, m1 = -CUDART_INF_F, l0 = 0.f, l1 = 0.f;
         const uint64_t dq = dsa::smem_desc(sQ, 16, 1024);
-        for (int it = 0; it < nblk; ++it) {
+        float s[32];
+        // S = Q K^T of block `it` into s once its stage is full. Descriptors stepped by
+        // addition (tiles on 1 KB boundaries below 256 KB).
+        auto issue_qk = [&](int it) {
             const int stage = it & 1;
-            dsa::mbar_wait<kPair>(&full[stage], (it >> 1) & 1);
+            mbar_wait_flat<kPair>(&full[stage], (it >> 1) & 1);
             dsa::fence_async_smem();
-            const uint32_t kvs = sKV + stage * kTileBytes;
-            float s[32];
+            const uint64_t dk = dsa::smem_desc(sKV + stage * kTileBytes, 16, 1024);
+            // Opaque per block, so the 36 Q descriptors are not hoisted out of the loop
+            // into 72 registers that stay live.
+            uint64_t dqb = dq;
+            asm volatile("" : "+l"(dqb));
             dsa::wgmma_fence();
-            {
-                // Descriptors stepped by addition (tiles on 1 KB boundaries below 256 KB).
-                const uint64_t dk = dsa::smem_desc(kvs, 16, 1024);
 #pragma unroll
-                for (int kk = 0; kk < 36; ++kk) {
-                    const uint32_t koff = (kk >> 2) * kChunkBytes + (kk & 3) * 32;
-                    dsa::wgmma_bf16_ss<64>(s, dq + (koff >> 4), dk + (koff >> 4), kk > 0);
-                }
+            for (int kk = 0; kk < 36; ++kk) {
+                const uint32_t koff = (kk >> 2) * kChunkBytes + (kk & 3) * 32;
+                dsa::wgmma_bf16_ss<64>(s, dqb + (koff >> 4), dk + (koff >> 4), kk > 0);
             }
             dsa::wgmma_commit();
+        };
+        // One block: softmax of S(it), P out, PV(it); with kMore the next block's QK^T is
+        // queued behind the PV. The last block is peeled so that no branch separates the
+        // in-flight groups from their waits (ptxas would serialize them).
+        auto block = [&](int it, auto more) {
+            constexpr bool kMore = decltype(more)::value;
+            const int stage = it & 1;
+            const uint32_t kvs = sKV + stage * kTileBytes;
+            // Block it's S (issued in the previous iteration, behind that block's PV).
             dsa::wgmma_wait<0>();
             dsa::fence_operands(s);
 
@@ -257,9 +290,22 @@ __device__ __forceinline__ void solo_consumers(const DsaSparseMlaParams &p, uint
                 dsa::wgmma_bf16_rs_n256<1>(o, a, dsa::smem_desc(kvs + kk * 16 * 128, kChunkBytes, 1024), 1);
             }
             dsa::wgmma_commit();
-            dsa::wgmma_wait<0>();
+            // The next block's QK^T queues right behind this PV, so the tensor cores do not
+            // idle across the wait, the release and the loop; the stage is released as soon
+            // as the PV (the older group) is done.
+            if constexpr (kMore) {
+                issue_qk(it + 1);
+                dsa::wgmma_wait<1>();
+            } else {
+                dsa::wgmma_wait<0>();
+            }
             dsa::fence_operands(o);
             release(stage);
+        };
+        if (nblk > 0) {
+            issue_qk(0);
+            for (int it = 0; it + 1 < nblk; ++it) block(it, std::true_type{});
+            block(nblk - 1, std::false_type{});
         }
 
         // Row sums over the quad, then the output factor per row for both warpgroups.
@@ -345,7 +391,7 @@ __device__ __forceinline__ void solo_consumers(const DsaSparseMlaParams &p, uint
 // with st.async completing transaction bytes on the peer's full barrier.
 //
 // kSolo: the consumers split the block's math by role instead of by tokens (see
-// solo_consumers below); the producer side is unchanged.
+// solo_consumers above); the producer side is unchanged.
 template <bool kFp8, bool kPair = false, bool kSolo = false>
 __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
     static_assert(!kPair || kFp8, "the paired gather is the FP8 one");

@@ -144,9 +144,13 @@ fn decode_case<K: MlaCacheKind>(
     common::bench_case(c, "sparse_mla_decode", &name, &stream, work, true, || {
         let extras = SparseExtras::default();
         if v2 {
-            k.sparse_mla_decode_v2(&cfg, &pb, &cache, &q, &idx, extras, &mut out, &mut lse, &mut ws)
+            k.sparse_mla_decode_v2(
+                &cfg, &pb, &cache, &q, &idx, extras, &mut out, &mut lse, &mut ws,
+            )
         } else {
-            k.sparse_mla_decode(&cfg, &pb, &cache, &q, &idx, extras, &mut out, &mut lse, &mut ws)
+            k.sparse_mla_decode(
+                &cfg, &pb, &cache, &q, &idx, extras, &mut out, &mut lse, &mut ws,
+            )
         }
         .unwrap();
     });

@@ -208,7 +208,9 @@ impl DsaKernels {
         M: DevicePtrMut<f32>,
         W: DevicePtrMut<f32>,
     {
-        self.sparse_mla_decode_with(false, cfg, batch, cache, q, indices, extras, out, lse, workspace)
+        self.sparse_mla_decode_with(
+            false, cfg, batch, cache, q, indices, extras, out, lse, workspace,
+        )
     }
 
     /// [`Self::sparse_mla_decode`] through the role-split variant of the paired FP8 kernel
@@ -240,7 +242,9 @@ impl DsaKernels {
         M: DevicePtrMut<f32>,
         W: DevicePtrMut<f32>,
     {
-        self.sparse_mla_decode_with(true, cfg, batch, cache, q, indices, extras, out, lse, workspace)
+        self.sparse_mla_decode_with(
+            true, cfg, batch, cache, q, indices, extras, out, lse, workspace,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -21,6 +21,10 @@
 //    row maxima and probabilities are exchanged through shared memory, then
 //    O += P V with wgmma (M = 64, N = 256: warpgroup w owns output columns 256w..256w+255,
 //    K = 64 tokens). fp32 accumulation throughout.
+//  * kSolo (paired FP8, the `_v2` entry point): the consumers split by role instead,
+//    warpgroup 0 QK^T over all 64 tokens, the softmax and PV for columns 0..255 with P in
+//    registers, warpgroup 1 PV for columns 256..511 from P in shared memory
+//    (solo_consumers).
 //
 // Tiles are stored as 128-byte-swizzled, K-major chunks of 64 columns (8 KB per 64 rows),
 // the layout wgmma reads directly: Q and K as K-major operands, the same key tile as the
@@ -80,11 +84,315 @@ static_assert(kSmemBytes <= DSA_SM90_SMEM_PER_CTA_MAX, "exceeds the opt-in share
 static_assert(kSmemBytes == DSA_SPARSE_SMEM_BYTES, "DSA_SPARSE_SMEM_BYTES is stale");
 static_assert(kThreads == 3 * 128, "two consumer warpgroups and one producer");
 
+// ------------------------------------------------------------------ solo consumers
+// The consumer split of kSolo. Warpgroup 0 computes the whole S = Q K^T of a block (one
+// m64n64 chain, so Q and K are each read from shared memory once per block instead of Q
+// twice), the online softmax with no cross-warpgroup max exchange, and O[:, 0:256] += P V
+// with P straight from its accumulator registers; it hands P (bf16, shared memory) and the
+// per-row rescale factors to warpgroup 1, which only rescales and accumulates
+// O[:, 256:512]. Warpgroup 1's PV of block i thus runs on the tensor cores while
+// warpgroup 0 is in block i+1's QK^T and softmax, instead of both warpgroups stalling on
+// the same softmax in lockstep. Per block the shared-memory operand traffic drops from
+// ~301 KB to ~219 KB, which the producer's dequantized stores compete with.
+constexpr int kSoloQkRegs = 216;  // o[128], s[32], packed P[16], descriptors
+constexpr int kSoloPvRegs = 160;  // o[128] and addresses
+static_assert(kProducerRegs + kSoloQkRegs + kSoloPvRegs <= 3 * (65536 / kThreads / 8 * 8), "register pool of the launch");
+// Named barriers (0 is __syncthreads): P and scales of a block ready for warpgroup 1; sP
+// and the scales free again; the epilogue's per-row factors ready.
+constexpr int kBarPReady = 1, kBarPFree = 2, kBarEpi = 3;
+
+// mbar_wait with the spin loop inside one asm block: a C++ spin loop is a divergent
+// region to ptxas, which then serializes wgmma groups still in flight across it.
+template <bool kCluster>
+__device__ __forceinline__ void mbar_wait_flat(uint64_t *bar, uint32_t parity) {
+    if constexpr (kCluster)
+        asm volatile(
+            "{\n.reg .pred p;\nWAIT_%=:\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%0], %1;\n"
+            "@!p bra WAIT_%=;\n}\n" ::"r"(dsa::smem_u32(bar)),
+            "r"(parity)
+            : "memory");
+    else
+        asm volatile(
+            "{\n.reg .pred p;\nWAIT_%=:\nmbarrier.try_wait.parity.acquire.cta.shared::cta.b64 p, [%0], %1;\n"
+            "@!p bra WAIT_%=;\n}\n" ::"r"(dsa::smem_u32(bar)),
+            "r"(parity)
+            : "memory");
+}
+
+template <bool kPair>
+__device__ __forceinline__ void solo_consumers(const DsaSparseMlaParams &p, uint8_t *smem, int nblk, int hg, int row,
+                                               int split, int heads_here, uint32_t rank) {
+    uint64_t *full = reinterpret_cast<uint64_t *>(smem + kSmemBar);
+    uint64_t *empty = full + 2;
+    // smax[0..63]: the block's rescale factor per head row; smax[64..127]: the epilogue's
+    // output factor per head row (separate, so the last block's scales stay readable).
+    float *sscale = reinterpret_cast<float *>(smem + kSmemMax);
+    float *sinv = sscale + 64;
+    const int *svalid = reinterpret_cast<const int *>(smem + kSmemValid);
+    const uint32_t sQ = dsa::smem_u32(smem + kSmemQ);
+    const uint32_t sKV = dsa::smem_u32(smem + kSmemKV);
+    const uint32_t sP = dsa::smem_u32(smem + kSmemP);
+    const int tid = threadIdx.x;
+    const int w = tid >> 7;
+    const int t = tid & 127;
+    const int warp = t >> 5, lane = t & 31;
+    const int r0 = warp * 16 + (lane >> 2);  // this thread's rows: r0 and r0 + 8
+    const int c0 = (lane & 3) * 2;
+    const uint32_t peer_empty0 = kPair ? dsa::mapa_shared(dsa::smem_u32(&empty[0]), rank ^ 1u) : 0u;
+    // As in the token-split consumers: each thread releases its own reads; paired, each
+    // warp also releases the peer's copy of the stage (its producer writes this tile too).
+    auto release = [&](int stage) {
+        dsa::mbar_arrive(&empty[stage]);
+        if constexpr (kPair) {
+            __syncwarp();
+            if (lane == 0) dsa::mbar_arrive_cluster(peer_empty0 + stage * 8);
+        }
+    };
+    // Each warpgroup writes its 256 output columns scaled by its rows' factors; called
+    // inside each role's branch so that no code with the O tile live is shared by the two
+    // register budgets.
+    auto store_out = [&](const float(&o)[128], float inv0, float inv1) {
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+            const int rr = r0 + 8 * hr;
+            if (rr >= heads_here) continue;
+            const float inv = hr ? inv1 : inv0;
+            const int64_t orow = (int64_t)row * p.h_q + hg * kHeads + rr;
+            if (p.num_splits == 1) {
+                __nv_bfloat16 *out = static_cast<__nv_bfloat16 *>(p.out) + orow * 512 + 256 * w + c0;
+#pragma unroll
+                for (int j = 0; j < 32; ++j)
+                    *reinterpret_cast<uint32_t *>(out + 8 * j) =
+                        dsa::pack_bf16(o[4 * j + 2 * hr] * inv, o[4 * j + 2 * hr + 1] * inv);
+            } else {
+                float *out = p.partial_out + ((int64_t)split * p.rows * p.h_q + orow) * 512 + 256 * w + c0;
+#pragma unroll
+                for (int j = 0; j < 32; ++j)
+                    *reinterpret_cast<float2 *>(out + 8 * j) =
+                        make_float2(o[4 * j + 2 * hr] * inv, o[4 * j + 2 * hr + 1] * inv);
+            }
+        }
+    };
+
+    if (w == 0) {
+        dsa::setmaxnreg_inc<kSoloQkRegs>();
+        float o[128];
+#pragma unroll
+        for (int i = 0; i < 128; ++i) o[i] = 0.f;
+        float inv0 = 0.f, inv1 = 0.f;
+        const float sl2 = p.scale_log2;
+        float m0 = -CUDART_INF_F, m1 = -CUDART_INF_F, l0 = 0.f, l1 = 0.f;
+        const uint64_t dq = dsa::smem_desc(sQ, 16, 1024);
+        float s[32];
+        // S = Q K^T of block `it` into s once its stage is full. Descriptors stepped by
+        // addition (tiles on 1 KB boundaries below 256 KB).
+        auto issue_qk = [&](int it) {
+            const int stage = it & 1;
+            mbar_wait_flat<kPair>(&full[stage], (it >> 1) & 1);
+            dsa::fence_async_smem();
+            const uint64_t dk = dsa::smem_desc(sKV + stage * kTileBytes, 16, 1024);
+            // Opaque per block, so the 36 Q descriptors are not hoisted out of the loop
+            // into 72 registers that stay live.
+            uint64_t dqb = dq;
+            asm volatile("" : "+l"(dqb));
+            dsa::wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < 36; ++kk) {
+                const uint32_t koff = (kk >> 2) * kChunkBytes + (kk & 3) * 32;
+                dsa::wgmma_bf16_ss<64>(s, dqb + (koff >> 4), dk + (koff >> 4), kk > 0);
+            }
+            dsa::wgmma_commit();
+        };
+        // One block: softmax of S(it), P out, PV(it); with kMore the next block's QK^T is
+        // queued behind the PV. The last block is peeled so that no branch separates the
+        // in-flight groups from their waits (ptxas would serialize them).
+        auto block = [&](int it, auto more) {
+            constexpr bool kMore = decltype(more)::value;
+            const int stage = it & 1;
+            const uint32_t kvs = sKV + stage * kTileBytes;
+            // Block it's S (issued in the previous iteration, behind that block's PV).
+            dsa::wgmma_wait<0>();
+            dsa::fence_operands(s);
+
+            // Accumulator element 4j + e (+2): row r0 (r0 + 8), token 8j + c0 + e.
+            const int *valid = svalid + stage * kBlock;
+            float mx0 = -CUDART_INF_F, mx1 = -CUDART_INF_F;
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    if (valid[8 * j + c0 + e] < 0) {
+                        s[4 * j + e] = -CUDART_INF_F;
+                        s[4 * j + 2 + e] = -CUDART_INF_F;
+                    }
+                    mx0 = fmaxf(mx0, s[4 * j + e]);
+                    mx1 = fmaxf(mx1, s[4 * j + 2 + e]);
+                }
+            }
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+            const float mn0 = fmaxf(m0, mx0 * sl2), mn1 = fmaxf(m1, mx1 * sl2);
+            // A row with nothing valid yet keeps max -inf; subtracting 0 then keeps P = 0.
+            const float mu0 = mn0 == -CUDART_INF_F ? 0.f : mn0;
+            const float mu1 = mn1 == -CUDART_INF_F ? 0.f : mn1;
+            const float a0 = dsa::ex2(m0 - mu0), a1 = dsa::ex2(m1 - mu1);
+            m0 = mn0;
+            m1 = mn1;
+            float ps0 = 0.f, ps1 = 0.f;
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    s[4 * j + e] = dsa::ex2(fmaf(s[4 * j + e], sl2, -mu0));
+                    s[4 * j + 2 + e] = dsa::ex2(fmaf(s[4 * j + 2 + e], sl2, -mu1));
+                    ps0 += s[4 * j + e];
+                    ps1 += s[4 * j + 2 + e];
+                }
+            }
+            l0 = l0 * a0 + ps0;
+            l1 = l1 * a1 + ps1;
+            if (a0 != 1.f || a1 != 1.f) {
+#pragma unroll
+                for (int j = 0; j < 32; ++j) {
+                    o[4 * j] *= a0;
+                    o[4 * j + 1] *= a0;
+                    o[4 * j + 2] *= a1;
+                    o[4 * j + 3] *= a1;
+                }
+            }
+            // P as bf16 pairs: pp[2j] row r0, pp[2j + 1] row r0 + 8, tokens 8j + c0 (+1);
+            // pp[4kk .. 4kk + 3] is the A fragment of PV's k-step kk (tokens 16kk..16kk+15).
+            uint32_t pp[16];
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                pp[2 * j] = dsa::pack_bf16(s[4 * j], s[4 * j + 1]);
+                pp[2 * j + 1] = dsa::pack_bf16(s[4 * j + 2], s[4 * j + 3]);
+            }
+            // Warpgroup 1 has finished reading the previous block's P and scales.
+            if (it > 0) dsa::named_bar_sync(kBarPFree, 256);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                dsa::st_shared_u32(sP + dsa::sw128_offset(r0, j) + c0 * 2, pp[2 * j]);
+                dsa::st_shared_u32(sP + dsa::sw128_offset(r0 + 8, j) + c0 * 2, pp[2 * j + 1]);
+            }
+            if ((lane & 3) == 0) {
+                sscale[r0] = a0;
+                sscale[r0 + 8] = a1;
+            }
+            dsa::fence_async_smem();
+            dsa::named_bar_arrive(kBarPReady, 256);
+            dsa::wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk) {
+                const uint32_t a[4] = {pp[4 * kk], pp[4 * kk + 1], pp[4 * kk + 2], pp[4 * kk + 3]};
+                dsa::wgmma_bf16_rs_n256<1>(o, a, dsa::smem_desc(kvs + kk * 16 * 128, kChunkBytes, 1024), 1);
+            }
+            dsa::wgmma_commit();
+            // The next block's QK^T queues right behind this PV, so the tensor cores do not
+            // idle across the wait, the release and the loop; the stage is released as soon
+            // as the PV (the older group) is done.
+            if constexpr (kMore) {
+                issue_qk(it + 1);
+                dsa::wgmma_wait<1>();
+            } else {
+                dsa::wgmma_wait<0>();
+            }
+            dsa::fence_operands(o);
+            release(stage);
+        };
+        if (nblk > 0) {
+            issue_qk(0);
+            for (int it = 0; it + 1 < nblk; ++it) block(it, std::true_type{});
+            block(nblk - 1, std::false_type{});
+        }
+
+        // Row sums over the quad, then the output factor per row for both warpgroups.
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+        constexpr float kLn2 = 0.6931471805599453f, kLog2e = 1.4426950408889634f;
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+            const int rr = r0 + 8 * hr;
+            const float L = hr ? l1 : l0, m = hr ? m1 : m0;
+            const bool lonely = !(L > 0.f);
+            float inv;
+            if (p.num_splits == 1) {
+                float denom = L;
+                if (p.attn_sink != nullptr && rr < heads_here) denom += dsa::ex2(p.attn_sink[hg * kHeads + rr] * kLog2e - m);
+                inv = lonely ? 0.f : 1.f / denom;
+            } else {
+                inv = lonely ? 0.f : 1.f / L;
+            }
+            if (hr)
+                inv1 = inv;
+            else
+                inv0 = inv;
+            if ((lane & 3) == 0) {
+                sinv[rr] = inv;
+                if (rr < heads_here) {
+                    const int64_t orow = (int64_t)row * p.h_q + hg * kHeads + rr;
+                    if (p.num_splits == 1) {
+                        p.lse[orow] = lonely ? CUDART_INF_F : (m + log2f(L)) * kLn2;
+                        if (p.max_logits != nullptr) p.max_logits[orow] = lonely ? -CUDART_INF_F : m * kLn2;
+                    } else {
+                        p.partial_lse[(int64_t)split * p.rows * p.h_q + orow] = lonely ? -CUDART_INF_F : (m + log2f(L)) * kLn2;
+                    }
+                }
+            }
+        }
+        dsa::named_bar_sync(kBarEpi, 256);
+        store_out(o, inv0, inv1);
+    } else {
+        dsa::setmaxnreg_dec<kSoloPvRegs>();
+        float o[128];
+#pragma unroll
+        for (int i = 0; i < 128; ++i) o[i] = 0.f;
+        for (int it = 0; it < nblk; ++it) {
+            const int stage = it & 1;
+            dsa::named_bar_sync(kBarPReady, 256);
+            // Already complete (warpgroup 0 waited on it); the wait is this thread's own
+            // acquire of the stage's tile.
+            dsa::mbar_wait<kPair>(&full[stage], (it >> 1) & 1);
+            dsa::fence_async_smem();
+            const uint32_t kvs = sKV + stage * kTileBytes;
+            const float a0 = sscale[r0], a1 = sscale[r0 + 8];
+            if (a0 != 1.f || a1 != 1.f) {
+#pragma unroll
+                for (int j = 0; j < 32; ++j) {
+                    o[4 * j] *= a0;
+                    o[4 * j + 1] *= a0;
+                    o[4 * j + 2] *= a1;
+                    o[4 * j + 3] *= a1;
+                }
+            }
+            dsa::wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk)
+                dsa::wgmma_bf16_ss<256, 1>(o, dsa::smem_desc(sP + kk * 32, 16, 1024),
+                                           dsa::smem_desc(kvs + 4 * kChunkBytes + kk * 16 * 128, kChunkBytes, 1024), 1);
+            dsa::wgmma_commit();
+            dsa::wgmma_wait<0>();
+            dsa::fence_operands(o);
+            release(stage);
+            if (it + 1 < nblk) dsa::named_bar_arrive(kBarPFree, 256);
+        }
+        dsa::named_bar_sync(kBarEpi, 256);
+        store_out(o, sinv[r0], sinv[r0 + 8]);
+    }
+}
+
 // kPair (FP8 only, an even number of head groups): the CTAs of the two head groups of a
 // (row, split) form a 2-CTA cluster; each gathers and dequantizes half of every block's
 // tokens and writes the result into both tiles, its own with st.shared and the peer's
 // with st.async completing transaction bytes on the peer's full barrier.
-template <bool kFp8, bool kPair = false>
+//
+// kSolo: the consumers split the block's math by role instead of by tokens (see
+// solo_consumers above); the producer side is unchanged.
+template <bool kFp8, bool kPair = false, bool kSolo = false>
 __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
     static_assert(!kPair || kFp8, "the paired gather is the FP8 one");
     // QK^T descriptors stepped by addition, and the FP8 stores in the bank-conflict-free
@@ -342,6 +650,8 @@ __device__ __forceinline__ void sparse_mla_fwd(const DsaSparseMlaParams &p) {
             s2raw = s3raw;
         }
         dsa::cp_async_wait_all();
+    } else if constexpr (kSolo) {
+        solo_consumers<kPair>(p, smem, nblk, hg, row, split, heads_here, rank);
     } else {
         // ---------------------------------------------------------------- consumers
         dsa::setmaxnreg_inc<kConsumerRegs>();

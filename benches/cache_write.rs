@@ -22,7 +22,7 @@ fn case<K: CacheKind>(c: &mut Criterion, k: &dsa_kernels::DsaKernels, tokens: us
     let out_bytes = K::ELEMS_PER_PAGE * std::mem::size_of::<K::Elem>() / 64;
     let work = common::Work {
         bytes: (tokens * (K::SRC_DIM * 2 + out_bytes + 4)) as f64,
-        anchor: Some(common::anchors::COPY_GBS),
+        anchor: Some(common::anchors::COPY_GBS.get()),
         anchor_unit: "GB/s",
         ..Default::default()
     };

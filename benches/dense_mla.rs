@@ -17,9 +17,9 @@ const CTXS: [usize; 4] = [8192, 32768, 65536, 131072];
 
 fn anchor(batch: usize, ctx: usize) -> (&'static str, f64) {
     if batch == 32 && ctx == 131072 {
-        common::anchors::FLASHMLA_DENSE_B32_128K
+        common::anchors::FLASHMLA_DENSE_B32_128K.get()
     } else {
-        common::anchors::FLASHMLA_DENSE_B128_32K
+        common::anchors::FLASHMLA_DENSE_B128_32K.get()
     }
 }
 

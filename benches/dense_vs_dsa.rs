@@ -203,7 +203,7 @@ fn benches(c: &mut Criterion) {
             let dense_work = |bpt: usize| common::Work {
                 flops: mla_flops(batch, ctx),
                 bytes: (batch * ctx * bpt) as f64,
-                anchor: Some(common::anchors::FLASHMLA_DENSE_B32_128K),
+                anchor: Some(common::anchors::FLASHMLA_DENSE_B32_128K.get()),
                 anchor_unit: "TFLOP/s",
             };
             r.dense_bf16 = common::bench_case(
@@ -227,7 +227,7 @@ fn benches(c: &mut Criterion) {
             let logits_work = common::Work {
                 flops: (2 * IDX_HEADS * INDEXER_DIM * batch * ctx) as f64,
                 bytes: (batch * ctx * (132 + 4)) as f64,
-                anchor: Some(common::anchors::COPY_GBS),
+                anchor: Some(common::anchors::COPY_GBS.get()),
                 anchor_unit: "GB/s",
             };
             r.logits = common::bench_case(
@@ -241,7 +241,7 @@ fn benches(c: &mut Criterion) {
             );
             let topk_work = common::Work {
                 bytes: (batch * ctx * 4) as f64,
-                anchor: Some(common::anchors::COPY_GBS),
+                anchor: Some(common::anchors::COPY_GBS.get()),
                 anchor_unit: "GB/s",
                 ..Default::default()
             };
@@ -257,7 +257,7 @@ fn benches(c: &mut Criterion) {
             let sparse_work = common::Work {
                 flops: mla_flops(batch, TOPK),
                 bytes: (batch * TOPK * MLA_FP8_BYTES_PER_TOKEN) as f64,
-                anchor: Some(common::anchors::FLASHMLA_SPARSE_FP8_B32_SQ1),
+                anchor: Some(common::anchors::FLASHMLA_SPARSE_FP8_B32_SQ1.get()),
                 anchor_unit: "TFLOP/s",
             };
             r.sparse = common::bench_case(
@@ -322,7 +322,7 @@ fn sparse_prefill(c: &mut Criterion, k: &DsaKernels) -> f64 {
     let work = common::Work {
         flops: 2.0 * (H_Q * s_q * (576 + 512)) as f64 * TOPK as f64,
         bytes: 0.0,
-        anchor: Some(common::anchors::FLASHMLA_SPARSE_PREFILL),
+        anchor: Some(common::anchors::FLASHMLA_SPARSE_PREFILL.get()),
         anchor_unit: "TFLOP/s",
     };
     common::bench_case(

@@ -103,7 +103,7 @@ fn decode(c: &mut Criterion, k: &DsaKernels, batch: usize, ctx: usize, next_n: u
     let work = common::Work {
         flops: (rows * ctx * 2 * H * D) as f64,
         bytes: (batch * ctx * 132 + rows * ctx * 4 + rows * H * (D + 4)) as f64,
-        anchor: Some(common::anchors::COPY_GBS),
+        anchor: Some(common::anchors::COPY_GBS.get()),
         anchor_unit: "GB/s",
     };
     common::bench_case(
@@ -231,7 +231,7 @@ fn decode_step(c: &mut Criterion, k: &DsaKernels, batch: usize, ctx: usize) {
         flops: (batch * ctx * 2 * H * D) as f64,
         // cache read, logits written and read back by top-k, indices written
         bytes: (batch * ctx * (132 + 8) + batch * topk_k * 4) as f64,
-        anchor: Some(common::anchors::COPY_GBS),
+        anchor: Some(common::anchors::COPY_GBS.get()),
         anchor_unit: "GB/s",
     };
     common::bench_case(

@@ -17,7 +17,7 @@ const VOCAB: usize = 129_280;
 fn work(bytes: usize) -> common::Work {
     common::Work {
         bytes: bytes as f64,
-        anchor: Some(common::anchors::COPY_GBS),
+        anchor: Some(common::anchors::COPY_GBS.get()),
         anchor_unit: "GB/s",
         ..Default::default()
     }

@@ -24,7 +24,9 @@ use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 
-const COPY_GBS: f64 = 4242.0;
+fn copy_gbs() -> f64 {
+    common::anchors::COPY_GBS.get().1
+}
 /// DeepSeek-V3.2 expert shapes: w13 [4096, 7168] and w2 [7168, 2048].
 const W13: (usize, usize) = (4096, 7168);
 const W2: (usize, usize) = (7168, 2048);
@@ -258,7 +260,7 @@ fn routed(
     let work = Work {
         flops: 2.0 * (t * 8) as f64 * (W13.0 * W13.1 + W2.0 * W2.1) as f64,
         bytes: touched as f64 * (weight_bytes(W13.0, W13.1) + weight_bytes(W2.0, W2.1)),
-        anchor: decode.then_some(("device copy", COPY_GBS)),
+        anchor: decode.then_some(("device copy", copy_gbs())),
         anchor_unit: if decode { "GB/s" } else { "TFLOP/s" },
     };
     let case = format!("t{t}_align{align}_experts{touched}");
@@ -310,7 +312,7 @@ fn benches(c: &mut Criterion) {
         128,
         &valid,
         W13,
-        Some(("device copy", COPY_GBS)),
+        Some(("device copy", copy_gbs())),
         "GB/s",
     );
 
@@ -371,7 +373,7 @@ fn moe_layer_and_ops(c: &mut Criterion, k: &DsaKernels, w13: &Weights, w2: &Weig
     let ops_work = |bytes: f64| Work {
         flops: 0.0,
         bytes,
-        anchor: Some(("device copy", COPY_GBS)),
+        anchor: Some(("device copy", copy_gbs())),
         anchor_unit: "GB/s",
     };
     let slots = (t * top_k) as f64;
@@ -471,7 +473,7 @@ fn moe_layer_and_ops(c: &mut Criterion, k: &DsaKernels, w13: &Weights, w2: &Weig
     let work = Work {
         flops: t as f64 * per_token_flops,
         bytes: (touched + 1) as f64 * (weight_bytes(W13.0, W13.1) + weight_bytes(W2.0, W2.1)),
-        anchor: decode.then_some(("device copy", COPY_GBS)),
+        anchor: decode.then_some(("device copy", copy_gbs())),
         anchor_unit: if decode { "GB/s" } else { "TFLOP/s" },
     };
     bench_case(

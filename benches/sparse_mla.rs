@@ -1,9 +1,9 @@
 //! Sparse MLA decode (FP8 and bf16 paged caches) and prefill, in TFLOP/s against FlashMLA
-//! on the H200 (`common/anchors.rs`): FP8 decode 394 TFLOP/s at B=128, s_q=2; 380 at
-//! s_q=1; 276 at B=32, s_q=1; prefill 529 at s_q=4096, s_kv=128K. FlashMLA has no paged
-//! sparse bf16 decode on Hopper: the bf16 B=128, s_q=2 row is set against its sparse
-//! prefill kernel over the cache as flat kv (536), the other bf16 rows against the FP8
-//! numbers.
+//! (`common/anchors.rs`, the row of the GPU it runs on; H200: FP8 decode 394 TFLOP/s at
+//! B=128, s_q=2; 380 at s_q=1; 276 at B=32, s_q=1; prefill 529 at s_q=4096, s_kv=128K).
+//! FlashMLA has no paged sparse bf16 decode on Hopper: the bf16 B=128, s_q=2 row is set
+//! against its sparse prefill kernel over the cache as flat kv (536), the other bf16 rows
+//! against the FP8 numbers.
 mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -183,7 +183,7 @@ fn prefill_case(c: &mut Criterion, k: &DsaKernels) {
     let work = common::Work {
         flops: 2.0 * (h_q * s_q * TOPK) as f64 * (576.0 + 512.0),
         bytes: 0.0,
-        anchor: Some(common::anchors::FLASHMLA_SPARSE_PREFILL),
+        anchor: Some(common::anchors::FLASHMLA_SPARSE_PREFILL.get()),
         anchor_unit: "TFLOP/s",
     };
     common::bench_case(
@@ -214,13 +214,13 @@ fn benches(c: &mut Criterion) {
     use common::anchors as a;
     use dsa_kernels::cache::{MlaBf16, MlaFp8};
     for v2 in [false, true] {
-        decode_case::<MlaFp8>(c, &k, 128, 2, a::FLASHMLA_SPARSE_FP8_B128_SQ2, v2);
-        decode_case::<MlaFp8>(c, &k, 128, 1, a::FLASHMLA_SPARSE_FP8_B128_SQ1, v2);
-        decode_case::<MlaFp8>(c, &k, 32, 1, a::FLASHMLA_SPARSE_FP8_B32_SQ1, v2);
+        decode_case::<MlaFp8>(c, &k, 128, 2, a::FLASHMLA_SPARSE_FP8_B128_SQ2.get(), v2);
+        decode_case::<MlaFp8>(c, &k, 128, 1, a::FLASHMLA_SPARSE_FP8_B128_SQ1.get(), v2);
+        decode_case::<MlaFp8>(c, &k, 32, 1, a::FLASHMLA_SPARSE_FP8_B32_SQ1.get(), v2);
     }
-    decode_case::<MlaBf16>(c, &k, 128, 2, a::FLASHMLA_SPARSE_BF16_B128_SQ2, false);
-    decode_case::<MlaBf16>(c, &k, 128, 1, a::FLASHMLA_SPARSE_FP8_B128_SQ1, false);
-    decode_case::<MlaBf16>(c, &k, 32, 1, a::FLASHMLA_SPARSE_FP8_B32_SQ1, false);
+    decode_case::<MlaBf16>(c, &k, 128, 2, a::FLASHMLA_SPARSE_BF16_B128_SQ2.get(), false);
+    decode_case::<MlaBf16>(c, &k, 128, 1, a::FLASHMLA_SPARSE_FP8_B128_SQ1.get(), false);
+    decode_case::<MlaBf16>(c, &k, 32, 1, a::FLASHMLA_SPARSE_FP8_B32_SQ1.get(), false);
     prefill_case(c, &k);
 }
 

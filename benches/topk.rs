@@ -43,7 +43,7 @@ fn case(c: &mut Criterion, k: &DsaKernels, rows: usize, cols: usize, sorted: boo
     let anchor = if rows <= 4 {
         ("vLLM B200 4x128K 22us = 95 GB/s", 95.3)
     } else {
-        common::anchors::COPY_GBS
+        common::anchors::COPY_GBS.get()
     };
     let work = common::Work {
         bytes,

@@ -14,7 +14,14 @@ use dsa_kernels::{device, DsaKernels};
 /// The handle, or `None` (with a message) on a machine without a usable GPU, so `cargo
 /// bench` on a CPU machine reports the benches as skipped.
 pub fn kernels() -> Option<DsaKernels> {
-    match device::open_device(0).and_then(|ctx| DsaKernels::new(ctx.default_stream())) {
+    let opened = device::open_device(0).and_then(|ctx| {
+        // The anchors' row is the one of this GPU.
+        if let Ok(name) = ctx.name() {
+            anchors::set_gpu(&name);
+        }
+        DsaKernels::new(ctx.default_stream())
+    });
+    match opened {
         Ok(k) => Some(k),
         Err(e) => {
             eprintln!("benches skipped: {e}");

@@ -34,6 +34,7 @@ struct Case {
     const char *name;
     bool ragged = false;  // row r covers [r % 3 + 1, cols - r % 7): unaligned starts, partial tails
     bool sorted = false;  // sorted output, its order checked too
+    int levels = 16;      // distinct values of a ties row (0 .. levels - 1)
 };
 
 static const Case kCases[] = {
@@ -43,6 +44,8 @@ static const Case kCases[] = {
     {32, 128 * 1024, 2048, true, "32x128K/ties"},   {32, 8 * 1024, 2048, false, "32x8K"},
     {128, 128 * 1024 + 100, 2048, false, "128x128K/rag", true}, {4, 128 * 1024 + 100, 2048, false, "4x128K/rag", true},
     {128, 128 * 1024, 2048, false, "128x128K/sort", false, true},
+    // Top value on ~13K of the row: over the ring's fast_cap (12288), within the buffer.
+    {128, 128 * 1024, 2048, true, "128x128K/t10", false, false, 10},
 };
 
 // Kernels by CTAs per row (clusters with -DPROBE_SPLITS, on sources that define them).
@@ -86,7 +89,7 @@ int main(int argc, char **argv) {
         std::vector<float> h(n);
         std::mt19937 rng(1234 + ci);
         std::uniform_real_distribution<float> u(-1.f, 1.f), v(0.f, 1.f);
-        std::uniform_int_distribution<int> d16(0, 15);
+        std::uniform_int_distribution<int> d16(0, c.levels - 1);
         for (size_t i = 0; i < n; ++i) {
             if (c.ties) {
                 h[i] = (float)d16(rng);

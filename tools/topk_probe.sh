@@ -4,8 +4,9 @@
 # cluster-split kernels, then Nsight Compute profiles of base and ring_wf.
 # Variants (-D knobs of kernels-cuda/topk/topk.cu): base (defaults), probes (phase
 # times), wf (DSA_TOPK_WARP_FINISH), ring (DSA_TOPK_TMA_RING), ring_wf (both), and
-# ring_wf with another ring size (cap8k, cap16k), 4 chunks per step (g4), or the ring
-# primed only after the sample (noprime).
+# ring_wf with another ring size (cap8k, cap16k), 4 chunks per step (g4), the ring
+# primed only after the sample (noprime), or a looser sample select (loose:
+# DSA_TOPK_SAMPLE_LOOSE=8).
 #   tools/topk_probe.sh [extra-kernel-source.cu ...]   (extra sources must define the split kernels)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +18,7 @@ build() {
   "$nvcc" -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -Ikernels-cuda/common -Ikernels-cuda/topk -DPROBE_SPLITS "$@" \
     tools/topk_probe.cu -o "$bin/$name" > "$bin/$name.log" 2>&1 || { echo "build $name failed"; tail -5 "$bin/$name.log"; }
 }
-variants=(base probes wf ring ring_wf ring_wf_probes ring_cap8k ring_cap16k ring_g4 ring_noprime)
+variants=(base probes wf ring ring_wf ring_wf_probes ring_cap8k ring_cap16k ring_g4 ring_noprime ring_wf_loose ring_wf_loose_probes)
 ring="-DDSA_TOPK_TMA_RING=1"
 build base &
 build probes -DDSA_TOPK_PROBES &
@@ -29,6 +30,8 @@ build ring_cap8k $ring -DDSA_TOPK_WARP_FINISH=1 -DDSA_TOPK_RING_MIN_CAP=8192 &
 build ring_cap16k $ring -DDSA_TOPK_WARP_FINISH=1 -DDSA_TOPK_RING_MIN_CAP=16384 &
 build ring_g4 $ring -DDSA_TOPK_WARP_FINISH=1 -DDSA_TOPK_RING_G=4 &
 build ring_noprime $ring -DDSA_TOPK_WARP_FINISH=1 -DDSA_TOPK_RING_PRIME=0 &
+build ring_wf_loose $ring -DDSA_TOPK_WARP_FINISH=1 -DDSA_TOPK_SAMPLE_LOOSE=8 &
+build ring_wf_loose_probes $ring -DDSA_TOPK_WARP_FINISH=1 -DDSA_TOPK_SAMPLE_LOOSE=8 -DDSA_TOPK_PROBES &
 # Earlier candidate-pass knobs (measured slower), with TOPK_OLD=1.
 if [ -n "${TOPK_OLD:-}" ]; then
   variants+=(u8 preload pipe2)

@@ -88,6 +88,10 @@ constexpr int kMainUnroll = DSA_TOPK_UNROLL;
 #ifndef DSA_TOPK_WARP_FINISH
 #define DSA_TOPK_WARP_FINISH 0
 #endif
+// > 0: the sample's select stops at a bin of at most this many samples (see sample_select).
+#ifndef DSA_TOPK_SAMPLE_LOOSE
+#define DSA_TOPK_SAMPLE_LOOSE 0
+#endif
 
 #if DSA_TOPK_TMA_RING
 // Ring of the candidate pass: chunks of one float4 per thread (16 KB). Chunks per step of
@@ -455,7 +459,11 @@ __device__ uint32_t sample_select(Smem &sm, const SampleVals x, int n, int k) {
         find_bin(sm, r);
         prefix |= (u64)sm.sel_bin << shift;
         r -= sm.sel_above;
-        const bool done = sm.sel_count == r || shift == 0;
+        // Loose: a bin of a few samples is taken whole (its lower edge as the threshold):
+        // each extra sample stands for ~n/2048 more candidates, against one more round of
+        // barriers.
+        const bool done = sm.sel_count == r || shift == 0 ||
+                          (DSA_TOPK_SAMPLE_LOOSE > 0 && sm.sel_count <= (uint32_t)DSA_TOPK_SAMPLE_LOOSE);
         __syncthreads();
         if (done) return (uint32_t)prefix;
         top = shift;
@@ -612,8 +620,13 @@ __device__ __forceinline__ void topk_body(const DsaTopkParams &p) {
         const int64_t need = 2 * (int64_t)k + n / 128;
         fast_cap = (int)min((int64_t)kCandCap,
                             max((int64_t)DSA_TOPK_RING_MIN_CAP, (need + need / 2 + 512 + 4095) / 4096 * 4096));
-        const int ring_bytes = DSA_TOPK_SMEM_BYTES - (int)offsetof(Smem, cand) - 8 * fast_cap;
+        // From the launch's actual dynamic shared memory, so a launch with less than
+        // DSA_TOPK_SMEM_BYTES (a host built before the knob flipped) still runs within it.
+        uint32_t dyn;
+        asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
+        const int ring_bytes = (int)dyn - (int)offsetof(Smem, cand) - 8 * fast_cap;
         ring_slots = min(kRingMax, ring_bytes / kChunkBytes);
+        if (dyn < sizeof(Smem) || ring_slots < kRingG) __trap();  // launched with too little
     }
     float4 *const ring = reinterpret_cast<float4 *>(sm.cand + fast_cap);
     auto ring_issue = [&](int j) {

@@ -23,9 +23,11 @@
 // the candidate buffer (higher bins go straight to the output) and the rest runs there.
 // Until then each level is another pass over the row.
 //
-// Global passes read 16-byte vectors, four per thread in flight. The candidate pass
-// compares floats against the threshold, counts per thread, and takes one warp scan and
-// one shared atomic per warp per step; candidates are stored raw (column, float bits) and
+// Global passes read 16-byte vectors, four per thread in flight. With DSA_TOPK_TMA_RING
+// the candidate pass of sampled rows reads the row through a shared-memory ring of 16 KB
+// bulk copies instead (mbarrier-tracked, issued before the sample is chosen). The
+// candidate pass compares floats against the threshold, counts per thread, and takes one
+// warp scan and one shared atomic per warp per step; candidates are stored raw (column, float bits) and
 // become composite keys afterwards. Other appends to the candidate and output buffers
 // take one shared atomic per warp and element (ballot + popc).
 #include "block.cuh"
@@ -113,8 +115,9 @@ constexpr int kMainUnroll = DSA_TOPK_UNROLL;
 constexpr int kRingG = DSA_TOPK_RING_G;
 constexpr int kChunkBytes = kThreads * 16;
 constexpr int kRingMax = 12;
-// Slots never drop below 5 (fast_cap <= kCandCap leaves the out buffer and the rest of
-// the SM); the loop needs a step's chunks in distinct slots.
+// With DSA_TOPK_SMEM_BYTES the slots never drop below 5 (fast_cap <= kCandCap leaves the
+// out buffer and the rest of the SM); the loop needs a step's chunks in distinct slots
+// (checked at run time against the launch's shared memory).
 static_assert(kRingG >= 1 && kRingG <= 5, "a step's chunks must fit the smallest ring");
 static_assert(DSA_TOPK_RING_MIN_CAP % 16 == 0 && DSA_TOPK_RING_MIN_CAP >= kMaxK && DSA_TOPK_RING_MIN_CAP <= kCandCap,
               "ring slots 128-byte aligned; room for k candidates");

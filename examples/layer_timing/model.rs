@@ -54,7 +54,10 @@ pub const EP: usize = 8;
 /// write bytes), and dense tensor-core peaks of 790 TFLOP/s bf16 and 1580 FP8 (132 SMs x
 /// 4096 / 8192 FLOP per clock at ~1.46 GHz; the spec sheet's 989 / 1979 at the 1.98 GHz
 /// boost would lower the FLOP-bound floors by a fifth).
-pub const COPY_BPS: f64 = crate::anchors::COPY_GBS.1 * 1e9;
+pub const COPY_BPS: f64 = match crate::anchors::COPY_GBS.h200 {
+    Some((_, gbs)) => gbs * 1e9,
+    None => f64::NAN,
+};
 pub const BF16_PEAK: f64 = 790e12;
 pub const FP8_PEAK: f64 = 1580e12;
 

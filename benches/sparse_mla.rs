@@ -53,7 +53,6 @@ fn decode_case<K: MlaCacheKind>(
     batch: usize,
     s_q: usize,
     anchor: (&'static str, f64),
-    v2: bool,
 ) where
     K::Elem: Unpin,
 {
@@ -64,12 +63,10 @@ fn decode_case<K: MlaCacheKind>(
         topk: TOPK,
         softmax_scale: SCALE,
     };
-    // `/v2`: the same case through the role-split consumer variant (FP8 paired kernel).
     let name = format!(
-        "{}/b{batch}_sq{s_q}_h128_topk2048_splits{}{}",
+        "{}/b{batch}_sq{s_q}_h128_topk2048_splits{}",
         if K::FP8 { "fp8" } else { "bf16" },
-        cfg.num_splits(batch * s_q, k.sm_count()),
-        if v2 { "/v2" } else { "" }
+        cfg.num_splits(batch * s_q, k.sm_count())
     );
     // A filtered run skips the setup (cache fill, indices) of the cases it does not time.
     if !common::selected("sparse_mla_decode", &name) {
@@ -142,16 +139,17 @@ fn decode_case<K: MlaCacheKind>(
         anchor_unit: "TFLOP/s",
     };
     common::bench_case(c, "sparse_mla_decode", &name, &stream, work, true, || {
-        let extras = SparseExtras::default();
-        if v2 {
-            k.sparse_mla_decode_v2(
-                &cfg, &pb, &cache, &q, &idx, extras, &mut out, &mut lse, &mut ws,
-            )
-        } else {
-            k.sparse_mla_decode(
-                &cfg, &pb, &cache, &q, &idx, extras, &mut out, &mut lse, &mut ws,
-            )
-        }
+        k.sparse_mla_decode(
+            &cfg,
+            &pb,
+            &cache,
+            &q,
+            &idx,
+            SparseExtras::default(),
+            &mut out,
+            &mut lse,
+            &mut ws,
+        )
         .unwrap();
     });
 }
@@ -213,14 +211,12 @@ fn benches(c: &mut Criterion) {
     let Some(k) = common::kernels() else { return };
     use common::anchors as a;
     use dsa_kernels::cache::{MlaBf16, MlaFp8};
-    for v2 in [false, true] {
-        decode_case::<MlaFp8>(c, &k, 128, 2, a::FLASHMLA_SPARSE_FP8_B128_SQ2.get(), v2);
-        decode_case::<MlaFp8>(c, &k, 128, 1, a::FLASHMLA_SPARSE_FP8_B128_SQ1.get(), v2);
-        decode_case::<MlaFp8>(c, &k, 32, 1, a::FLASHMLA_SPARSE_FP8_B32_SQ1.get(), v2);
-    }
-    decode_case::<MlaBf16>(c, &k, 128, 2, a::FLASHMLA_SPARSE_BF16_B128_SQ2.get(), false);
-    decode_case::<MlaBf16>(c, &k, 128, 1, a::FLASHMLA_SPARSE_FP8_B128_SQ1.get(), false);
-    decode_case::<MlaBf16>(c, &k, 32, 1, a::FLASHMLA_SPARSE_FP8_B32_SQ1.get(), false);
+    decode_case::<MlaFp8>(c, &k, 128, 2, a::FLASHMLA_SPARSE_FP8_B128_SQ2.get());
+    decode_case::<MlaFp8>(c, &k, 128, 1, a::FLASHMLA_SPARSE_FP8_B128_SQ1.get());
+    decode_case::<MlaFp8>(c, &k, 32, 1, a::FLASHMLA_SPARSE_FP8_B32_SQ1.get());
+    decode_case::<MlaBf16>(c, &k, 128, 2, a::FLASHMLA_SPARSE_BF16_B128_SQ2.get());
+    decode_case::<MlaBf16>(c, &k, 128, 1, a::FLASHMLA_SPARSE_FP8_B128_SQ1.get());
+    decode_case::<MlaBf16>(c, &k, 32, 1, a::FLASHMLA_SPARSE_FP8_B32_SQ1.get());
     prefill_case(c, &k);
 }
 

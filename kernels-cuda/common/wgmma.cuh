@@ -167,20 +167,6 @@ __device__ __forceinline__ void wgmma_bf16_ss(float (&d)[N / 2], uint64_t da, ui
     WgmmaBf16<N, 0, kTransB>::mma(d, da, db, scale_d);
 }
 
-// D[64 x 256] (+)= A[64 x 16] B[16 x 256] with A (bf16) in registers: the four 32-bit
-// registers of mma.m16n8k16's A fragment per warp (rows 16 * warp + lane / 4 and + 8, k
-// pairs 2 (lane % 4) and + 8), which is exactly a packed m64nXk16 accumulator fragment of
-// 16 columns, so softmax probabilities feed the next MMA without going through shared
-// memory. B from shared memory as in wgmma_bf16_ss.
-template <int kTransB = 0>
-__device__ __forceinline__ void wgmma_bf16_rs_n256(float (&d)[128], const uint32_t (&a)[4], uint64_t db, int scale_d) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {" DSA_ACC128_TEXT
-                 "}, {%128, %129, %130, %131}, %132, p, 1, 1, %134;\n}\n"
-                 : DSA_ACC128_OPERANDS(d)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(scale_d), "n"(kTransB));
-}
-
 // D[64 x N] (+)= A[64 x 32] B[32 x N], e4m3 operands from shared memory, both K-major
 // (the only FP8 form wgmma has).
 template <int N>

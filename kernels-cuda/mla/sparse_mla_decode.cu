@@ -20,11 +20,3 @@ extern "C" __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(dsa_spars
 dsa_sparse_mla_decode_fp8_pair(const DsaSparseMlaParams p) {
     dsa_sparse::sparse_mla_fwd<true, true>(p);
 }
-
-// The paired FP8 kernel with the consumers split by role (sparse_mla_fwd.cuh,
-// solo_consumers): warpgroup 0 QK^T, softmax and half of PV from registers, warpgroup 1
-// the other half of PV.
-extern "C" __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(dsa_sparse::kThreads, 1)
-dsa_sparse_mla_decode_fp8_pair_v2(const DsaSparseMlaParams p) {
-    dsa_sparse::sparse_mla_fwd<true, true, true>(p);
-}

@@ -46,11 +46,6 @@ pub trait MlaCacheKind: CacheKind + sealed::Sealed {
     /// 2-CTA cluster that gathers each block once (half per CTA), for an even number of
     /// 64-head groups.
     const SPARSE_PAIR_KERNEL: Option<&'static str>;
-    /// The paired form with the consumers split by role (one warpgroup QK^T, softmax and
-    /// half of PV, the other the other half of PV); selected only through
-    /// `DsaKernels::sparse_mla_decode_v2`, for side-by-side timing and testing.
-    #[doc(hidden)]
-    const SPARSE_PAIR_V2_KERNEL: Option<&'static str>;
 }
 
 mod sealed {
@@ -64,14 +59,12 @@ impl MlaCacheKind for MlaFp8 {
     const DENSE_SMEM: u32 = crate::sys::dense_mla::DSA_DENSE_SMEM_FP8;
     const SPARSE_KERNEL: &'static str = "dsa_sparse_mla_decode_fp8";
     const SPARSE_PAIR_KERNEL: Option<&'static str> = Some("dsa_sparse_mla_decode_fp8_pair");
-    const SPARSE_PAIR_V2_KERNEL: Option<&'static str> = Some("dsa_sparse_mla_decode_fp8_pair_v2");
 }
 impl MlaCacheKind for MlaBf16 {
     const DENSE_KERNEL: &'static str = "dsa_dense_mla_decode_bf16";
     const DENSE_SMEM: u32 = crate::sys::dense_mla::DSA_DENSE_SMEM_BF16;
     const SPARSE_KERNEL: &'static str = "dsa_sparse_mla_decode_bf16";
     const SPARSE_PAIR_KERNEL: Option<&'static str> = None;
-    const SPARSE_PAIR_V2_KERNEL: Option<&'static str> = None;
 }
 
 /// The three paged layouts of the crate.

@@ -142,15 +142,9 @@ impl SparseDecodeConfig {
 /// The kernel for `groups` 64-head groups: the paired form where the layout has one and
 /// the groups pair up (consecutive CTAs are the head groups of one row and split), else
 /// the plain one. On the H200 the paired FP8 decode is 3-5% faster at h_q 128.
-/// `v2` asks for the role-split consumers where the layout has them (the paired FP8
-/// kernel); elsewhere it changes nothing.
-fn sparse_kernel<K: MlaCacheKind>(groups: usize, v2: bool) -> &'static str {
-    if !groups.is_multiple_of(2) {
-        return K::SPARSE_KERNEL;
-    }
-    match (K::SPARSE_PAIR_V2_KERNEL, K::SPARSE_PAIR_KERNEL) {
-        (Some(v), _) if v2 => v,
-        (_, Some(pair)) => pair,
+fn sparse_kernel<K: MlaCacheKind>(groups: usize) -> &'static str {
+    match K::SPARSE_PAIR_KERNEL {
+        Some(pair) if groups.is_multiple_of(2) => pair,
         _ => K::SPARSE_KERNEL,
     }
 }
@@ -186,71 +180,6 @@ impl DsaKernels {
     #[allow(clippy::too_many_arguments)]
     pub fn sparse_mla_decode<K, B, L, Q, I, T, S, O, M, W>(
         &self,
-        cfg: &SparseDecodeConfig,
-        batch: &PagedBatch<'_, B, L>,
-        cache: &PagedCache<K>,
-        q: &Q,
-        indices: &I,
-        extras: SparseExtras<'_, T, S>,
-        out: &mut O,
-        lse: &mut M,
-        workspace: &mut W,
-    ) -> Result<()>
-    where
-        K: MlaCacheKind,
-        B: DevicePtr<i32>,
-        L: DevicePtr<i32>,
-        Q: DevicePtr<bf16>,
-        I: DevicePtr<i32>,
-        T: DevicePtr<i32>,
-        S: DevicePtr<f32>,
-        O: DevicePtrMut<bf16>,
-        M: DevicePtrMut<f32>,
-        W: DevicePtrMut<f32>,
-    {
-        self.sparse_mla_decode_with(
-            false, cfg, batch, cache, q, indices, extras, out, lse, workspace,
-        )
-    }
-
-    /// [`Self::sparse_mla_decode`] through the role-split variant of the paired FP8 kernel
-    /// (the same results; any other layout or head count runs the usual kernel). For timing
-    /// the two side by side and testing the variant.
-    #[doc(hidden)]
-    #[allow(clippy::too_many_arguments)]
-    pub fn sparse_mla_decode_v2<K, B, L, Q, I, T, S, O, M, W>(
-        &self,
-        cfg: &SparseDecodeConfig,
-        batch: &PagedBatch<'_, B, L>,
-        cache: &PagedCache<K>,
-        q: &Q,
-        indices: &I,
-        extras: SparseExtras<'_, T, S>,
-        out: &mut O,
-        lse: &mut M,
-        workspace: &mut W,
-    ) -> Result<()>
-    where
-        K: MlaCacheKind,
-        B: DevicePtr<i32>,
-        L: DevicePtr<i32>,
-        Q: DevicePtr<bf16>,
-        I: DevicePtr<i32>,
-        T: DevicePtr<i32>,
-        S: DevicePtr<f32>,
-        O: DevicePtrMut<bf16>,
-        M: DevicePtrMut<f32>,
-        W: DevicePtrMut<f32>,
-    {
-        self.sparse_mla_decode_with(
-            true, cfg, batch, cache, q, indices, extras, out, lse, workspace,
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn sparse_mla_decode_with<K, B, L, Q, I, T, S, O, M, W>(
-        &self,
-        v2: bool,
         cfg: &SparseDecodeConfig,
         batch: &PagedBatch<'_, B, L>,
         cache: &PagedCache<K>,
@@ -324,7 +253,7 @@ impl DsaKernels {
         unsafe {
             self.launch(
                 "sparse_mla_decode",
-                sparse_kernel::<K>(heads.div_ceil(HEADS_PER_CTA), v2),
+                sparse_kernel::<K>(heads.div_ceil(HEADS_PER_CTA)),
                 linear(ctas as u32, THREADS, SMEM_BYTES),
                 &params,
             )?

@@ -167,17 +167,11 @@ fn run_decode(k: &DsaKernels, c: &DecodeCase, caches: &Caches) {
     let mut ws = nan_f32(&stream, ws_len.max(1));
     let fp8_cache = MlaFp8Cache::from_slice(upload(&stream, &caches.fp8)).unwrap();
     let bf16_cache = MlaBf16Cache::from_slice(upload(&stream, &caches.bf16)).unwrap();
-    // "fp8/v2": the role-split consumer variant of the paired FP8 kernel (the usual kernel
-    // where the head groups do not pair).
-    for fmt in ["fp8", "fp8/v2", "bf16"] {
+    for fmt in ["fp8", "bf16"] {
         let mut out = nan_bf16(&stream, rows * c.h_q * DV);
         let mut lse = nan_f32(&stream, rows * c.h_q);
         let r = if fmt == "fp8" {
             k.sparse_mla_decode(
-                &cfg, &pb, &fp8_cache, &d_q, &d_idx, extras, &mut out, &mut lse, &mut ws,
-            )
-        } else if fmt == "fp8/v2" {
-            k.sparse_mla_decode_v2(
                 &cfg, &pb, &fp8_cache, &d_q, &d_idx, extras, &mut out, &mut lse, &mut ws,
             )
         } else {
@@ -196,7 +190,7 @@ fn run_decode(k: &DsaKernels, c: &DecodeCase, caches: &Caches) {
         r.unwrap();
         let out = download(&stream, &out);
         let lse = download(&stream, &lse);
-        let (r_out, r_lse) = if fmt != "bf16" {
+        let (r_out, r_lse) = if fmt == "fp8" {
             let kv = fp8_keys_as_kernel(&caches.fp8);
             ra::sparse_mla_decode(
                 &c.q,

@@ -43,6 +43,21 @@ struct Tile {
     bool upper;   // BLOCK_M 128: the second 64-row slice holds rows of the group
 };
 
+// Whether any row of the upper 64-row slice of the 128-row tile at `row0` has id `e` (the
+// tile's group). A plan's segment fills a prefix of its block, so row 64 alone decides for
+// every layout the plan writes; the rest is scanned only when row 64 is not of the group,
+// so that the documented rule (a row holds a result when its id equals the id of its
+// block's first row) holds for any ids, e.g. a stray value on row 64 before rows of e.
+__device__ __forceinline__ bool upper_holds_group(const int *__restrict__ ids, int row0, int m_rows, int e) {
+    if (row0 + 64 >= m_rows) return false;
+    if (__ldg(ids + row0 + 64) == e) return true;
+    const int end = min(row0 + 128, m_rows);
+    bool any = false;
+#pragma unroll 16
+    for (int r = row0 + 65; r < end; ++r) any |= __ldg(ids + r) == e;
+    return any;
+}
+
 template <int BM, int BN>
 __device__ __forceinline__ Tile tile_at(const DsaGroupedGemmParams &p, int t) {
     const int nbs = p.n / BN;
@@ -81,7 +96,7 @@ __device__ __forceinline__ Tile tile_at(const DsaGroupedGemmParams &p, int t) {
             const int e = __ldg(p.m_indices + tl.row0);
             tl.g = e;
             tl.compute = e >= 0 && e < p.groups;
-            tl.upper = tl.row0 + 64 < p.m_rows && __ldg(p.m_indices + tl.row0 + 64) == e;
+            tl.upper = BM == 128 && tl.compute && upper_holds_group(p.m_indices, tl.row0, p.m_rows, e);
         } else {
             tl.g = 0;
             tl.compute = true;

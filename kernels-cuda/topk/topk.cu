@@ -23,11 +23,9 @@
 // the candidate buffer (higher bins go straight to the output) and the rest runs there.
 // Until then each level is another pass over the row.
 //
-// Global passes read 16-byte vectors, four per thread in flight. With DSA_TOPK_TMA_RING
-// the candidate pass of sampled rows reads the row through a shared-memory ring of 16 KB
-// bulk copies instead (mbarrier-tracked, issued before the sample is chosen). The
-// candidate pass compares floats against the threshold, counts per thread, and takes one
-// warp scan and one shared atomic per warp per step; candidates are stored raw (column, float bits) and
+// Global passes read 16-byte vectors, four per thread in flight. The candidate pass
+// compares floats against the threshold, counts per thread, and takes one warp scan and
+// one shared atomic per warp per step; candidates are stored raw (column, float bits) and
 // become composite keys afterwards. Other appends to the candidate and output buffers
 // take one shared atomic per warp and element (ballot + popc).
 #include "block.cuh"
@@ -84,63 +82,7 @@ __device__ u64 dsa_topk_probe[16];
 #define DSA_TOPK_UNROLL 4
 #endif
 constexpr int kMainUnroll = DSA_TOPK_UNROLL;
-// 1: once the threshold bin of a selection in shared memory holds at most 32 elements, one
-// warp ranks them (the needed-th largest composite key is the exact threshold) instead
-// of more histogram rounds, each of which costs six CTA barriers.
-#ifndef DSA_TOPK_WARP_FINISH
-#define DSA_TOPK_WARP_FINISH 0
-#endif
-// > 0: the sample's select stops at a bin of at most this many samples (see sample_select).
-#ifndef DSA_TOPK_SAMPLE_LOOSE
-#define DSA_TOPK_SAMPLE_LOOSE 0
-#endif
 
-#if DSA_TOPK_TMA_RING
-// Ring of the candidate pass: chunks of one float4 per thread (16 KB). Chunks per step of
-// the consumer loop (the warp scan and shared atomic of filter_step are per step).
-#ifndef DSA_TOPK_RING_G
-#define DSA_TOPK_RING_G 2
-#endif
-// 1: prime the ring right after the sample's loads are issued (the row streams in while
-// the threshold is chosen); 0: only after the sample (isolates the overlap's share).
-#ifndef DSA_TOPK_RING_PRIME
-#define DSA_TOPK_RING_PRIME 1
-#endif
-// Least fast_cap (see topk_body): a larger ring hides more of the sample, but rows whose
-// candidates overflow fast_cap while fitting the buffer (heavy ties at the threshold: 16
-// distinct values give ~n/16) fall back to the full select. 12288: 7 slots of 16 KB.
-#ifndef DSA_TOPK_RING_MIN_CAP
-#define DSA_TOPK_RING_MIN_CAP 12288
-#endif
-constexpr int kRingG = DSA_TOPK_RING_G;
-constexpr int kChunkBytes = kThreads * 16;
-constexpr int kRingMax = 12;
-// With DSA_TOPK_SMEM_BYTES the slots never drop below 5 (fast_cap <= kCandCap leaves the
-// out buffer and the rest of the SM); the loop needs a step's chunks in distinct slots
-// (checked at run time against the launch's shared memory).
-static_assert(kRingG >= 1 && kRingG <= 5, "a step's chunks must fit the smallest ring");
-static_assert(DSA_TOPK_RING_MIN_CAP % 16 == 0 && DSA_TOPK_RING_MIN_CAP >= kMaxK && DSA_TOPK_RING_MIN_CAP <= kCandCap,
-              "ring slots 128-byte aligned; room for k candidates");
-#endif
-
-#if DSA_TOPK_TMA_RING
-// The ring takes the tail of shared memory from cand[fast_cap] on (the rest of cand, all
-// of out, and what the SM has beyond the plain layout): out is idle during the candidate
-// pass, and sampled rows expect far fewer candidates than the buffer holds, so the pass
-// caps them at fast_cap (more falls back to the full select, which has the whole buffer).
-struct Smem {
-    uint32_t hist[kBins];
-    uint32_t warp_sums[kWarps];
-    u64 part_min[kWarps], part_max[kWarps];
-    uint32_t total;
-    uint32_t sel_bin, sel_above, sel_count;
-    int n_out, n_cand;
-    int n_small;                          // see DSA_TOPK_WARP_FINISH
-    u64 full[kRingMax], empty[kRingMax];  // mbarriers of the ring slots
-    alignas(128) u64 cand[kCandCap];      // composite keys of the candidates
-    u64 out[kMaxK];                       // composite keys of the selected elements
-};
-#else
 struct Smem {
     u64 out[kMaxK];      // composite keys of the selected elements
     u64 cand[kCandCap];  // composite keys of the candidates
@@ -150,9 +92,7 @@ struct Smem {
     uint32_t total;
     uint32_t sel_bin, sel_above, sel_count;
     int n_out, n_cand;
-    int n_small;  // see DSA_TOPK_WARP_FINISH
 };
-#endif
 static_assert(sizeof(Smem) <= DSA_TOPK_SMEM_BYTES, "DSA_TOPK_SMEM_BYTES too small");
 
 // Order-preserving key: a > b as floats iff key(a) > key(b). -0 is folded onto +0 so the
@@ -275,7 +215,7 @@ __device__ __forceinline__ void filter_step_dense(Smem &sm, const float4 (&x)[kU
 }
 
 template <int kU>
-__device__ __forceinline__ void filter_step(Smem &sm, const float4 (&x)[kU], float tf, int c0, int cap = kCandCap) {
+__device__ __forceinline__ void filter_step(Smem &sm, const float4 (&x)[kU], float tf, int c0) {
     int cnt = 0;
 #pragma unroll
     for (int u = 0; u < kU; ++u)
@@ -293,7 +233,7 @@ __device__ __forceinline__ void filter_step(Smem &sm, const float4 (&x)[kU], flo
     if (lane == 31) base = atomicAdd(&sm.n_cand, total);
     base = __shfl_sync(0xffffffffu, base, 31);
     int pos = base + incl - cnt;
-    if (base + total <= cap) {
+    if (base + total <= kCandCap) {
         u64 *dst = sm.cand + pos;
 #pragma unroll
         for (int u = 0; u < kU; ++u) {
@@ -306,7 +246,7 @@ __device__ __forceinline__ void filter_step(Smem &sm, const float4 (&x)[kU], flo
     } else {
         auto put = [&](float y, int c) {
             if (y >= tf) {
-                if (pos < cap) sm.cand[pos] = raw_cand(y, c);
+                if (pos < kCandCap) sm.cand[pos] = raw_cand(y, c);
                 ++pos;
             }
         };
@@ -409,29 +349,15 @@ __device__ __forceinline__ void push_out(Smem &sm, bool pred, C &&make) {
 // stratified sample, found by a radix select over the sample held in registers (r
 // scaled from 2k, plus a margin). Only the speed depends on the estimate: the caller
 // checks the candidate count. Returns 0xffffffff (no candidates) when the sample holds
-// no valid value. Needs n >= kSamples. Split in the loads (sample_load, which can be
-// issued early: the values are only waited for in sample_select) and the selection.
-struct SampleVals {
-    float v[kSamplesPerThread];
-};
-
-__device__ __forceinline__ SampleVals sample_load(const float *__restrict__ row, int s, int n) {
+// no valid value. Needs n >= kSamples.
+__device__ uint32_t sample_threshold(Smem &sm, const float *__restrict__ row, int s, int n, int k) {
     const int gap = n / kRuns;
-    SampleVals x;
-#pragma unroll
-    for (int j = 0; j < kSamplesPerThread; ++j) {
-        const int q = threadIdx.x + j * kThreads;
-        x.v[j] = __ldg(row + s + (q / kRun) * gap + (q % kRun));
-    }
-    return x;
-}
-
-__device__ uint32_t sample_select(Smem &sm, const SampleVals x, int n, int k) {
     uint32_t keys[kSamplesPerThread];
     u64 mn = ~0ull, mx = 0;
 #pragma unroll
     for (int j = 0; j < kSamplesPerThread; ++j) {
-        keys[j] = ord_key(x.v[j]);
+        const int q = threadIdx.x + j * kThreads;
+        keys[j] = ord_key(__ldg(row + s + (q / kRun) * gap + (q % kRun)));
         if (key_valid(keys[j])) {
             mn = min(mn, (u64)keys[j]);
             mx = max(mx, (u64)keys[j]);
@@ -462,22 +388,12 @@ __device__ uint32_t sample_select(Smem &sm, const SampleVals x, int n, int k) {
         find_bin(sm, r);
         prefix |= (u64)sm.sel_bin << shift;
         r -= sm.sel_above;
-        // Loose: a bin of a few samples is taken whole (its lower edge as the threshold):
-        // each extra sample stands for ~n/2048 more candidates, against one more round of
-        // barriers.
-        const bool done = sm.sel_count == r || shift == 0 ||
-                          (DSA_TOPK_SAMPLE_LOOSE > 0 && sm.sel_count <= (uint32_t)DSA_TOPK_SAMPLE_LOOSE);
+        const bool done = sm.sel_count == r || shift == 0;
         __syncthreads();
         if (done) return (uint32_t)prefix;
         top = shift;
     }
 }
-
-#if !DSA_TOPK_TMA_RING
-__device__ __forceinline__ uint32_t sample_threshold(Smem &sm, const float *__restrict__ row, int s, int n, int k) {
-    return sample_select(sm, sample_load(row, s, n), n, k);
-}
-#endif
 
 // Descending bitonic sort of out[0, m), m a power of two; padding entries are 0, below
 // every real composite key (a valid key is at least 0x00800000). Pair i is always
@@ -525,42 +441,6 @@ __device__ __forceinline__ u64 ld_peer_u64(uint32_t addr) {
     return v;
 }
 
-#if DSA_TOPK_TMA_RING
-// The ring's mbarriers and bulk copies. A slot's `full` barrier completes a phase when the
-// bytes of its chunk have landed (one arrival: the issuing thread's expect_tx); its
-// `empty` barrier when every warp has read the chunk (one arrival per warp).
-__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
-__device__ __forceinline__ void mbar_init(u64 *bar, uint32_t count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count) : "memory");
-}
-// Makes initialized barriers visible to the async proxy (the bulk copies complete on them).
-__device__ __forceinline__ void mbar_init_fence() {
-    asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;" ::: "memory");
-}
-__device__ __forceinline__ void mbar_arrive(u64 *bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_u32(bar)) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(u64 *bar, uint32_t parity) {
-    uint32_t done;
-    do {
-        asm volatile(
-            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}"
-            : "=r"(done)
-            : "r"(smem_u32(bar)), "r"(parity)
-            : "memory");
-    } while (!done);
-}
-// Copies `bytes` (a multiple of 16, both addresses 16-byte aligned) from global memory to
-// this CTA's shared memory; completion is counted on `bar`.
-__device__ __forceinline__ void bulk_load(void *dst, const void *src, uint32_t bytes, u64 *bar) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                     smem_u32(dst)),
-                 "l"(src), "r"(bytes), "r"(smem_u32(bar))
-                 : "memory");
-}
-#endif
-
 }  // namespace
 
 extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -600,63 +480,13 @@ __device__ __forceinline__ void topk_body(const DsaTopkParams &p) {
     auto composite = [&](uint32_t key, int col) -> u64 {
         return ((u64)key << nbits) | (lo_mask - (u64)(uint32_t)(col - s));
     };
-    // Candidates the candidate pass keeps (more: the full select).
-    int fast_cap = kCandCap;
-
-#if DSA_TOPK_TMA_RING
-    // Ring geometry of sampled rows (as in the split below: the float4 vectors from the
-    // first 16-byte boundary, this CTA's contiguous share of them), in chunks of one
-    // vector per thread. fast_cap: at least 1.5x the candidates the sample aims at
-    // (2k + n/128, see sample_select) plus slack, in steps of 4096, at least
-    // DSA_TOPK_RING_MIN_CAP; the ring gets what is left. The sample's loads go out first so they do not queue behind the ring's.
-    const bool ring_rows = n > k && n > kCandCap;
-    int ring_slots = 1, ch0 = 0, nch = 0;
-    SampleVals sample_vals;
-    const int ring_a = s + min((4 - (int)((reinterpret_cast<uintptr_t>(row + s) >> 2) & 3)) & 3, n);
-    const int ring_nvec = (e - ring_a) >> 2;
-    const float4 *ring_src = reinterpret_cast<const float4 *>(row + ring_a);
-    if (ring_rows) {
-        sample_vals = sample_load(row, s, n);
-        const int all_ch = (ring_nvec + kThreads - 1) / kThreads;
-        ch0 = kSplit > 1 ? (int)((int64_t)all_ch * rank / kSplit) : 0;
-        nch = (kSplit > 1 ? (int)((int64_t)all_ch * (rank + 1) / kSplit) : all_ch) - ch0;
-        const int64_t need = 2 * (int64_t)k + n / 128;
-        fast_cap = (int)min((int64_t)kCandCap,
-                            max((int64_t)DSA_TOPK_RING_MIN_CAP, (need + need / 2 + 512 + 4095) / 4096 * 4096));
-        // From the launch's actual dynamic shared memory, so a launch with less than
-        // DSA_TOPK_SMEM_BYTES (a host built before the knob flipped) still runs within it.
-        uint32_t dyn;
-        asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
-        const int ring_bytes = (int)dyn - (int)offsetof(Smem, cand) - 8 * fast_cap;
-        ring_slots = min(kRingMax, ring_bytes / kChunkBytes);
-        if (dyn < sizeof(Smem) || ring_slots < kRingG) __trap();  // launched with too little
-    }
-    float4 *const ring = reinterpret_cast<float4 *>(sm.cand + fast_cap);
-    auto ring_issue = [&](int j) {
-        const int slot = j % ring_slots;
-        const int v0 = (ch0 + j) * kThreads;
-        bulk_load(ring + slot * kThreads, ring_src + v0, 16u * (uint32_t)min(kThreads, ring_nvec - v0), &sm.full[slot]);
-    };
-    if (ring_rows && tid == 0) {
-        for (int q = 0; q < ring_slots; ++q) {
-            mbar_init(&sm.full[q], 1);
-            mbar_init(&sm.empty[q], kWarps);
-        }
-        mbar_init_fence();
-    }
-#endif
 
     if (tid == 0) {
         sm.n_out = 0;
         sm.n_cand = 0;
-        sm.n_small = 0;
     }
     clear_hist(sm);
     __syncthreads();
-#if DSA_TOPK_TMA_RING && DSA_TOPK_RING_PRIME
-    if (ring_rows && tid == 0)
-        for (int j = 0; j < min(ring_slots, nch); ++j) ring_issue(j);
-#endif
     TOPK_PROBE(0, n);
 
     // Selection rule at the end: composite C is taken iff (C >> thr_shift) >= (thr >>
@@ -689,21 +519,9 @@ __device__ __forceinline__ void topk_body(const DsaTopkParams &p) {
         const int steps = split ? (int)((int64_t)all_steps * (rank + 1) / kSplit) - step0 : all_steps;
         const bool ends = rank == 0;
         float4 x[kU];
-#if DSA_TOPK_TMA_RING
-        // Sampled rows stream through the ring; the register loads below are the dense rows'.
-        constexpr bool kRing = true;
-        const uint32_t t_lo = sampled ? sample_select(sm, sample_vals, n, k) : 0u;
-        if (!sampled && steps > 0) load_step(v, nvec, step0, x);
-#if !DSA_TOPK_RING_PRIME
-        if (ring_rows && tid == 0)
-            for (int j = 0; j < min(ring_slots, nch); ++j) ring_issue(j);
-#endif
-#else
-        constexpr bool kRing = false;
         if (DSA_TOPK_PRELOAD && steps > 0) load_step(v, nvec, step0, x);
         const uint32_t t_lo = sampled ? sample_threshold(sm, row, s, n, k) : 0u;
         if (!DSA_TOPK_PRELOAD && steps > 0) load_step(v, nvec, step0, x);
-#endif
         TOPK_PROBE(1, t_lo);
         // The float at the threshold key: for non-NaN x, x >= tf iff key(x) >= lo_key
         // (the key is order-preserving, -0 == +0 both ways); lo_key >= key(-FLT_MAX)
@@ -719,45 +537,7 @@ __device__ __forceinline__ void topk_body(const DsaTopkParams &p) {
             const float y = __ldg(row + tail0 + tid);
             push_cand(sm, y >= tf, [&] { return raw_cand(y, tail0 + tid); });
         }
-#if DSA_TOPK_TMA_RING
-        if (sampled) {
-            // Chunk j sits in slot j % ring_slots, its (j / ring_slots)-th fill. Each step
-            // takes kRingG chunks; thread 0 refills the slots of the step before (once every
-            // warp has read them), so a slow warp holds back only the refills.
-            const float q = __int_as_float(0x7fffffff);
-            for (int i = 0; i < nch; i += kRingG) {
-                if (tid == 0) {
-#pragma unroll
-                    for (int g = 0; g < kRingG; ++g) {
-                        const int j = i - kRingG + g;
-                        if (j >= 0 && j + ring_slots < nch) {
-                            mbar_wait(&sm.empty[j % ring_slots], (uint32_t)(j / ring_slots) & 1u);
-                            ring_issue(j + ring_slots);
-                        }
-                    }
-                }
-                float4 y[kRingG];
-#pragma unroll
-                for (int g = 0; g < kRingG; ++g) {
-                    const int j = i + g;
-                    y[g] = make_float4(q, q, q, q);
-                    if (j < nch) {
-                        const int slot = j % ring_slots;
-                        mbar_wait(&sm.full[slot], (uint32_t)(j / ring_slots) & 1u);
-                        if ((ch0 + j) * kThreads + tid < ring_nvec) y[g] = ring[slot * kThreads + tid];
-                    }
-                }
-                __syncwarp();
-                if ((tid & 31) == 0) {
-#pragma unroll
-                    for (int g = 0; g < kRingG; ++g)
-                        if (i + g < nch) mbar_arrive(&sm.empty[(i + g) % ring_slots]);
-                }
-                filter_step(sm, y, tf, a + 4 * ((ch0 + i) * kThreads + tid), fast_cap);
-            }
-        }
-#endif
-        for (int it = step0; it < step0 + steps && !(kRing && sampled); ++it) {
+        for (int it = step0; it < step0 + steps; ++it) {
             const int c0 = a + 4 * (it * kU * kThreads + tid);
             if (DSA_TOPK_PIPELINE) {
                 float4 y[kU];
@@ -783,11 +563,11 @@ __device__ __forceinline__ void topk_body(const DsaTopkParams &p) {
                 if (rank == 0) {
                     int counts[kSplit];
                     int all = nc;
-                    bool lost = nc > fast_cap;
+                    bool lost = nc > kCandCap;
 #pragma unroll
                     for (int q = 1; q < kSplit; ++q) {
                         counts[q] = ld_peer_s32(peer_smem(&sm.n_cand, q));
-                        lost |= counts[q] > fast_cap;
+                        lost |= counts[q] > kCandCap;
                         all += counts[q];
                     }
                     if (lost || all > kCandCap) {
@@ -818,7 +598,7 @@ __device__ __forceinline__ void topk_body(const DsaTopkParams &p) {
         // current digit is bits [shift, top).
         u64 prefix = 0;
         int top = 0, shift = 0;
-        if (nc <= fast_cap && (nc >= k || !sampled)) {
+        if (nc <= kCandCap && (nc >= k || !sampled)) {
             in_smem = true;
             refine = nc > k;
             // Raw candidates to composite keys; each thread later reads back only the
@@ -867,33 +647,6 @@ __device__ __forceinline__ void topk_body(const DsaTopkParams &p) {
                     thr_shift = shift;
                     break;
                 }
-#if DSA_TOPK_WARP_FINISH
-                if (in_smem && count <= 32) {
-                    // The bin's elements into a list (hist is free until the next round's
-                    // clear), then lane l ranks element l among them: the one with
-                    // needed - 1 larger is the threshold, exact since composites are unique.
-                    u64 *small = reinterpret_cast<u64 *>(sm.hist);
-                    static_assert(sizeof(sm.hist) >= 33 * sizeof(u64), "room for the list");
-                    const u64 pk = prefix >> shift;
-                    const int ncand = sm.n_cand;
-                    for (int j = tid; j < ncand; j += kThreads) {
-                        const u64 c = sm.cand[j];
-                        push_warp<32>(small, &sm.n_small, (c >> shift) == pk, [&] { return c; });
-                    }
-                    __syncthreads();
-                    if (tid < 32) {
-                        const u64 c = tid < (int)count ? small[tid] : 0;
-                        uint32_t larger = 0;
-#pragma unroll
-                        for (int o = 0; o < 32; ++o) larger += __shfl_sync(0xffffffffu, c, o) > c;
-                        if (tid < (int)count && larger == needed - 1) small[32] = c;
-                    }
-                    __syncthreads();
-                    thr = small[32];
-                    thr_shift = 0;
-                    break;
-                }
-#endif
                 if (!in_smem && count <= (uint32_t)kCandCap) {
                     // Higher bins go to the output, the threshold bin to the candidates.
                     if (shift >= nbits) {

@@ -11,18 +11,8 @@
 /* Candidates of the threshold bin held in shared memory; a larger bin is narrowed by
  * further passes over the row in global memory until it fits. */
 #define DSA_TOPK_CAND_CAP 16384
-/* Candidate pass of long (sampled) rows through a shared-memory ring filled by bulk async
- * copies, primed before the sample so the row streams in while the threshold is chosen.
- * Off until measured; the ring takes the rest of the SM's shared memory. */
-#ifndef DSA_TOPK_TMA_RING
-#define DSA_TOPK_TMA_RING 0
-#endif
 /* Dynamic shared memory per CTA (>= the kernel's layout, checked by a static_assert). */
-#if DSA_TOPK_TMA_RING
-#define DSA_TOPK_SMEM_BYTES 232448
-#else
 #define DSA_TOPK_SMEM_BYTES 173056
-#endif
 
 /* Top-k of each fp32 row over its valid range.
  *

@@ -3,7 +3,6 @@
 pub const DSA_TOPK_MAX_K: u32 = 4096;
 pub const DSA_TOPK_THREADS: u32 = 1024;
 pub const DSA_TOPK_CAND_CAP: u32 = 16384;
-pub const DSA_TOPK_TMA_RING: u32 = 0;
 pub const DSA_TOPK_SMEM_BYTES: u32 = 173056;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]

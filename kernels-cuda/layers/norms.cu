@@ -36,6 +36,30 @@ extern "C" __global__ void __launch_bounds__(kThreads) dsa_rms_norm(const DsaRms
     const int r = blockIdx.x;
     if (r >= p.rows) return;
     const int64_t base = (int64_t)r * p.x_stride;
+    if (p.dim <= kThreads * kUnroll) {
+        // The row fits the block's registers (hidden 7168, q_a 1536, kv_a 512): one read.
+        float v[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+            const int i = threadIdx.x + u * kThreads;
+            v[u] = i < p.dim ? load(p, base + i) : 0.0f;
+        }
+        double sq = 0.0;
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) sq += (double)v[u] * (double)v[u];
+        sq = block_sum(sq, red);
+        const float inv = (float)(1.0 / sqrt(sq / p.dim + (double)p.eps));
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+            const int i = threadIdx.x + u * kThreads;
+            if (i >= p.dim) break;
+            const float o = __fmul_rn(__fmul_rn(v[u], inv), p.weight[i]);
+            if (p.out_f32) p.out_f32[(int64_t)r * p.dim + i] = o;
+            if (p.out_bf16)
+                static_cast<__nv_bfloat16 *>(p.out_bf16)[(int64_t)r * p.out_bf16_stride + i] = __float2bfloat16_rn(o);
+        }
+        return;
+    }
     // kUnroll loads per thread issued before their squares are summed: a decode batch is
     // a few rows, so each row's read must be in flight at once, not a chain of loads.
     double ss = 0.0;

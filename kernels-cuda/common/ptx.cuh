@@ -164,6 +164,8 @@ __device__ __forceinline__ void tma_store_wait_read() {
 __device__ __forceinline__ void prefetch_tmap(const void *tmap) {
     asm volatile("prefetch.tensormap [%0];" ::"l"(tmap) : "memory");
 }
+// The 128-byte line holding p into this SM's L1 (a hint: never faults, nothing waits).
+__device__ __forceinline__ void prefetch_l1(const void *p) { asm volatile("prefetch.global.L1 [%0];" ::"l"(p)); }
 // Pulls `bytes` (multiple of 16) at `p` into L2 without waiting for them.
 __device__ __forceinline__ void prefetch_l2(const void *p, uint32_t bytes) {
     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");

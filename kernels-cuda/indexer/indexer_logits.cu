@@ -310,17 +310,15 @@ struct DecodeCfg {
 static_assert(DecodeCfg<64, 1>::kSmem == DSA_INDEXER_DECODE_SMEM_BASE + DSA_INDEXER_DECODE_SMEM_PER_COLUMN * 64,
               "indexer_params.h decode shared memory is stale");
 
-__device__ __forceinline__ int batch_of(const int32_t *plan, int batch, int gp) {
-    // largest b < batch with plan[b] <= gp
-    int lo = 0, hi = batch - 1;
-    while (lo < hi) {
-        const int mid = (lo + hi + 1) >> 1;
-        if (plan[mid] <= gp) lo = mid;
-        else hi = mid - 1;
-    }
-    return lo;
-}
-
+// Start-up of a CTA. Every CTA starts at once with the memory system idle, so what it
+// reads before its first copy is on everyone's critical path: it finds the sequence of
+// its first page with one parallel pass over the plan (each thread compares its entries,
+// a block count) rather than a binary search of ~log2(batch) dependent loads, and the
+// first sequence's q rows and weights ride the first page's cp.async group. Later
+// sequences' q rows, weights and length are prefetched into L1 when the producer reaches
+// their first page (S - 1 pages before the consumer needs them; the page copies bypass
+// L1, so they stay), and the row of the -inf tail pass is read in the prologue: a
+// sequence switch waits on L1, and the kernel's end on no load at all.
 template <int H, int NQ, int S = kDecodeStages>
 __device__ __forceinline__ void decode_body(const DsaIndexerDecodeParams &p) {
     using C = DecodeCfg<H, NQ, S>;
@@ -352,20 +350,49 @@ __device__ __forceinline__ void decode_body(const DsaIndexerDecodeParams &p) {
     // Producer state: the next page to issue, already located. pf_start / pf_end are
     // plan[pf_b] / plan[pf_b + 1], kept in registers so locating a page is a compare.
     int pf_b = 0, pf_start = 0, pf_end = 0;
-    if (ntiles > 0) {
-        pf_b = batch_of(p.plan, batch, lo);
-        pf_start = p.plan[pf_b];
-        pf_end = p.plan[pf_b + 1];
+    {
+        // pf_b = (entries b < batch with plan[b] <= lo) - 1: the binary search's answer
+        // for a monotonic plan; clamped to [0, batch) for any other, which keeps the walk
+        // below inside the plan (it stops at batch - 1 since every page is below plan[batch]).
+        // Four entries a thread per pass so their loads are in flight together.
+        int count = 0;
+        for (int b0 = 0; b0 < batch; b0 += 4 * kThreads) {
+            int pred[4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int b = b0 + j * kThreads + tid;
+                pred[j] = ntiles > 0 && b < batch ? p.plan[b] <= lo : 0;
+            }
+#pragma unroll
+            for (int j = 0; j < 4; ++j) count += __syncthreads_count(pred[j]);
+        }
+        if (ntiles > 0) {
+            pf_b = min(max(count - 1, 0), batch - 1);
+            pf_start = p.plan[pf_b];
+            pf_end = p.plan[pf_b + 1];
+        }
     }
+    // What the consumer's switch to sequence b (< batch) reads, into L1. A q
+    // row is one 128-byte line; the weights' lines are touched at 32-float steps and at
+    // their last element (their start need not be line-aligned).
+    auto prefetch_q = [&](int b) {
+        const int valid = next_n * H;
+        const uint8_t *src = p.q8 + (int64_t)b * valid * kRow;
+        for (int r = tid; r < valid; r += kThreads) dsa::prefetch_l1(src + (int64_t)r * kRow);
+        if (tid <= (valid + 31) / 32) dsa::prefetch_l1(p.w + (int64_t)b * valid + min(tid * 32, valid - 1));
+        if (tid == kThreads - 1) dsa::prefetch_l1(p.context_lens + b);
+    };
     int nx_b = 0, nx_lp = 0, nx_id = -1;
     auto locate = [&](int i) {
         if (i >= ntiles) return;
         const int gp = lo + i;
+        const int was_b = pf_b;
         while (pf_end <= gp) {
             ++pf_b;
             pf_start = pf_end;
             pf_end = p.plan[pf_b + 1];
         }
+        if (pf_b != was_b) prefetch_q(pf_b);
         int lp = gp - pf_start;
         if ((unsigned)lp >= (unsigned)cap) lp = past_ctx;  // only from a corrupt plan
         nx_b = pf_b;
@@ -405,12 +432,37 @@ __device__ __forceinline__ void decode_body(const DsaIndexerDecodeParams &p) {
         dsa::cp_async_commit();
     };
     locate(0);
-#pragma unroll
-    for (int i = 0; i < S - 1; ++i) issue(i);
-
     const int r0 = 16 * warp + (lane >> 2);
     int loaded_b = -1, len = 0;
     float *out_b = p.out;
+    // The tail pass's first row, read now rather than after the page loop.
+    int64_t tail_row0_pages = 0;
+    {
+        if ((int64_t)blockIdx.x < (int64_t)batch * next_n) {
+            const int b = (int)((int64_t)blockIdx.x / next_n);
+            tail_row0_pages = min(max((int64_t)p.plan[b + 1] - p.plan[b], (int64_t)0), (int64_t)cap);
+        }
+        if (ntiles > 0) {
+            // The first page's sequence (locate(0) may have walked past empty ones):
+            // its q rows and weights join the first page's copy group.
+            const int b = nx_b;
+            const uint8_t *src = p.q8 + (int64_t)b * next_n * H * kRow;
+            const int valid = next_n * H;
+            const uint32_t q_u32 = dsa::smem_u32(q_s);
+            for (int id = tid; id < C::N * 8; id += kThreads) {
+                const int r = id >> 3, c = id & 7;
+                dsa::cp_async16_zfill(q_u32 + dsa::sw128_offset(r, c), src + (r < valid ? (int64_t)r * kRow + c * 16 : 0),
+                                      r < valid ? 16 : 0);
+            }
+            for (int i2 = tid; i2 < C::N; i2 += kThreads) w_s[i2] = i2 < valid ? p.w[(int64_t)b * next_n * H + i2] : 0.f;
+            len = p.context_lens[b];
+            out_b = p.out + (int64_t)b * next_n * p.out_stride;
+            loaded_b = b;
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < S - 1; ++i) issue(i);
+
     float acc[N / 2];
     int st = 0;
     for (int i = 0; i < ntiles; ++i) {
@@ -458,7 +510,9 @@ __device__ __forceinline__ void decode_body(const DsaIndexerDecodeParams &p) {
     const int64_t rows = (int64_t)batch * next_n;
     for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
         const int b = (int)(row / next_n);
-        const int64_t pages = min(max((int64_t)p.plan[b + 1] - p.plan[b], (int64_t)0), (int64_t)cap);
+        const int64_t pages = row == blockIdx.x
+                                  ? tail_row0_pages
+                                  : min(max((int64_t)p.plan[b + 1] - p.plan[b], (int64_t)0), (int64_t)cap);
         const int64_t start = pages * kKeys;
         float *o = p.out + row * p.out_stride;
         for (int64_t c = start + tid; c < p.max_ctx; c += kThreads) o[c] = -INFINITY;

@@ -54,7 +54,9 @@ fn benches(c: &mut Criterion) {
 
         // Residual add: f32 stream += bf16 block output.
         let mut stream_x = s.clone_htod(&vec![0.5f32; rows * HIDDEN]).unwrap();
-        let y = s.clone_htod(&vec![bf16::from_f32(0.5); rows * HIDDEN]).unwrap();
+        let y = s
+            .clone_htod(&vec![bf16::from_f32(0.5); rows * HIDDEN])
+            .unwrap();
         common::bench_case(
             c,
             "layers",
@@ -78,7 +80,10 @@ fn benches(c: &mut Criterion) {
                 &s,
                 work(rows * HIDDEN * 8 + rows * 4),
                 true,
-                || k.embedding(&table, VOCAB, HIDDEN, &toks, rows, &mut emb).unwrap(),
+                || {
+                    k.embedding(&table, VOCAB, HIDDEN, &toks, rows, &mut emb)
+                        .unwrap()
+                },
             );
         }
 

@@ -77,7 +77,10 @@ pub const FLASHMLA_SPARSE_FP8_B32_SQ1: Anchor = Anchor {
 /// it was not run on the H100).
 pub const FLASHMLA_SPARSE_BF16_B128_SQ2: Anchor = Anchor {
     h100: None,
-    h200: Some(("FlashMLA H200 sparse bf16 (prefill kernel) B128 s_q2", 536.0)),
+    h200: Some((
+        "FlashMLA H200 sparse bf16 (prefill kernel) B128 s_q2",
+        536.0,
+    )),
 };
 /// FlashMLA sparse prefill, s_q 4096, s_kv 128K, h_q 128, top-2048.
 pub const FLASHMLA_SPARSE_PREFILL: Anchor = Anchor {

@@ -277,7 +277,11 @@ impl DsaKernels {
         let max_ctas = self.sm_count() * 8;
         let units = job.rows.saturating_mul(job.cols.div_ceil(4 * MOE_BLOCK));
         let launch = LaunchConfig {
-            grid_dim: (units.div_ceil(warps_per_cta).clamp(1, max_ctas) as u32, 1, 1),
+            grid_dim: (
+                units.div_ceil(warps_per_cta).clamp(1, max_ctas) as u32,
+                1,
+                1,
+            ),
             block_dim: (DSA_MOE_QUANT_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };

@@ -361,9 +361,25 @@ fn contiguous_stray_id_on_the_upper_slice() {
     // A found case: this seed puts i32::MAX on row 64 of the first 128-row block, the
     // first row of its upper 64-row slice; rows 65..127 still hold group 0 and must get
     // their results (the kernel once decided the whole slice from row 64 alone).
-    let err = run_contiguous(1897134460181637929, &[128, 1, 63, 128], 128, 0, 128, 512, true);
+    let err = run_contiguous(
+        1897134460181637929,
+        &[128, 1, 63, 128],
+        128,
+        0,
+        128,
+        512,
+        true,
+    );
     assert!(err <= TOL);
-    let err = run_contiguous(1897134460181637929, &[0, 128, 1, 63, 128], 128, 0, 128, 512, true);
+    let err = run_contiguous(
+        1897134460181637929,
+        &[0, 128, 1, 63, 128],
+        128,
+        0,
+        128,
+        512,
+        true,
+    );
     assert!(err <= TOL);
 }
 

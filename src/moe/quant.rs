@@ -18,6 +18,10 @@
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 use half::bf16;
 
+/// Columns one warp of the quantizers takes at a time (`kChunkBlocks` 128-column blocks
+/// in kernels-cuda/moe/moe_quant.cuh): the launch sizes its grid by these chunks.
+const QUANT_CHUNK_COLS: usize = 4 * MOE_BLOCK;
+
 use super::shape::mul;
 use super::{MoeLayout, MoePlan, MoeShape, MOE_BLOCK};
 use crate::check;
@@ -275,7 +279,7 @@ impl DsaKernels {
         // at small T).
         let warps_per_cta = DSA_MOE_QUANT_THREADS as usize / 32;
         let max_ctas = self.sm_count() * 8;
-        let units = job.rows.saturating_mul(job.cols.div_ceil(4 * MOE_BLOCK));
+        let units = job.rows.saturating_mul(job.cols.div_ceil(QUANT_CHUNK_COLS));
         let launch = LaunchConfig {
             grid_dim: (
                 units.div_ceil(warps_per_cta).clamp(1, max_ctas) as u32,
